@@ -1,0 +1,1 @@
+"""Configuration, training loop, checkpoints, distributed setup and logging."""
