@@ -1,0 +1,153 @@
+"""The feature store: global and local features of one image set, as a folder of NumPy arrays.
+
+No pickles: every array is a ``.npy`` file opened memory-mapped, so reading one image's local features touches only
+its rows, and the layout is documented in docs/architecture.md. ``meta.json`` is written last, so a folder without
+it is an incomplete store.
+"""
+
+import os
+
+import numpy as np
+
+from core.io import read_json, write_json, write_npy
+
+FORMAT_VERSION = 1
+LOCAL_FIELDS = ("locations", "scales", "scores", "descriptors")
+_LOCAL_DTYPES = {"locations": np.float32, "scales": np.float32, "scores": np.float32}
+
+
+class FeatureStoreError(ValueError):
+    """A store that is missing, incomplete or inconsistent; the message names the folder."""
+
+
+def write_store(folder, names, global_descriptors=None, local_features=None, provenance=None, crop_boxes=None,
+                float16=True):
+    """Write a store atomically file by file (meta.json last).
+
+    local_features: a list (one entry per name) of dicts with the LOCAL_FIELDS arrays; descriptors are stored as
+    float16 when float16 is True.
+    """
+    names = [str(name) for name in names]
+    if global_descriptors is None and local_features is None:
+        raise FeatureStoreError(f"{folder}: nothing to write (no global and no local features)")
+    os.makedirs(folder, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "names": names, "provenance": provenance or {},
+            "crop_boxes": crop_boxes or {}, "has_global": global_descriptors is not None,
+            "has_local": local_features is not None, "global_dim": 0, "local_dim": 0}
+    if global_descriptors is not None:
+        global_descriptors = np.asarray(global_descriptors, dtype=np.float32)
+        _check_rows(folder, "global descriptors", len(global_descriptors), len(names))
+        write_npy(os.path.join(folder, "global.npy"), global_descriptors)
+        meta["global_dim"] = int(global_descriptors.shape[1])
+    if local_features is not None:
+        _check_rows(folder, "local feature sets", len(local_features), len(names))
+        meta["local_dim"] = _write_local(folder, local_features, float16)
+    write_json(os.path.join(folder, "meta.json"), meta)
+    return meta
+
+
+def _check_rows(folder, what, count, expected):
+    if count != expected:
+        raise FeatureStoreError(f"{folder}: {count} {what} for {expected} image names")
+
+
+def _write_local(folder, local_features, float16):
+    counts = np.array([len(features["scores"]) for features in local_features], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    write_npy(os.path.join(folder, "local_offsets.npy"), offsets)
+    dim = 0
+    for field in LOCAL_FIELDS:
+        parts = [np.asarray(features[field]) for features in local_features]
+        if field == "descriptors":
+            dtype = np.float16 if float16 else np.float32
+            dim = max((part.shape[1] for part in parts if part.ndim == 2 and len(part)), default=0)
+            parts = [part.reshape(-1, dim) if dim else part.reshape(0, 0) for part in parts]
+        else:
+            dtype = _LOCAL_DTYPES[field]
+        column = np.concatenate(parts).astype(dtype) if parts else np.zeros((0,), dtype)
+        if field == "locations":
+            column = column.reshape(-1, 2)
+        write_npy(os.path.join(folder, f"local_{field}.npy"), column)
+    return int(dim)
+
+
+class FeatureStore:
+    """Read access to one store; arrays are memory-mapped and loaded lazily."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        meta_path = os.path.join(folder, "meta.json")
+        if not os.path.isfile(meta_path):
+            raise FeatureStoreError(f"{folder}: not a feature store (no meta.json; extraction incomplete?)")
+        self.meta = read_json(meta_path)
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise FeatureStoreError(f"{folder}: format version {self.meta.get('format_version')} is not "
+                                    f"{FORMAT_VERSION}")
+        self.names = list(self.meta["names"])
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self._arrays = {}
+
+    def __len__(self):
+        return len(self.names)
+
+    @property
+    def has_global(self):
+        return bool(self.meta["has_global"])
+
+    @property
+    def has_local(self):
+        return bool(self.meta["has_local"])
+
+    @property
+    def provenance(self):
+        return self.meta.get("provenance", {})
+
+    @property
+    def crop_boxes(self):
+        return self.meta.get("crop_boxes", {})
+
+    def _array(self, stem):
+        if stem not in self._arrays:
+            path = os.path.join(self.folder, f"{stem}.npy")
+            if not os.path.isfile(path):
+                raise FeatureStoreError(f"{self.folder}: {stem}.npy is missing")
+            self._arrays[stem] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return self._arrays[stem]
+
+    def global_descriptors(self):
+        """[N, D] float32, L2-normalised, memory-mapped."""
+        if not self.has_global:
+            raise FeatureStoreError(f"{self.folder}: store has no global descriptors")
+        return self._array("global")
+
+    def index_of(self, name):
+        try:
+            return self._index[name]
+        except KeyError:
+            raise FeatureStoreError(f"{self.folder}: no image named {name!r}") from None
+
+    def local(self, name):
+        """One image's local features: locations [n, 2] (x, y), scales [n], scores [n], descriptors [n, d]."""
+        return self.local_at(self.index_of(name))
+
+    def local_at(self, index):
+        if not self.has_local:
+            raise FeatureStoreError(f"{self.folder}: store has no local features (extracted global-only)")
+        offsets = self._array("local_offsets")
+        start, end = int(offsets[index]), int(offsets[index + 1])
+        return {field: np.asarray(self._array(f"local_{field}")[start:end]) for field in LOCAL_FIELDS}
+
+    def num_local(self, index):
+        offsets = self._array("local_offsets")
+        return int(offsets[index + 1] - offsets[index])
+
+    def bytes_per_image(self):
+        """Average bytes on disk per image, over all arrays of the store."""
+        total = sum(os.path.getsize(os.path.join(self.folder, entry)) for entry in os.listdir(self.folder)
+                    if entry.endswith(".npy"))
+        return total / max(len(self.names), 1)
+
+
+def open_store(folder):
+    """Open the store in folder (see FeatureStore)."""
+    return FeatureStore(folder)
