@@ -137,6 +137,12 @@ class FeatureStore:
         start, end = int(offsets[index]), int(offsets[index + 1])
         return {field: np.asarray(self._array(f"local_{field}")[start:end]) for field in LOCAL_FIELDS}
 
+    def local_rows(self):
+        """All local features at once, memory-mapped: (dict of LOCAL_FIELDS arrays [M, ...], offsets [N + 1])."""
+        if not self.has_local:
+            raise FeatureStoreError(f"{self.folder}: store has no local features (extracted global-only)")
+        return {field: self._array(f"local_{field}") for field in LOCAL_FIELDS}, self._array("local_offsets")
+
     def num_local(self, index):
         offsets = self._array("local_offsets")
         return int(offsets[index + 1] - offsets[index])
