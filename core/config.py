@@ -49,7 +49,7 @@ _C.RESNET = CfgNode()
 _C.RESNET.TRANS_FUN = "bottleneck_transform"  # seed key: basic_transform (R18/34) or bottleneck_transform
 _C.RESNET.NUM_GROUPS = 1  # groups of the 3x3 conv (1 = ResNet, >1 = ResNeXt)
 _C.RESNET.WIDTH_PER_GROUP = 64  # base width; 32 gives a half-width network (fast CPU presets)
-_C.RESNET.STRIDE_1X1 = False  # seed key: stride on the 1x1 conv (MSRA) instead of the 3x3 (torchvision)
+_C.RESNET.STRIDE_1X1 = True  # stride on the 1x1 conv (official Keras R50, rf 291) or the 3x3 (torchvision, seed)
 
 # ------------------------------------------------------------------------------------------------ batch norm
 _C.BN = CfgNode()
