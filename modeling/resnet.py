@@ -91,13 +91,13 @@ class ResNet(nn.Module):
     def __init__(self, depth=50, block=None, groups=1, width_per_group=64, stride_1x1=False, local_stride=16,
                  bn_eps=1e-5, bn_momentum=0.1, zero_init_final_gamma=False, freeze_bn=False, freeze_stem=False):
         super().__init__()
-        self.stride_1x1 = stride_1x1
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
         if local_stride not in (16, 32):
             raise ValueError(f"local stride must be 16 or 32, got {local_stride}")
         block = block or STANDARD_BLOCK[depth]
         block_class = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
+        self.stride_1x1 = stride_1x1 and block_class is Bottleneck  # basic blocks have no 1x1 conv to stride
         if groups > 1 and block_class is BasicBlock:
             raise ValueError("grouped convolutions (ResNeXt) need bottleneck blocks")
         norm_layer = functools.partial(nn.BatchNorm2d, eps=bn_eps, momentum=bn_momentum)

@@ -232,10 +232,9 @@ def test_files_that_could_run_code_or_are_not_weights_are_refused(tmp_path):
 
 
 def test_torchvision_weights_into_the_official_layout_say_so(tmp_path):
-    torch_save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
-    cfg = load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform",
-                        "MODEL.HEADS.REDUCTION_DIM", "16"])
+    torch_save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
+    cfg = load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.HEADS.REDUCTION_DIM", "16"])
     assert cfg.RESNET.STRIDE_1X1  # the paper's default layout
     lines = []
-    load_weights(build_model(cfg), str(tmp_path / "resnet18.pth"), log=lines.append)
+    load_weights(build_model(cfg), str(tmp_path / "resnet50.pth"), log=lines.append)
     assert any("RESNET.STRIDE_1X1" in line for line in lines)
