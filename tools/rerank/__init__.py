@@ -1,0 +1,1 @@
+"""Re-ranking of a global shortlist: putative matching, spatial verification, ASMK."""
