@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from datasets.gldv2 import (
     ClassMapping,
@@ -214,32 +214,6 @@ def _per_process_batch(total, world_size, key):
     if total % world_size:
         raise ValueError(f"{key} = {total} is not divisible by the {world_size} processes")
     return total // world_size
-
-
-def build_train_loader(cfg, dataset, rank, world_size, seed):
-    """Shuffled, sharded loader over ``dataset``; call ``loader.sampler.set_epoch(epoch)`` every epoch."""
-    batch_size = _per_process_batch(cfg.TRAIN.BATCH_SIZE, world_size, "TRAIN.BATCH_SIZE")
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    if len(sampler) < batch_size:
-        raise ValueError(
-            f"TRAIN.BATCH_SIZE = {cfg.TRAIN.BATCH_SIZE} needs {batch_size} images per process, but each of the "
-            f"{world_size} processes gets only {len(sampler)} of the {len(dataset)} training images"
-        )
-    generator = torch.Generator()
-    generator.manual_seed(seed + rank)  # the same shuffle on every rank (sampler), different augmentations
-    workers = cfg.DATA_LOADER.NUM_WORKERS
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
-        collate_fn=collate_skip_failures,
-        drop_last=True,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        persistent_workers=workers > 0,
-    )
 
 
 def build_val_loader(cfg, dataset, rank, world_size):

@@ -1,0 +1,90 @@
+"""Training logs: a human line every LOG_PERIOD iterations and the same records as JSON lines in OUT_DIR.
+
+Only the main process logs at INFO; the others log warnings and errors, so a multi-GPU run prints each line once.
+The JSON lines file is appended one whole line per write (a record is never split by a crash except possibly the
+last line, which readers skip); a resumed run appends to it, and readers keep the newest record per iteration.
+"""
+
+import logging
+import os
+import resource
+import sys
+
+import simplejson
+import torch
+
+JSON_LOG_NAME = "training_log.jsonl"
+_FORMAT = "[%(asctime)s %(filename)s:%(lineno)d] %(message)s"
+
+
+def setup_logging(out_dir, is_main, to_file=False):
+    """Configure the root logger for this process; to_file also writes OUT_DIR/stdout.log (main process)."""
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if to_file and is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(out_dir, "stdout.log")))
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format=_FORMAT, handlers=handlers,
+                        force=True)
+
+
+def get_logger(name):
+    return logging.getLogger(name)
+
+
+class JsonLog:
+    """Appends records (dicts) as JSON lines; a no-op outside the main process."""
+
+    def __init__(self, out_dir, enabled=True):
+        self.path = os.path.join(out_dir, JSON_LOG_NAME)
+        self.enabled = enabled
+        if enabled:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def write(self, record):
+        if not self.enabled:
+            return
+        line = simplejson.dumps(record, ignore_nan=True, sort_keys=False) + "\n"
+        with open(self.path, "a") as handle:
+            handle.write(line)
+
+
+def read_json_log(path):
+    """Records of a JSON lines log, keeping only the newest per (type, iteration): a resumed run re-logs the
+    iterations after its checkpoint. Unparsable lines (a crash mid-write) are skipped."""
+    newest = {}
+    with open(path) as handle:
+        for line in handle:
+            try:
+                record = simplejson.loads(line)
+            except simplejson.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                newest[(record.get("type"), record.get("iter"))] = record
+    return sorted(newest.values(), key=lambda r: (r.get("iter", 0), r.get("type", "")))
+
+
+def peak_memory_mb(device):
+    """Peak GPU memory allocated by this process, or its peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+
+
+def format_eta(seconds):
+    if seconds != seconds:  # NaN before the first timed iteration
+        return "?"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    return (f"{days}d " if days else "") + f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+
+
+def train_line(record):
+    """The human-readable form of a training record."""
+    losses = " ".join(f"{name}={value:.4f}" for name, value in record.items() if name.startswith("loss_"))
+    return (
+        f"epoch {record['epoch'] + 1}/{record['max_epoch']} iter {record['iter_in_epoch']}/{record['epoch_iters']}"
+        f" (total {record['iter']}/{record['max_iter']}) loss={record['loss']:.4f} {losses}"
+        f" top1_err global={record['global_top1_err']:.2f}% attention={record['attention_top1_err']:.2f}%"
+        f" lr={record['lr']:.3e} {record['images_per_sec']:.1f} im/s eta {format_eta(record['eta_seconds'])}"
+        f" mem {record['peak_mem_mb']:.0f}MB"
+    )

@@ -1,0 +1,186 @@
+"""Training checkpoints: atomic save, rotation, newest-readable lookup and the state an exact resume needs.
+
+A checkpoint is OUT_DIR/checkpoints/checkpoint_<global iteration>.pth, written to a temporary file and renamed, so
+a crash leaves either the old set or the new file whole. It holds only tensors, numbers, strings, lists and dicts
+(RNG states are converted to tensors), so ``torch.load(weights_only=True)`` reads it: no pickled objects.
+"""
+
+import os
+import random
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import yaml
+
+from core.io import torch_save
+
+CHECKPOINT_DIR = "checkpoints"
+FORMAT = "delg-training-checkpoint"
+_NAME = re.compile(r"checkpoint_(\d+)\.pth$")
+_REQUIRED = ("format", "model", "optimizer", "position", "rng", "config")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: the epoch under way, the batches of it already consumed, and their global count."""
+
+    epoch: int
+    iter_in_epoch: int
+    global_iter: int
+
+    def as_dict(self):
+        return {"epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+# ------------------------------------------------------------------------------------------------ files
+def checkpoint_path(out_dir, global_iter):
+    return os.path.join(out_dir, CHECKPOINT_DIR, f"checkpoint_{global_iter:09d}.pth")
+
+
+def list_checkpoints(out_dir):
+    """[(global iteration, path)] of the checkpoints in out_dir, oldest first."""
+    folder = os.path.join(out_dir, CHECKPOINT_DIR)
+    if not os.path.isdir(folder):
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder) if (m := _NAME.match(name))]
+    return sorted(found)
+
+
+def save_checkpoint(out_dir, state, keep):
+    """Write state atomically as the checkpoint of its global iteration, keep the newest `keep`; return the path."""
+    path = checkpoint_path(out_dir, state["position"]["global_iter"])
+    torch_save(state, path)
+    for _, old in list_checkpoints(out_dir)[: -max(keep, 1)]:
+        os.remove(old)
+    return path
+
+
+def read_training_checkpoint(path):
+    """Load a training checkpoint (weights_only) and check it is complete; raise CheckpointError otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, bad magic, unexpected types, I/O errors
+        raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a training checkpoint of this framework (no format '{FORMAT}')")
+    missing = [key for key in _REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete training checkpoint, missing {', '.join(missing)}")
+    return state
+
+
+def newest_readable_checkpoint(out_dir, report):
+    """(path, state) of the newest checkpoint that reads back whole, or (None, None) when there is none.
+
+    Unreadable newer files (a truncated copy, a disk error) are reported through report(message) and skipped.
+    """
+    for _, path in reversed(list_checkpoints(out_dir)):
+        try:
+            return path, read_training_checkpoint(path)
+        except CheckpointError as error:
+            report(f"skipping checkpoint {error}; trying the one before it")
+    return None, None
+
+
+# ------------------------------------------------------------------------------------------------ state
+def training_state(model, optimizer, scaler, position, rng_states, class_ids, config_text):
+    """The dict written as a checkpoint; rng_states holds one capture_rng_state() per process, in rank order."""
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+        "position": position.as_dict(),
+        "rng": rng_states,
+        "class_ids": torch.as_tensor(list(class_ids), dtype=torch.int64),
+        "config": config_text,
+    }
+
+
+def restore_training_state(state, model, optimizer, scaler, class_ids, epoch_iters, path="checkpoint"):
+    """Load model, optimiser and scaler from a checkpoint dict of the same run and return its Position.
+
+    The run must have the same classes and epoch length, or the position would mean other batches.
+    """
+    saved_ids = state["class_ids"].tolist()
+    if saved_ids != list(class_ids):
+        raise CheckpointError(f"{path} was trained on {len(saved_ids)} classes that differ from the {len(class_ids)} "
+                              "classes of the current data; resume with the same data or start a new OUT_DIR")
+    position = Position(**state["position"])
+    if position.iter_in_epoch >= epoch_iters or position.epoch * epoch_iters + position.iter_in_epoch != \
+            position.global_iter:
+        raise CheckpointError(f"{path} stopped at epoch {position.epoch + 1} iteration {position.iter_in_epoch} "
+                              f"(global {position.global_iter}), which does not fit epochs of {epoch_iters} "
+                              "iterations; resume with the same TRAIN.BATCH_SIZE, number of processes and data")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return position
+
+
+def capture_rng_state():
+    """This process's torch, CUDA, NumPy and Python RNG states, all as tensors."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    assert np_kind == "MT19937"
+    py_version, py_internal, py_gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos_gauss": torch.tensor([np_pos, np_has_gauss], dtype=torch.int64),
+        "numpy_cached_gauss": torch.tensor(np_gauss, dtype=torch.float64),
+        "python_version": torch.tensor(py_version, dtype=torch.int64),
+        "python_internal": torch.tensor(py_internal, dtype=torch.int64),
+        "python_gauss_next": torch.tensor(
+            [py_gauss_next is not None, py_gauss_next or 0.0], dtype=torch.float64),
+    }
+
+
+def restore_process_rng(rng_states, rank, world_size, report):
+    """Restore this process's RNG states from the per-process list of a checkpoint (process 0's when the number
+    of processes changed, which report(message) notes)."""
+    if len(rng_states) != world_size:
+        report(f"the checkpoint holds RNG states of {len(rng_states)} processes, this run has {world_size}: all "
+               "take process 0's")
+        rank = 0
+    restore_rng_state(rng_states[rank])
+
+
+def restore_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    pos, has_gauss = (int(v) for v in state["numpy_pos_gauss"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, pos, has_gauss, float(state["numpy_cached_gauss"])))
+    has_next, gauss_next = state["python_gauss_next"].tolist()
+    internal = tuple(int(v) for v in state["python_internal"].tolist())
+    random.setstate((int(state["python_version"]), internal, gauss_next if has_next else None))
+
+
+# ------------------------------------------------------------------------------------------------ config changes
+def _flatten(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", list(value) if isinstance(value, tuple) else value
+
+
+def config_differences(saved_text, current_text):
+    """[(key, saved value, current value)] for every key whose value differs between two dumped configs."""
+    saved = dict(_flatten(yaml.safe_load(saved_text) or {}))
+    current = dict(_flatten(yaml.safe_load(current_text) or {}))
+    missing = "<absent>"
+    return [
+        (key, saved.get(key, missing), current.get(key, missing))
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key, missing) != current.get(key, missing)
+    ]

@@ -1,0 +1,86 @@
+"""A 2-process CPU DDP run (gloo) of train_delg.py on synthetic data: it trains and checkpoints, SIGTERM makes it
+checkpoint and exit cleanly, and TRAIN.AUTO_RESUME continues from there (with a changed training length)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core.logging import JSON_LOG_NAME, read_json_log
+from core.resume import list_checkpoints, read_training_checkpoint
+from datasets.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
+
+
+def tiny_opts(data_root, out_dir, *extra):
+    return [
+        "RESNET.WIDTH_PER_GROUP", "16", "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",
+        "MODEL.LOCAL.DESCRIPTOR_DIM", "16", "TRAIN.DATA_ROOT", str(data_root), "TRAIN.VAL_FRACTION", "0.25",
+        "TRAIN.BATCH_SIZE", "8", "TRAIN.IM_SIZE", "64", "TEST.BATCH_SIZE", "8", "TEST.IM_SIZE", "64",
+        "DATA_LOADER.NUM_WORKERS", "0", "LOG_PERIOD", "1", "TRAIN.EVAL_PERIOD", "1", "OUT_DIR", str(out_dir), *extra,
+    ]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return str(sock.getsockname()[1])
+
+
+def launch(opts):
+    command = [sys.executable, "train_delg.py", "--cfg", PRESET, "NUM_GPUS", "2", "PORT", free_port(), *opts]
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "SLURM_NTASKS")}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def logged_iterations(out_dir):
+    path = out_dir / JSON_LOG_NAME
+    if not path.exists():
+        return []
+    return [r["iter"] for r in read_json_log(str(path)) if r["type"] == "train_iter"]
+
+
+def wait_for_iteration(process, out_dir, iteration, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if max(logged_iterations(out_dir), default=0) >= iteration:
+            return
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"the run did not reach iteration {iteration}:\n{process.communicate()[0][-3000:]}")
+
+
+def test_two_processes_train_checkpoint_stop_on_sigterm_and_resume(tmp_path):
+    generate(str(tmp_path / "data"), size="tiny", workers=1)
+    data_root, out_dir = tmp_path / "data" / "train", tmp_path / "run"
+
+    first = launch(tiny_opts(data_root, out_dir, "OPTIM.MAX_ITER", "1000", "TRAIN.CHECKPOINT_ITERS", "3"))
+    wait_for_iteration(first, out_dir, 5)
+    first.send_signal(signal.SIGTERM)  # to the launcher, which forwards it to both training processes
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 0, output[-3000:]
+    assert "received SIGTERM: checkpointing at the next iteration boundary" in output
+    saved = [it for it, _ in list_checkpoints(str(out_dir))]
+    stopped_at = saved[-1]
+    assert stopped_at >= 5 and len(saved) == 3, saved  # TRAIN.KEEP_CHECKPOINTS 3 (the default)
+    assert all(it % 3 == 0 or it % 4 == 0 for it in saved[:-1]), saved  # every 3 iterations and every epoch (4)
+    state = read_training_checkpoint(list_checkpoints(str(out_dir))[-1][1])
+    assert len(state["rng"]) == 2  # one RNG state per process
+    assert max(logged_iterations(out_dir)) == stopped_at  # stopped at the boundary right after the signal
+
+    second = launch(tiny_opts(data_root, out_dir, "OPTIM.MAX_ITER", str(stopped_at + 3), "TRAIN.CHECKPOINT_ITERS",
+                              "3", "TRAIN.AUTO_RESUME", "True"))
+    output = second.communicate(timeout=180)[0]
+    assert second.returncode == 0, output[-3000:]
+    assert f"resumed from {out_dir}/checkpoints/checkpoint_{stopped_at:09d}.pth" in output
+    assert f"config changed since the checkpoint: OPTIM.MAX_ITER 1000 -> {stopped_at + 3}" in output
+    assert logged_iterations(out_dir)[-3:] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
+    assert list_checkpoints(str(out_dir))[-1][0] == stopped_at + 3
+    validations = [r for r in read_json_log(str(out_dir / JSON_LOG_NAME)) if r["type"] == "val"]
+    assert validations and validations[-1]["iter"] == stopped_at + 3
+    assert 0.0 <= validations[-1]["global_top1_err"] <= 100.0

@@ -1,0 +1,112 @@
+"""Non-finite losses are skipped and counted, a run of them stops training; every parameter gets a gradient (DDP runs
+without find_unused_parameters)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from core import trainer
+from core.config import load_cfg
+from core.logging import JSON_LOG_NAME, read_json_log
+from core.resume import list_checkpoints, read_training_checkpoint
+from datasets.synthetic import generate
+from modeling import build_loss, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def tiny_opts(data_root, out_dir, *extra):
+    return [
+        "RESNET.WIDTH_PER_GROUP", "16", "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",
+        "MODEL.LOCAL.DESCRIPTOR_DIM", "16", "TRAIN.DATA_ROOT", str(data_root), "TRAIN.VAL_FRACTION", "0.25",
+        "TRAIN.BATCH_SIZE", "8", "TRAIN.IM_SIZE", "64", "TEST.BATCH_SIZE", "8", "TEST.IM_SIZE", "64",
+        "DATA_LOADER.NUM_WORKERS", "0", "LOG_PERIOD", "1", "LOG_DEST", "file", "TRAIN.EVAL_PERIOD", "100",
+        "OUT_DIR", str(out_dir), *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("faults")
+    generate(str(base / "data"), size="tiny", workers=1)
+    return base / "data" / "train"
+
+
+class NanOnCalls(nn.Module):
+    """The real loss, multiplied by NaN on the chosen calls (1-based)."""
+
+    def __init__(self, loss, nan_calls):
+        super().__init__()
+        self.loss = loss
+        self.nan_calls = nan_calls
+        self.calls = 0
+
+    def forward(self, outputs, labels):
+        self.calls += 1
+        loss, parts = self.loss(outputs, labels)
+        if self.calls in self.nan_calls:
+            loss = loss * float("nan")
+        return loss, parts
+
+
+def test_nan_loss_step_is_skipped_and_counted(data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "build_loss", lambda cfg: NanOnCalls(build_loss(cfg), {3}))
+    snapshots = []
+    real_step = trainer.train_step
+
+    def recording_step(run, *args):
+        before = {k: v.clone() for k, v in run.model.state_dict().items() if v.is_floating_point()}
+        stats = real_step(run, *args)
+        changed = any(not torch.equal(before[k], v) for k, v in run.model.named_parameters())
+        snapshots.append((stats["nonfinite"], changed))
+        return stats
+
+    monkeypatch.setattr(trainer, "train_step", recording_step)
+    opts = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "5", "TRAIN.MAX_NONFINITE_STEPS", "2")
+    assert trainer.train_in_process(load_cfg(PRESET, opts).dump()) == 0
+
+    assert [nonfinite for nonfinite, _ in snapshots] == [0, 0, 1, 0, 0]
+    assert [changed for _, changed in snapshots] == [True, True, False, True, True]  # no step on the NaN batch
+    state = read_training_checkpoint(list_checkpoints(str(tmp_path))[-1][1])
+    assert state["counters"]["nonfinite_total"] == 1 and state["position"]["global_iter"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    records = read_json_log(str(tmp_path / JSON_LOG_NAME))
+    assert [r["total"] for r in records if r["type"] == "nonfinite"] == [1]
+    assert [r["nonfinite_steps"] for r in records if r["type"] == "train_iter"][-1] == 1
+    assert "non-finite loss: step skipped (1 in a row, 1 in all)" in (tmp_path / "stdout.log").read_text()
+
+
+def test_a_run_of_nan_losses_stops_with_a_clear_message(data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "build_loss", lambda cfg: NanOnCalls(build_loss(cfg), set(range(2, 100))))
+    opts = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "20", "TRAIN.MAX_NONFINITE_STEPS", "3")
+    assert trainer.train_in_process(load_cfg(PRESET, opts).dump()) == trainer.EXIT_NONFINITE
+    log = (tmp_path / "stdout.log").read_text()
+    assert "stopping: 3 non-finite losses in a row (TRAIN.MAX_NONFINITE_STEPS = 3)" in log
+    iterations = [r["iter"] for r in read_json_log(str(tmp_path / JSON_LOG_NAME)) if r["type"] == "train_iter"]
+    assert iterations == [1, 2, 3, 4]  # one good step, then three skipped ones, then the stop
+
+
+@pytest.mark.parametrize("variant", [
+    [],
+    ["MODEL.LOCAL.TYPE", "seed", "MODEL.LOCAL.DESCRIPTOR_DIM", "32", "MODEL.HEADS.GEM_LEARNABLE", "True"],
+    ["MODEL.LOCAL_STRIDE", "32", "MODEL.HEADS.MARGIN_TYPE", "curricular_arcface"],
+])
+def test_every_trainable_parameter_gets_a_gradient(variant, tmp_path):
+    cfg = load_cfg(PRESET, tiny_opts(tmp_path, tmp_path, "MODEL.NUM_CLASSES", "5", *variant))
+    model = build_model(cfg).train()
+    labels = torch.tensor([0, 1, 2, 3])
+    loss, _ = build_loss(cfg)(model(torch.randn(4, 3, 32, 32), labels), labels)
+    loss.backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []

@@ -1,0 +1,172 @@
+"""Images/s of the trainer's DELG step against a plain classification step of the same backbone.
+
+    python tools/benchmark_train.py                      # CPU: ResNet-50, stride 16, 1000 classes, batch 8, 224 px
+    python tools/benchmark_train.py --device cuda --size 512 --batch 32 --amp bf16 --channels-last
+
+The DELG step is core.trainer.train_step itself (one forward, one backward of the whole loss, gradient clipping,
+the per-iteration statistics all-reduce, SGD step). The plain step is the same backbone, global average pooling
+and a linear layer to the same classes, cross-entropy, the same clipping and SGD. Both run on the same random
+batch; timed steps alternate between the two so that a change of machine load hits both alike. The last line is
+``ratio: <median DELG step time / median plain step time>``.
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from core import trainer  # noqa: E402
+from core.config import cfg, load_cfg  # noqa: E402
+from core.distributed import PreemptionFlag  # noqa: E402
+from core.optimizer import build_optimizer  # noqa: E402
+from modeling import build_backbone, build_loss, build_model  # noqa: E402
+
+
+class PlainClassifier(nn.Module):
+    """Backbone to block4, global average pooling, linear classifier."""
+
+    def __init__(self, backbone, num_classes):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.block4_channels, num_classes)
+
+    def forward(self, images):
+        block4 = self.backbone.layer4(self.backbone.forward_block3(images))
+        return self.fc(block4.mean(dim=(2, 3)))
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--stride", type=int, default=16, help="MODEL.LOCAL_STRIDE")
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each kind (median taken; at least 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="GPU only")
+    parser.add_argument("--channels-last", action="store_true", help="GPU only")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.steps < 3:
+        parser.error("--steps must be at least 3")
+    return args
+
+
+def make_config(args):
+    block = "bottleneck_transform" if args.depth >= 50 else "basic_transform"
+    return load_cfg(opts=[
+        "MODEL.DEPTH", str(args.depth), "RESNET.TRANS_FUN", block, "MODEL.LOCAL_STRIDE", str(args.stride),
+        "MODEL.NUM_CLASSES", str(args.classes), "TRAIN.BATCH_SIZE", str(args.batch), "TRAIN.IM_SIZE", str(args.size),
+        "TRAIN.AMP", args.amp, "TRAIN.CHANNELS_LAST", str(args.channels_last), "DEVICE", args.device,
+    ])
+
+
+def delg_step_runner(device, amp_dtype, channels_last):
+    """A closure running trainer.train_step on a Run holding just what the step uses."""
+    model = build_model(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run = trainer.Run(
+        model=model, net=model, loss_fn=build_loss(cfg), optimizer=build_optimizer(model, cfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), schedule=None, loader=None,
+        val_loader=None, device=device, amp_dtype=amp_dtype, channels_last=channels_last, class_ids=[],
+        epoch_iters=1, total_iters=1, max_epoch=1, json_log=None, preemption=PreemptionFlag(),
+        bad_images=None,
+    )
+    model.train()
+    return lambda images, labels: trainer.train_step(run, images, labels, 0)
+
+
+def plain_step_runner(device, amp_dtype, channels_last):
+    model = PlainClassifier(build_backbone(cfg), cfg.MODEL.NUM_CLASSES).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    model.train()
+
+    def step(images, labels):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = nn.functional.cross_entropy(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.OPTIM.CLIP_GRAD_NORM)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.item()
+
+    return step
+
+
+def timed(step, images, labels, device):
+    """(wall seconds, CPU seconds of this process) of one step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    step(images, labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def main():
+    args = parse_args()
+    make_config(args)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    amp_dtype = trainer.amp_dtype_of(args.amp) if on_gpu else None
+    channels_last = args.channels_last and on_gpu
+    if not on_gpu and (args.amp != "off" or args.channels_last):
+        print("--amp and --channels-last are GPU options; ignored on CPU")
+    torch.backends.cudnn.benchmark = True
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    labels = torch.randint(0, args.classes, (args.batch,))
+    steps = {"delg": delg_step_runner(device, amp_dtype, channels_last),
+             "plain": plain_step_runner(device, amp_dtype, channels_last)}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            timed(step, images, labels, device)
+    times = {name: [] for name in steps}
+    cpu_times = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            wall, cpu = timed(step, images, labels, device)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
+
+    print(f"ResNet-{args.depth}, stride {args.stride}, {args.classes} classes, batch {args.batch}, {args.size} px, "
+          f"{device}, amp {args.amp if on_gpu else 'off'}, channels-last {channels_last}, "
+          f"{torch.get_num_threads()} threads, {args.steps} timed steps each")
+    medians = {}
+    for name, values in times.items():
+        medians[name] = statistics.median(values)
+        listed = " ".join(f"{v:.3f}" for v in values)
+        print(f"{name:>5}: median {medians[name]:.3f} s/step, {args.batch / medians[name]:.1f} images/s ({listed})")
+    # Other jobs on the machine only ever add time: the fastest steps and (on CPU) the CPU time of this process
+    # show the ratio a quiet machine would give.
+    print(f"ratio of the fastest steps: {min(times['delg']) / min(times['plain']):.3f}")
+    if not on_gpu:
+        cpu_ratio = statistics.median(cpu_times["delg"]) / statistics.median(cpu_times["plain"])
+        print(f"ratio of median CPU times of this process: {cpu_ratio:.3f}")
+    print(f"ratio: {medians['delg'] / medians['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

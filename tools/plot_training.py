@@ -1,0 +1,83 @@
+"""Draw the loss, top-1 error and learning-rate curves of a training run: ``python tools/plot_training.py OUT_DIR``.
+
+Reads OUT_DIR/training_log.jsonl (written by the trainer) and writes OUT_DIR/training_curves.png (or --out).
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from core.io import atomic_path  # noqa: E402
+from core.logging import JSON_LOG_NAME, read_json_log  # noqa: E402
+
+_LOSSES = (("loss", "total"), ("loss_global", "global CE"), ("loss_attention", "attention CE"),
+           ("loss_reconstruction", "reconstruction"))
+_ERRORS = (("global_top1_err", "global", "tab:blue"), ("attention_top1_err", "attention", "tab:green"))
+
+
+def _series(records, key):
+    points = [(r["iter"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_training(out_dir, png_path=None):
+    """Write the curves of the run in out_dir to png_path (default OUT_DIR/training_curves.png); return the path."""
+    log_path = os.path.join(out_dir, JSON_LOG_NAME)
+    if not os.path.isfile(log_path):
+        raise FileNotFoundError(f"{log_path} does not exist: is {out_dir} the OUT_DIR of a training run?")
+    records = read_json_log(log_path)
+    train = [r for r in records if r.get("type") == "train_iter"]
+    val = [r for r in records if r.get("type") == "val"]
+    if not train:
+        raise ValueError(f"{log_path} holds no training records yet (one is logged every LOG_PERIOD iterations)")
+
+    figure, (loss_axes, error_axes, lr_axes) = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
+    for key, label in _LOSSES:
+        loss_axes.plot(*_series(train, key), label=label)
+    loss_axes.set_yscale("log")
+    loss_axes.set_ylabel("loss (total; parts unweighted)")
+    for key, label, color in _ERRORS:
+        error_axes.plot(*_series(train, key), color=color, alpha=0.6, label=f"train {label} (batch)")
+        if val:
+            error_axes.plot(*_series(val, key), "o--", color=color, label=f"validation {label}")
+    error_axes.set_ylabel("top-1 error (%)")
+    lr_axes.plot(*_series(train, "lr"))
+    lr_axes.set_ylabel("learning rate")
+    lr_axes.set_xlabel("iteration")
+    for axes in (loss_axes, error_axes):
+        axes.legend(fontsize="small")
+    for axes in (loss_axes, error_axes, lr_axes):
+        axes.grid(alpha=0.3)
+    figure.suptitle(os.path.basename(os.path.abspath(out_dir)))
+    figure.tight_layout()
+
+    png_path = png_path or os.path.join(out_dir, "training_curves.png")
+    with atomic_path(png_path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return png_path
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Plot loss, error and learning-rate curves of a training run.")
+    parser.add_argument("out_dir", help="OUT_DIR of the run (holds training_log.jsonl)")
+    parser.add_argument("--out", default=None, help="PNG to write (default OUT_DIR/training_curves.png)")
+    args = parser.parse_args()
+    try:
+        print(plot_training(args.out_dir, args.out))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
