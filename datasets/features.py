@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from core.io import read_json, write_json, write_npy
+from core.io import atomic_path, read_json, write_json, write_npy
 
 FORMAT_VERSION = 1
 LOCAL_FIELDS = ("locations", "scales", "scores", "descriptors")
@@ -69,6 +69,50 @@ def _write_local(folder, local_features, float16):
             column = column.reshape(-1, 2)
         write_npy(os.path.join(folder, f"local_{field}.npy"), column)
     return int(dim)
+
+
+def concatenate_stores(folder, stores, provenance=None, crop_boxes=None):
+    """Join opened stores, in order, into a new store in folder, array by array through memory maps.
+
+    Memory stays at one chunk whatever the size (a million global descriptors, local features of many shards).
+    """
+    if not stores:
+        raise FeatureStoreError(f"{folder}: no stores to join")
+    kinds = {(store.has_global, store.has_local) for store in stores}
+    if len(kinds) > 1:
+        raise FeatureStoreError(f"{folder}: cannot join stores with and without global or local features")
+    has_global, has_local = kinds.pop()
+    os.makedirs(folder, exist_ok=True)
+    names = [name for store in stores for name in store.names]
+    meta = {"format_version": FORMAT_VERSION, "names": names, "provenance": provenance or {},
+            "crop_boxes": crop_boxes or {}, "has_global": has_global, "has_local": has_local,
+            "global_dim": max(store.meta["global_dim"] for store in stores),
+            "local_dim": max(store.meta["local_dim"] for store in stores)}
+    if has_global:
+        _concatenate_arrays(os.path.join(folder, "global.npy"), [store._array("global") for store in stores])
+    if has_local:
+        counts = np.concatenate([np.diff(np.asarray(store._array("local_offsets"))) for store in stores])
+        write_npy(os.path.join(folder, "local_offsets.npy"), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        for field in LOCAL_FIELDS:
+            _concatenate_arrays(os.path.join(folder, f"local_{field}.npy"),
+                                [store._array(f"local_{field}") for store in stores])
+    write_json(os.path.join(folder, "meta.json"), meta)
+    return meta
+
+
+def _concatenate_arrays(path, arrays, chunk_rows=65536):
+    filled = [array for array in arrays if len(array)] or arrays[:1]
+    shape = (sum(len(array) for array in filled),) + filled[0].shape[1:]
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=filled[0].dtype, shape=shape)
+        row = 0
+        for array in filled:
+            for start in range(0, len(array), chunk_rows):
+                block = array[start:start + chunk_rows]
+                out[row:row + len(block)] = block
+                row += len(block)
+        out.flush()
+        del out
 
 
 class FeatureStore:

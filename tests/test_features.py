@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from datasets.features import FeatureStoreError, open_store, write_store
+from datasets.features import FeatureStoreError, concatenate_stores, open_store, write_store
 
 
 def _local(rng, count, dim=8):
@@ -58,3 +58,29 @@ def test_float16_store_of_1000_features_costs_at_most_270_kib(tmp_path):
     rng = np.random.default_rng(2)
     write_store(tmp_path, ["a"], None, [_local(rng, 1000, dim=128)], float16=True)
     assert open_store(tmp_path).bytes_per_image() <= 270 * 1024  # 256 KB of descriptors + 16 KB of geometry
+
+
+def test_concatenated_stores_equal_one_store_written_whole(tmp_path):
+    rng = np.random.default_rng(3)
+    names = [f"im{i}" for i in range(5)]
+    local = [_local(rng, count) for count in (4, 0, 2, 3, 1)]
+    global_descriptors = rng.normal(size=(5, 6)).astype(np.float32)
+    write_store(tmp_path / "whole", names, global_descriptors, local)
+    write_store(tmp_path / "a", names[:2], global_descriptors[:2], local[:2])
+    write_store(tmp_path / "b", names[2:], global_descriptors[2:], local[2:])
+    concatenate_stores(tmp_path / "joined", [open_store(tmp_path / "a"), open_store(tmp_path / "b")])
+    whole, joined = open_store(tmp_path / "whole"), open_store(tmp_path / "joined")
+    assert joined.names == names
+    np.testing.assert_array_equal(joined.global_descriptors(), whole.global_descriptors())
+    for name in names:
+        for field, values in whole.local(name).items():
+            np.testing.assert_array_equal(joined.local(name)[field], values)
+    rows, offsets = joined.local_rows()
+    assert offsets.tolist() == [0, 4, 4, 6, 9, 10] and rows["descriptors"].shape == (10, 8)
+
+
+def test_stores_of_different_kinds_are_not_joined(tmp_path):
+    write_store(tmp_path / "a", ["a"], np.ones((1, 3)))
+    write_store(tmp_path / "b", ["b"], np.ones((1, 3)), [_local(np.random.default_rng(0), 2)])
+    with pytest.raises(FeatureStoreError, match="with and without"):
+        concatenate_stores(tmp_path / "c", [open_store(tmp_path / "a"), open_store(tmp_path / "b")])

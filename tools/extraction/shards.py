@@ -18,7 +18,7 @@ import uuid
 import numpy as np
 
 from core.io import read_json, write_json
-from datasets.features import FeatureStoreError, open_store, write_store
+from datasets.features import FeatureStoreError, concatenate_stores, open_store, write_store
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +130,9 @@ def merge_shards(store_folder):
     names = [name for shard in shards for name in shard.names]
     failures = [failure for shard in shards for failure in shard.provenance["failures"]]
     crop_boxes = {name: box for shard in shards for name, box in shard.crop_boxes.items()}
-    global_descriptors = None
-    if shards[0].has_global:
-        blocks = [np.asarray(shard.global_descriptors()) for shard in shards if len(shard)]
-        global_descriptors = np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
-    local = None
-    if shards[0].has_local:
-        local = [shard.local_at(i) for shard in shards for i in range(len(shard))]
     _clear_store_files(store_folder)
     write_json(os.path.join(store_folder, FAILURES_FILE), failures)
-    write_store(store_folder, names, global_descriptors, local, dict(provenance, num_failures=len(failures)),
-                crop_boxes, float16=provenance["float16"])
+    concatenate_stores(store_folder, shards, dict(provenance, num_failures=len(failures)), crop_boxes)
     shutil.rmtree(os.path.join(store_folder, SHARDS_FOLDER))
     return len(names), failures
 
