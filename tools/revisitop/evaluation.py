@@ -1,37 +1,56 @@
-"""The revisitop evaluation pipeline: feature stores + ground truth -> global search -> re-ranking -> E/M/H table.
+"""The evaluation pipeline: feature stores + ground truth -> global search -> re-ranking -> table and results.json.
 
     results = evaluate(cfg)     # {method: {protocol: {metric: percent}}}, also printed and written to results.json
 
-One chunked pass over the database serves every method: it keeps each query's top EVAL.SEARCH_TOPK images (the
-shortlists) and counts, for every relevant image, how many images rank above it, so the global ranking's metrics
-are exact over the whole database (1M distractors included) without ever sorting it. Re-ranking methods permute a
-shortlist; positives outside it keep their position (see metrics._positions_in_protocol).
+EVAL.DATASET picks the benchmark: revisitop (roxford5k, rparis6k, synth; '+1m' for distractors) with the Easy /
+Medium / Hard protocols and mAP, mP@k, or ``gldv2`` with mAP@100 from EVAL.SOLUTION_FILE
+(tools/retrieval/gldv2_evaluation.py). Either way a context offers the methods one interface.
 
-Methods are functions ``method(context) -> {protocol: (mAP, aps, mP@k, P@k)}`` in METHODS; ``register_method``
-adds more (the ASMK methods live with ASMK).
+Revisitop: one chunked pass over the database serves every method: it keeps each query's top EVAL.SEARCH_TOPK
+images (the shortlists) and counts, for every relevant image, how many images rank above it, so the global
+ranking's metrics are exact over the whole database (1M distractors included) without ever sorting it. Re-ranking
+methods permute a shortlist; positives outside it keep their position (see metrics._positions_in_protocol).
+
+Methods are functions ``method(context) -> raw results`` in METHODS (revisitop: {protocol: (mAP, aps, mP@k, P@k)};
+GLDv2: {"gldv2": mAP@100}); ``register_method`` adds more. Built in: global, sv (spatial verification; local
+features of a global-only database, e.g. +1M distractors, are extracted on demand for the shortlisted images only,
+see tools/extraction/on_demand.py), asmk and asmk_rerank (tools/revisitop/asmk_methods.py).
 """
 
 import logging
 import os
+import time
 
 import numpy as np
 
 from core.io import write_json
 from datasets.features import FeatureStoreError, open_store
 from datasets.revisitop import gnd_path, load_ground_truth
+from tools.extraction.on_demand import (
+    LOCAL_ONLY_KEYS,
+    RUN_KEYS,
+    LocalFeatureAccess,
+    ProvenanceMismatch,
+    provenance_difference,
+)
 from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification
-from tools.retrieval.global_search import TopK, faiss_search, order_keys, resolve_device, score_chunks
-from tools.revisitop.metrics import RelevantRankCounter, protocol_results_from_ranks, relevant_items, summarize
-from tools.revisitop.protocols import PROTOCOLS, protocol_gnds
+from tools.retrieval.gldv2_evaluation import GLDV2, Gldv2Context, open_gldv2_stores, solution_queries
+from tools.retrieval.gldv2_evaluation import K as GLDV2_K
+from tools.retrieval.gldv2_metric import read_retrieval_solution
+from tools.retrieval.global_search import TopK, faiss_search, order_keys, resolve_device, score_chunks, search
+from tools.revisitop.asmk_methods import ASMK_METHODS
+from tools.revisitop.metrics import (
+    RelevantRankCounter,
+    compute_map,
+    protocol_results_from_ranks,
+    relevant_items,
+    summarize,
+)
+from tools.revisitop.protocols import protocol_gnd, protocol_gnds
 
 logger = logging.getLogger(__name__)
 
 DISTRACTOR_SUFFIX = "+1m"
-_PROVENANCE_IGNORED = ("signature", "dataset", "checkpoint")  # differ legitimately between a run's stores
-
-
-class ProvenanceMismatch(ValueError):
-    """Query and database features come from different models or settings."""
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -63,21 +82,15 @@ def open_stores(folder, dataset):
                             f"(EVAL.FEATURES_DIR; run tools/extractor.py first)")
 
 
-def _first_difference(left, right, path=""):
-    if isinstance(left, dict) and isinstance(right, dict):
-        for key in sorted(set(left) | set(right)):
-            found = _first_difference(left.get(key), right.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if left == right else (path, left, right)
-
-
 def check_provenance(query_store, database_store):
-    """Refuse stores whose provenance (model config, checkpoint hash, scales, ...) differs; name the key."""
-    query = {key: value for key, value in query_store.provenance.items() if key not in _PROVENANCE_IGNORED}
-    database = {key: value for key, value in database_store.provenance.items() if key not in _PROVENANCE_IGNORED}
-    difference = _first_difference(query, database)
+    """Refuse stores whose provenance (model config, checkpoint hash, scales, ...) differs; name the key.
+
+    Settings of local features are compared only when both stores hold local features: a global-only database
+    (+1M distractors) legitimately records other local settings than its queries.
+    """
+    both_local = query_store.has_local and database_store.has_local
+    ignored = RUN_KEYS if both_local else RUN_KEYS + LOCAL_ONLY_KEYS
+    difference = provenance_difference(query_store.provenance, database_store.provenance, ignored)
     if difference:
         key, query_value, database_value = difference
         raise ProvenanceMismatch(f"{query_store.folder} and {database_store.folder} come from different extractions: "
@@ -129,13 +142,19 @@ def global_pass(query_descriptors, database_descriptors, gnd_raw, topk, chunk_si
 
 
 class EvaluationContext:
-    """What every method may use: the aligned ground truth, the stores, the global pass and the config."""
+    """What every method may use on revisitop: the aligned ground truth, the stores, the global pass, local
+    features (``local``: LocalFeatureAccess), a cache shared between methods, and the config."""
+
+    ranking_depth = None  # results_from_ranking needs whole rankings
 
     def __init__(self, cfg, gnd, query_store, database_store, query_rows, relevant, top_scores, top_indices):
         self.cfg, self.gnd, self.kappas = cfg, gnd, tuple(cfg.EVAL.KAPPAS)
         self.query_store, self.database_store, self.query_rows = query_store, database_store, query_rows
         self.relevant, self.top_scores, self.top_indices = relevant, top_scores, top_indices
         self.device = resolve_device(cfg.EVAL.DEVICE)
+        self.local = LocalFeatureAccess(cfg, query_store, database_store, query_rows)
+        self.cache = {}
+        self.title = f"{cfg.EVAL.DATASET}: {len(query_rows)} queries, {len(database_store)} database images"
 
     def shortlists(self, size):
         """{protocol: per query, the first `size` images of the global ranking that are not junk there}."""
@@ -150,6 +169,9 @@ class EvaluationContext:
             logger.warning("a shortlist holds only %d images (< %d): raise EVAL.SEARCH_TOPK", short, size)
         return lists
 
+    def global_results(self):
+        return protocol_results_from_ranks(self.relevant, self.gnd, self.kappas)
+
     def results_with_reranked(self, reranked):
         """Protocol results when each protocol's shortlist was re-ordered ({protocol: per query, indices})."""
         with_keys = {}
@@ -161,59 +183,17 @@ class EvaluationContext:
                 with_keys[protocol].append((ids, order_keys(scores, ids)))
         return protocol_results_from_ranks(self.relevant, self.gnd, self.kappas, with_keys)
 
-    def local_features(self, store, row):
-        features = store.local_at(int(row))
-        return features["locations"], features["descriptors"]
+    def results_from_ranking(self, ranks):
+        """Protocol results of another method's whole ranking [n_queries, n_database] (database rows, best first)."""
+        ranks = np.asarray(ranks).T
+        return {protocol: compute_map(ranks, protocol_gnd(self.gnd, protocol), self.kappas)
+                for protocol in protocol_gnds(self.gnd)}
+
+    def summarize(self, results):
+        return summarize(results, self.kappas)
 
 
-# ------------------------------------------------------------------------------------------------ methods
-def evaluate_global(context):
-    return protocol_results_from_ranks(context.relevant, context.gnd, context.kappas)
-
-
-def evaluate_spatial_verification(context):
-    for store in (context.query_store, context.database_store):
-        if not store.has_local:
-            raise ValueError(f"{store.folder} has no local features: method 'sv' needs them (EXTRACT.LOCAL True)")
-    cfg = context.cfg
-    reranked, _ = rerank_with_spatial_verification(
-        context.shortlists(cfg.SV.SHORTLIST),
-        lambda query: context.local_features(context.query_store, context.query_rows[query]),
-        lambda row: context.local_features(context.database_store, row),
-        options_from_cfg(cfg), num_workers=cfg.SV.NUM_WORKERS, device=context.device)
-    return context.results_with_reranked(reranked)
-
-
-METHODS = {"global": evaluate_global, "sv": evaluate_spatial_verification}
-PLANNED_METHODS = ("asmk", "asmk_rerank")  # registered by the ASMK code; skipped with a warning until then
-
-
-def register_method(name, function):
-    """Make EVAL.METHODS accept `name`; function(context) -> {protocol: (mAP, aps, mP@k, P@k)}."""
-    METHODS[name] = function
-
-
-# ------------------------------------------------------------------------------------------------ report
-def format_table(results, title=""):
-    """One line per method and protocol: mAP and mP@k in percent."""
-    metrics = list(next(iter(next(iter(results.values())).values())))
-    lines = [title] if title else []
-    lines.append(f"{'method':<14}{'protocol':<10}" + "".join(f"{metric:>8}" for metric in metrics))
-    for method, by_protocol in results.items():
-        for protocol in PROTOCOLS:
-            values = by_protocol[protocol]
-            lines.append(f"{method:<14}{protocol:<10}" + "".join(f"{values[metric]:>8.2f}" for metric in metrics))
-    return "\n".join(lines)
-
-
-def evaluate(cfg):
-    """Run EVAL.METHODS on EVAL.DATASET; print the table, write OUT_DIR/results.json; return the results."""
-    unknown = [method for method in cfg.EVAL.METHODS if method not in METHODS and method not in PLANNED_METHODS]
-    if unknown:
-        raise ValueError(f"EVAL.METHODS: unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
-    methods = [method for method in cfg.EVAL.METHODS if method in METHODS]
-    for method in sorted(set(cfg.EVAL.METHODS) - set(methods)):
-        logger.warning("EVAL.METHODS: %s is not available in this build (not registered); skipped", method)
+def build_revisitop_context(cfg):
     base, with_distractors = split_dataset_name(cfg.EVAL.DATASET)
     gnd_file = gnd_path(cfg.EVAL.DATA_ROOT, base)
     ground_truth = load_gnd(gnd_file)
@@ -226,11 +206,83 @@ def evaluate(cfg):
                                                             len(entry["hard"]) for entry in gnd))
     relevant, top_scores, top_indices = global_pass(queries, database_store.global_descriptors(), gnd, depth,
                                                     cfg.EVAL.CHUNK_SIZE, cfg.EVAL.DEVICE, cfg.EVAL.USE_FAISS)
-    context = EvaluationContext(cfg, gnd, query_store, database_store, query_rows, relevant, top_scores, top_indices)
+    return EvaluationContext(cfg, gnd, query_store, database_store, query_rows, relevant, top_scores, top_indices)
+
+
+def build_gldv2_context(cfg):
+    if not cfg.EVAL.SOLUTION_FILE or not os.path.isfile(cfg.EVAL.SOLUTION_FILE):
+        raise FileNotFoundError(f"EVAL.SOLUTION_FILE {cfg.EVAL.SOLUTION_FILE!r}: no such file (EVAL.DATASET gldv2 "
+                                f"needs the solution file, retrieval_solution_v2.1.csv)")
+    solution = read_retrieval_solution(cfg.EVAL.SOLUTION_FILE)
+    query_store, database_store = open_gldv2_stores(features_dir(cfg))
+    check_provenance(query_store, database_store)
+    query_ids, query_rows = solution_queries(solution, query_store, cfg.EVAL.SOLUTION_FILE)
+    queries = np.asarray(query_store.global_descriptors(), dtype=np.float32)[query_rows]
+    depth = max(GLDV2_K, cfg.SV.SHORTLIST, cfg.EVAL.SEARCH_TOPK)
+    top_scores, top_indices = search(queries, database_store.global_descriptors(), depth, cfg.EVAL.CHUNK_SIZE,
+                                     cfg.EVAL.DEVICE, cfg.EVAL.USE_FAISS)
+    return Gldv2Context(cfg, solution, query_store, database_store, query_ids, query_rows, top_scores, top_indices)
+
+
+# ------------------------------------------------------------------------------------------------ methods
+def evaluate_global(context):
+    return context.global_results()
+
+
+def evaluate_spatial_verification(context):
+    """Re-rank SV.SHORTLIST images per query by inliers; a global-only store's shortlisted images are extracted."""
+    cfg = context.cfg
+    shortlists = context.shortlists(cfg.SV.SHORTLIST)
+    rows = [np.asarray(ids, dtype=np.int64) for per_query in shortlists.values() for ids in per_query]
+    context.local.prepare_queries()
+    context.local.prepare_database(np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64))
+    reranked, _ = rerank_with_spatial_verification(shortlists, context.local.query, context.local.database,
+                                                   options_from_cfg(cfg), num_workers=cfg.SV.NUM_WORKERS,
+                                                   device=context.device)
+    return context.results_with_reranked(reranked)
+
+
+METHODS = {"global": evaluate_global, "sv": evaluate_spatial_verification}
+
+
+def register_method(name, function):
+    """Make EVAL.METHODS accept `name`; function(context) -> raw results (see the module docstring)."""
+    METHODS[name] = function
+
+
+for _name, _function in ASMK_METHODS.items():
+    register_method(_name, _function)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def format_table(results, title=""):
+    """One line per method and protocol (E / M / H, or gldv2): the metrics in percent."""
+    metrics = list(next(iter(next(iter(results.values())).values())))
+    lines = [title] if title else []
+    lines.append(f"{'method':<14}{'protocol':<10}" + "".join(f"{metric:>9}" for metric in metrics))
+    for method, by_protocol in results.items():
+        for protocol, values in by_protocol.items():
+            lines.append(f"{method:<14}{protocol:<10}" + "".join(f"{values[metric]:>9.2f}" for metric in metrics))
+    return "\n".join(lines)
+
+
+def build_context(cfg):
+    """The evaluation context of EVAL.DATASET: GLDv2 or a revisitop dataset."""
+    return build_gldv2_context(cfg) if cfg.EVAL.DATASET == GLDV2 else build_revisitop_context(cfg)
+
+
+def evaluate(cfg):
+    """Run EVAL.METHODS on EVAL.DATASET; print the table, write OUT_DIR/results.json; return the results."""
+    unknown = [method for method in cfg.EVAL.METHODS if method not in METHODS]
+    if unknown or not cfg.EVAL.METHODS:
+        raise ValueError(f"EVAL.METHODS: unknown method(s) {', '.join(unknown) or '(none given)'}; available: "
+                         f"{', '.join(METHODS)}")
+    context = build_context(cfg)
     results = {}
-    for method in methods:
-        results[method] = summarize(METHODS[method](context), context.kappas)
-    title = f"{cfg.EVAL.DATASET}: {len(query_rows)} queries, {len(database_store)} database images"
-    print(format_table(results, title), flush=True)
+    for method in cfg.EVAL.METHODS:
+        start = time.perf_counter()
+        results[method] = context.summarize(METHODS[method](context))
+        logger.info("%s: %.1f s", method, time.perf_counter() - start)
+    print(format_table(results, context.title), flush=True)
     write_json(os.path.join(cfg.OUT_DIR, "results.json"), results)
     return results
