@@ -26,7 +26,9 @@ def embeddings_with_obtuse_targets(head, labels, generator):
     embedding = torch.randn(len(labels), head.in_features, generator=generator, dtype=torch.float64)
     half = len(labels) // 2
     weight = head.weight.detach().to(torch.float64)
-    embedding[:half] = -weight[labels[:half]] + 1e-3 * embedding[:half]
+    # a perturbation small relative to each class vector: theta within ~1e-3 rad of pi, whatever the weight init
+    target = weight[labels[:half]]
+    embedding[:half] = -target + 1e-3 * target.norm(dim=1, keepdim=True) * F.normalize(embedding[:half], dim=1)
     return embedding
 
 
