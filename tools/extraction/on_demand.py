@@ -1,0 +1,319 @@
+"""Local features on demand: re-ranking a database stored global-only (revisitop1m distractors) without storing
+local features of a million images.
+
+    reader = local_reader(cfg, store, reference=query_store)   # the store itself when it has local features
+    reader.prepare(rows)               # extract the images the cache lacks, in one pass; returns how many
+    features = reader.local_at(row)    # {"locations", "scales", "scores", "descriptors"}, as FeatureStore.local_at
+
+The images are found again through the store's provenance (the dataset the extractor recorded) and extracted with
+the extractor's own code (tools.extraction.runner / pyramid) under the current config, local features only. They are
+cached under ``<EXTRACT.OUTPUT_DIR or OUT_DIR/features>/<store name>_local_cache/<key>/``: one feature store per
+``EXTRACT.SHARD_SIZE`` newly extracted images (``part-*``, renamed into place whole), ``<key>`` a hash of the
+provenance that decides local features (model config, checkpoint hash, local scales, selection settings) and of
+the dataset. A later run with the same model reads them back and extracts only what is still missing.
+
+This module also holds the provenance comparisons the evaluation and the one-image search share: which recorded keys
+matter for global descriptors, which only for local features, and which differ legitimately between stores.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from core.distributed import resolve_device
+from datasets.features import FeatureStoreError, open_store, write_store
+from datasets.transforms import Normalizer
+from tools.extraction.runner import (
+    Extractor,
+    build_extraction_model,
+    build_provenance,
+    build_settings,
+    checkpoint_digest,
+    output_dir,
+)
+from tools.extraction.sources import PreparedImages, build_sources
+
+logger = logging.getLogger(__name__)
+
+CACHE_SUFFIX = "_local_cache"
+PART_PREFIX = "part-"
+# provenance paths that differ legitimately between stores of one run (dotted; a prefix covers its sub-keys)
+RUN_KEYS = ("signature", "dataset", "checkpoint", "num_failures", "failures", "shard", "num_shards")
+# recorded settings that only decide global descriptors, and those that only decide local features
+GLOBAL_ONLY_KEYS = ("config.EXTRACT.GLOBAL", "config.EXTRACT.GLOBAL_SCALES", "global_scales")
+LOCAL_ONLY_KEYS = ("config.EXTRACT.LOCAL", "config.EXTRACT.LOCAL_SCALES", "config.EXTRACT.ATTENTION_THRESHOLD",
+                   "config.EXTRACT.MAX_FEATURES", "config.EXTRACT.NMS_IOU", "config.EXTRACT.FLOAT16", "local_scales",
+                   "float16")
+REVISITOP_PARTS = ("_query", "_database")
+_SOURCE_FIELDS = (("DATASET", "name"), ("FORMAT", "format"), ("DATA_ROOT", "root"), ("SPLIT", "split"),
+                  ("DISTRACTORS", "distractors"))
+
+
+class ProvenanceMismatch(ValueError):
+    """Two sets of features come from different models or settings."""
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+def _flatten(value, prefix=""):
+    if isinstance(value, dict) and value:
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def _ignored(path, ignored):
+    return any(path == key or path.startswith(key + ".") for key in ignored)
+
+
+def provenance_difference(left, right, ignored=RUN_KEYS):
+    """The first recorded setting (dotted path, left value, right value) on which two provenances differ, or None."""
+    left, right = _flatten(left or {}), _flatten(right or {})
+    for path in sorted(set(left) | set(right)):
+        if not _ignored(path, ignored) and left.get(path) != right.get(path):
+            return path, left.get(path), right.get(path)
+    return None
+
+
+def local_provenance(provenance):
+    """The part of a provenance that decides local features (what the cache key hashes)."""
+    flat = _flatten(provenance or {})
+    return {path: value for path, value in sorted(flat.items()) if not _ignored(path, RUN_KEYS + GLOBAL_ONLY_KEYS)}
+
+
+def check_same_local_features(reference, provenance, reference_name, name):
+    """Raise ProvenanceMismatch naming the first setting where two local extractions differ."""
+    difference = provenance_difference(reference, provenance, RUN_KEYS + GLOBAL_ONLY_KEYS)
+    if difference:
+        key, reference_value, value = difference
+        raise ProvenanceMismatch(f"local features of {name} would not match those of {reference_name}: provenance "
+                                 f"{key} is {value!r} here but {reference_value!r} there (use the config the "
+                                 f"features were extracted with)")
+
+
+# ------------------------------------------------------------------------------------------------ image sources
+def image_source_of(cfg, store):
+    """The extractor's image source (names, read(i), path(i)) of a store, from the dataset its provenance records.
+
+    EXTRACT.* keys fill in what the provenance lacks (stores written by other tools); EXTRACT.DISTRACTOR_ROOT always
+    comes from the config.
+    """
+    recorded = dict(store.provenance.get("dataset") or {})
+    if recorded.get("format") == "revisitop":  # the extractor records the store's name: <dataset>_query / _database
+        for part in REVISITOP_PARTS:
+            if str(recorded.get("name", "")).endswith(part):
+                recorded["name"] = recorded["name"][: -len(part)]
+    source_cfg = cfg.clone()
+    for key, field in _SOURCE_FIELDS:
+        if recorded.get(field) is not None:
+            source_cfg.EXTRACT[key] = recorded[field]
+    sources = build_sources(source_cfg)
+    wanted = os.path.basename(os.path.normpath(str(store.folder)))
+    for name, source in sources:
+        if name == wanted:
+            return source
+    names = set(store.names)
+    for _, source in sources:
+        if names <= set(source.names):
+            return source
+    raise FeatureStoreError(f"{store.folder}: its images are not among those of EXTRACT.DATASET "
+                            f"{source_cfg.EXTRACT.DATASET!r} in {source_cfg.EXTRACT.DATA_ROOT!r} (stores "
+                            f"{', '.join(name for name, _ in sources)}); set EXTRACT.* to the dataset it was "
+                            f"extracted from")
+
+
+class _Images:
+    """A subset of a source, in the order asked for (PreparedImages reads sources by position)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, list(indices)
+        self.names = [source.names[index] for index in self.indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def path(self, position):
+        return self.source.path(self.indices[position])
+
+    def read(self, position):
+        return self.source.read(self.indices[position])
+
+
+def _keep_item(item):
+    return item
+
+
+def _empty_local(dim):
+    return {"locations": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
+            "scores": np.zeros(0, np.float32), "descriptors": np.zeros((0, dim), np.float32)}
+
+
+# ------------------------------------------------------------------------------------------------ the cache
+class OnDemandLocalFeatures:
+    """Local features of a global-only store's images, extracted when first asked for and cached on disk."""
+
+    has_local = True
+
+    def __init__(self, store, source, extractor, cache_folder, provenance, num_workers=0, part_size=1000):
+        self.store, self.source, self.extractor = store, source, extractor
+        self.folder, self.provenance = cache_folder, provenance
+        self.num_workers, self.part_size = num_workers, max(1, int(part_size))
+        self.newly_extracted = 0
+        self._where = {}  # image name -> (cache part, row)
+        self._source_index = None
+        self._read_cache()
+
+    def _read_cache(self):
+        if not os.path.isdir(self.folder):
+            return
+        for entry in sorted(os.listdir(self.folder)):
+            path = os.path.join(self.folder, entry)
+            if entry.startswith(PART_PREFIX) and os.path.isfile(os.path.join(path, "meta.json")):
+                part = open_store(path)
+                for row, name in enumerate(part.names):
+                    self._where.setdefault(name, (part, row))
+
+    def prepare(self, rows):
+        """Make sure the local features of these store rows are available; return how many were extracted now."""
+        names = list(dict.fromkeys(self.store.names[int(row)] for row in np.asarray(rows).reshape(-1)))
+        missing = [name for name in names if name not in self._where]
+        for start in range(0, len(missing), self.part_size):
+            self._extract(missing[start:start + self.part_size])
+        self.newly_extracted += len(missing)
+        logger.info("%s: local features on demand for %d images: %d from the cache in %s, %d newly extracted",
+                    self.store.folder, len(names), len(names) - len(missing), self.folder, len(missing))
+        return len(missing)
+
+    def local_at(self, row):
+        name = self.store.names[int(row)]
+        if name not in self._where:
+            self.prepare([row])
+        part, part_row = self._where[name]
+        return part.local_at(part_row)
+
+    def _indices_in_source(self, names):
+        if self._source_index is None:
+            self._source_index = {name: index for index, name in enumerate(self.source.names)}
+        absent = [name for name in names if name not in self._source_index]
+        if absent:
+            raise FeatureStoreError(f"{self.store.folder}: image {absent[0]!r} is not in the dataset it was "
+                                    f"extracted from (EXTRACT.DATASET / DATA_ROOT / DISTRACTORS)")
+        return [self._source_index[name] for name in names]
+
+    def _extract(self, names):
+        images = PreparedImages(_Images(self.source, self._indices_in_source(names)), self.extractor.max_image_size)
+        loader = DataLoader(images, batch_size=None, num_workers=self.num_workers, collate_fn=_keep_item)
+        results = [self.extractor.extract_item(item) for item in tqdm(
+            loader, total=len(names), desc="local features on demand", unit="img", mininterval=1.0)]
+        failures = [{"name": result["name"], "path": result["path"], "reason": result["error"]}
+                    for result in results if result.get("error")]
+        dim = max((result["local"]["descriptors"].shape[1] for result in results if not result.get("error")),
+                  default=0)
+        # unreadable images are cached without features (0 inliers), so that they are not tried again every run
+        local = [_empty_local(dim) if result.get("error") else result["local"] for result in results]
+        number = len(os.listdir(self.folder)) if os.path.isdir(self.folder) else 0
+        unique = uuid.uuid4().hex[:8]  # concurrent runs never write the same folder
+        target = os.path.join(self.folder, f"{PART_PREFIX}{number:06d}-{unique}")
+        temporary = os.path.join(self.folder, f"partial-{unique}")  # never read: only part-* folders are
+        crop_boxes = {result["name"]: list(result["crop_box"]) for result in results
+                      if not result.get("error") and result.get("crop_box") is not None}
+        write_store(temporary, names, None, local, dict(self.provenance, failures=failures), crop_boxes,
+                    float16=self.extractor.float16)
+        os.rename(temporary, target)
+        part = open_store(target)
+        for row, name in enumerate(part.names):
+            self._where[name] = (part, row)
+
+
+def _cache_key(provenance, dataset):
+    fields = {"local": local_provenance(provenance), "dataset": dataset}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_on_demand(cfg, store):
+    """OnDemandLocalFeatures for a store, extracting with the model and EXTRACT.* settings of cfg."""
+    local_cfg = cfg.clone()
+    local_cfg.EXTRACT.GLOBAL, local_cfg.EXTRACT.LOCAL = False, True
+    settings = build_settings(local_cfg)
+    device = torch.device(resolve_device(cfg.DEVICE))
+    model = build_extraction_model(local_cfg, device)
+    provenance = build_provenance(local_cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings)
+    dataset = store.provenance.get("dataset") or {"store": os.path.basename(os.path.normpath(str(store.folder)))}
+    cache_folder = os.path.join(output_dir(cfg), os.path.basename(os.path.normpath(str(store.folder))) + CACHE_SUFFIX,
+                                _cache_key(provenance, dataset))
+    normalizer = Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)
+    extractor = Extractor(model, device, settings, normalizer, cfg.EXTRACT.MAX_IMAGE_SIZE,
+                          float16=cfg.EXTRACT.FLOAT16, show_progress=False)
+    return OnDemandLocalFeatures(store, image_source_of(cfg, store), extractor, cache_folder,
+                                 dict(provenance, dataset=dataset), cfg.DATA_LOADER.NUM_WORKERS,
+                                 cfg.EXTRACT.SHARD_SIZE)
+
+
+def local_reader(cfg, store, reference=None):
+    """Something with ``local_at(row)`` and ``prepare(rows)`` for a store: the store itself when it holds local
+    features, else an OnDemandLocalFeatures checked against ``reference`` (a store with local features, e.g. the
+    queries), so that on-demand features are comparable with it."""
+    if store.has_local:
+        return _StoreReader(store)
+    reader = build_on_demand(cfg, store)
+    if reference is not None and reference.has_local:
+        check_same_local_features(reference.provenance, reader.provenance, reference.folder,
+                                  f"{store.folder} (extracted on demand)")
+    return reader
+
+
+class _StoreReader:
+    """A store with local features behind the reader interface (nothing to prepare)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def prepare(self, rows):
+        return 0
+
+    def local_at(self, row):
+        return self.store.local_at(int(row))
+
+
+class LocalFeatureAccess:
+    """Local features of an evaluation's queries and database, as (locations, descriptors) pairs.
+
+    query(q) reads the q-th evaluated query (store row query_rows[q]); database(row) a database store row. A store
+    without local features is read through OnDemandLocalFeatures, built on first use (it loads the model).
+    """
+
+    def __init__(self, cfg, query_store, database_store, query_rows):
+        self.cfg, self.query_store, self.database_store = cfg, query_store, database_store
+        self.query_rows = np.asarray(query_rows, dtype=np.int64)
+        self._readers = {}
+
+    def reader(self, part):
+        if part not in self._readers:
+            store, other = ((self.query_store, self.database_store) if part == "query"
+                            else (self.database_store, self.query_store))
+            self._readers[part] = local_reader(self.cfg, store, reference=other)
+        return self._readers[part]
+
+    def prepare_database(self, rows):
+        """Extract (once) the local features of these database rows when the database store lacks them."""
+        return self.reader("database").prepare(rows)
+
+    def prepare_queries(self):
+        return self.reader("query").prepare(self.query_rows)
+
+    def query(self, query):
+        features = self.reader("query").local_at(self.query_rows[query])
+        return features["locations"], features["descriptors"]
+
+    def database(self, row):
+        features = self.reader("database").local_at(row)
+        return features["locations"], features["descriptors"]
+
