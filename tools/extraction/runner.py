@@ -222,8 +222,9 @@ def _keep_item(item):
 def build_jobs(cfg, provenance):
     jobs = []
     for name, source in build_sources(cfg):
-        dataset = {"name": name, "format": cfg.EXTRACT.FORMAT, "root": cfg.EXTRACT.DATA_ROOT,
-                   "split": cfg.EXTRACT.SPLIT, "distractors": cfg.EXTRACT.DISTRACTORS}
+        dataset = {"name": name, "dataset": cfg.EXTRACT.DATASET, "format": cfg.EXTRACT.FORMAT,
+                   "root": cfg.EXTRACT.DATA_ROOT, "split": cfg.EXTRACT.SPLIT, "distractors": cfg.EXTRACT.DISTRACTORS,
+                   "distractor_root": cfg.EXTRACT.DISTRACTOR_ROOT}
         jobs.append(StoreJob(name, os.path.join(output_dir(cfg), name), source, dict(provenance, dataset=dataset),
                              cfg.EXTRACT.SHARD_SIZE))
     return jobs
