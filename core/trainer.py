@@ -2,7 +2,8 @@
 
 train_model(): set up the process, build data, model and optimiser, resume (or load initial weights), then for
 each epoch for each batch take one step; checkpoint every TRAIN.CHECKPOINT_ITERS iterations and every
-TRAIN.CHECKPOINT_PERIOD epochs; validate both classifiers every TRAIN.EVAL_PERIOD epochs.
+TRAIN.CHECKPOINT_PERIOD epochs; validate both classifiers every TRAIN.EVAL_PERIOD epochs, and with
+TRAIN.RETRIEVAL_EVAL also the retrieval mAP on EVAL.DATASET (core/retrieval_eval.py).
 
 One step is one forward and one backward for the whole loss (global CE + attention CE + reconstruction; the model
 stops the gradient between backbone and local head). After the backward, one all-reduce per iteration carries the
@@ -38,6 +39,7 @@ from core.resume import (
     save_checkpoint,
     training_state,
 )
+from core.retrieval_eval import build_retrieval_validator, retrieval_record
 from datasets.loader import (
     FailureBudget,
     TooManyBadImagesError,
@@ -74,6 +76,7 @@ class Run:
     schedule: object
     loader: torch.utils.data.DataLoader
     val_loader: object
+    retrieval: object  # core.retrieval_eval.RetrievalValidator, or None without TRAIN.RETRIEVAL_EVAL
     device: torch.device
     amp_dtype: object  # torch.bfloat16, torch.float16 or None
     channels_last: bool
@@ -148,6 +151,7 @@ def build_run(device):
                                collate_skip_failures, cfg.RNG_SEED, rank, world, pin)
     val_set, _ = build_val_dataset(cfg)
     val_loader = build_val_loader(cfg, val_set, rank, world) if val_set is not None else None
+    retrieval = build_retrieval_validator(cfg)  # on every process, so that a missing set stops them all
 
     model = build_model(cfg).to(device)
     channels_last = cfg.TRAIN.CHANNELS_LAST and device.type == "cuda"
@@ -169,7 +173,8 @@ def build_run(device):
     return Run(
         model=model, net=model, loss_fn=build_loss(cfg), optimizer=optimizer, scaler=scaler,
         schedule=build_lr_schedule(cfg, epoch_iters, total_iters), loader=loader, val_loader=val_loader,
-        device=device, amp_dtype=amp_dtype, channels_last=channels_last, class_ids=list(mapping.landmark_ids),
+        retrieval=retrieval, device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+        class_ids=list(mapping.landmark_ids),
         epoch_iters=epoch_iters, total_iters=total_iters, max_epoch=math.ceil(total_iters / epoch_iters),
         json_log=JsonLog(cfg.OUT_DIR, enabled=dist.is_main_process()), preemption=dist.PreemptionFlag(),
         bad_images=FailureBudget(cfg.TRAIN.MAX_BAD_IMAGE_FRACTION),
@@ -267,6 +272,7 @@ def train(run, position):
             write_checkpoint(run, position)
         if finished or (epoch_done and (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0):
             validate(run, epoch, position.global_iter)
+            validate_retrieval(run, epoch, position.global_iter)
         if finished:
             break
     logger.info("training finished after %d iterations", run.total_iters)
@@ -427,3 +433,17 @@ def validate(run, epoch, global_iter):
     run.json_log.write({"type": "val", "epoch": epoch, "iter": global_iter, "global_top1_err": errors["global"],
                         "attention_top1_err": errors["attention"]})
     return errors
+
+
+def validate_retrieval(run, epoch, global_iter):
+    """Global-search mAP on EVAL.DATASET (TRAIN.RETRIEVAL_EVAL): the main process evaluates, the others wait."""
+    if run.retrieval is None:
+        return None
+    record = None
+    if dist.is_main_process():
+        record = retrieval_record(run.retrieval, run.model, run.device, epoch, global_iter)
+        logger.info("retrieval after epoch %d on %s: mAP E=%.2f M=%.2f H=%.2f", epoch + 1, run.retrieval.title,
+                    record["mAP_E"], record["mAP_M"], record["mAP_H"])
+        run.json_log.write(record)
+    dist.barrier()
+    return record

@@ -1,6 +1,7 @@
 """Draw the loss, top-1 error and learning-rate curves of a training run: ``python tools/plot_training.py OUT_DIR``.
 
-Reads OUT_DIR/training_log.jsonl (written by the trainer) and writes OUT_DIR/training_curves.png (or --out).
+Reads OUT_DIR/training_log.jsonl (written by the trainer) and writes OUT_DIR/training_curves.png (or --out). A run
+with TRAIN.RETRIEVAL_EVAL gets one more panel: the retrieval mAP (Easy / Medium / Hard) on EVAL.DATASET.
 """
 
 import pathlib
@@ -22,6 +23,7 @@ from core.logging import JSON_LOG_NAME, read_json_log  # noqa: E402
 _LOSSES = (("loss", "total"), ("loss_global", "global CE"), ("loss_attention", "attention CE"),
            ("loss_reconstruction", "reconstruction"))
 _ERRORS = (("global_top1_err", "global", "tab:blue"), ("attention_top1_err", "attention", "tab:green"))
+_RETRIEVAL = (("mAP_E", "Easy"), ("mAP_M", "Medium"), ("mAP_H", "Hard"))
 
 
 def _series(records, key):
@@ -37,10 +39,13 @@ def plot_training(out_dir, png_path=None):
     records = read_json_log(log_path)
     train = [r for r in records if r.get("type") == "train_iter"]
     val = [r for r in records if r.get("type") == "val"]
+    retrieval = [r for r in records if r.get("type") == "retrieval"]
     if not train:
         raise ValueError(f"{log_path} holds no training records yet (one is logged every LOG_PERIOD iterations)")
 
-    figure, (loss_axes, error_axes, lr_axes) = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
+    panels = 4 if retrieval else 3
+    figure, axes_list = plt.subplots(panels, 1, figsize=(8, 3.3 * panels), sharex=True)
+    loss_axes, error_axes, lr_axes = axes_list[0], axes_list[1], axes_list[-1]
     for key, label in _LOSSES:
         loss_axes.plot(*_series(train, key), label=label)
     loss_axes.set_yscale("log")
@@ -50,12 +55,17 @@ def plot_training(out_dir, png_path=None):
         if val:
             error_axes.plot(*_series(val, key), "o--", color=color, label=f"validation {label}")
     error_axes.set_ylabel("top-1 error (%)")
+    if retrieval:
+        for key, label in _RETRIEVAL:
+            axes_list[2].plot(*_series(retrieval, key), "o-", label=label)
+        axes_list[2].set_ylabel(f"retrieval mAP (%), {retrieval[-1].get('dataset', '')}")
+        axes_list[2].legend(fontsize="small")
     lr_axes.plot(*_series(train, "lr"))
     lr_axes.set_ylabel("learning rate")
     lr_axes.set_xlabel("iteration")
     for axes in (loss_axes, error_axes):
         axes.legend(fontsize="small")
-    for axes in (loss_axes, error_axes, lr_axes):
+    for axes in axes_list:
         axes.grid(alpha=0.3)
     figure.suptitle(os.path.basename(os.path.abspath(out_dir)))
     figure.tight_layout()
