@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from core.config import load_cfg
 from core.io import read_json
@@ -29,15 +28,6 @@ PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 TINY = ["MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "16", "DEVICE", "cpu",
         "DATA_LOADER.NUM_WORKERS", "0", "EXTRACT.MAX_IMAGE_SIZE", "112", "EXTRACT.GLOBAL_SCALES", "[1.0]",
         "EXTRACT.LOCAL_SCALES", "[0.7071, 1.0]", "EXTRACT.MAX_FEATURES", "100", "EVAL.DEVICE", "cpu"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared, busy cores every multi-threaded op waits at its barrier (20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

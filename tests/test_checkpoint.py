@@ -14,15 +14,6 @@ from core.config import load_cfg
 from core.io import torch_save
 from modeling import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread beats two threads fighting other processes for the machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 REPO = Path(__file__).resolve().parents[1]
 SEED_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_r50_delg_state_dict_keys.json"
 SEED_CLASSES = 81313  # the class count of the released seed checkpoint

@@ -12,15 +12,6 @@ from modeling.geometry import LocalGeometry, compose_geometry
 from modeling.resnet import ResNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread beats two threads fighting other processes for the machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("stride_1x1, expected_rf, expected_padding", [(True, 291, 145), (False, 267, 133)])
 @pytest.mark.parametrize("stride", [16, 32])
 def test_resnet50_block3_geometry(stride_1x1, expected_rf, expected_padding, stride):

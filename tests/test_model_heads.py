@@ -12,15 +12,6 @@ from modeling.margin_heads import ArcFaceHead, CosineHead, CurricularArcFaceHead
 from modeling.pooling import GeM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread beats two threads fighting other processes for the machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def embeddings_with_obtuse_targets(head, labels, generator):
     """Random embeddings; the first half point away from their class (theta near pi, so theta + m >= pi)."""
     embedding = torch.randn(len(labels), head.in_features, generator=generator, dtype=torch.float64)

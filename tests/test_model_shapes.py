@@ -9,15 +9,6 @@ from core.config import ConfigError, load_cfg
 from modeling import build_loss, build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread beats two threads fighting other processes for the machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cfg(*overrides):
     """Small heads (few classes, short embedding) so that only the backbone costs time."""
     return load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.HEADS.REDUCTION_DIM", "16", *overrides])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from core.config import load_cfg
 from datasets.features import open_store
@@ -25,15 +24,6 @@ TINY = ["MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDT
         "EXTRACT.LOCAL_SCALES", "[0.7071, 1.0]", "EXTRACT.MAX_FEATURES", "100", "EVAL.DEVICE", "cpu"]
 SHORTLIST = 4
 LOG_LINE = re.compile(r"local features on demand for (\d+) images: (\d+) from the cache in .*, (\d+) newly extracted")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared, busy cores every multi-threaded op waits at its barrier (20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

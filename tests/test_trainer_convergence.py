@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from core import trainer
 from core.config import load_cfg
@@ -18,16 +17,6 @@ from datasets.synthetic import generate
 REPO = Path(__file__).resolve().parents[1]
 PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 ITERATIONS = 240
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

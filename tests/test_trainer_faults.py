@@ -17,16 +17,6 @@ from modeling import build_loss, build_model
 REPO = Path(__file__).resolve().parents[1]
 PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def tiny_opts(data_root, out_dir, *extra):
     return [
         "RESNET.WIDTH_PER_GROUP", "16", "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",

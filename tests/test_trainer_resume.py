@@ -19,16 +19,6 @@ PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 STOP_AT = 5  # mid-epoch: the tiny set gives 4 iterations per epoch at batch 8
 TOTAL = 2 * STOP_AT
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def tiny_opts(data_root, out_dir, *extra):
     """The synthetic preset shrunk to seconds: half-width R18 at 16, 64 px, batch 8, no workers."""
     return [
