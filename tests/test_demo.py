@@ -1,0 +1,92 @@
+"""The demo end to end, reduced (tiny synthetic world, quarter-width network, 16 iterations), and the trainer's
+retrieval-in-the-loop validation, whose last mAP must equal the one extraction + evaluation give for the final
+checkpoint."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import trainer
+from core.config import load_cfg
+from core.io import read_json
+from core.logging import JSON_LOG_NAME, read_json_log
+from datasets.synthetic import generate
+from tools.pipeline import UNTRAINED, ensure_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+CI_CONFIG = str(REPO / "configs" / "synthetic" / "demo_ci.yaml")
+ITERATIONS = 16
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo") / "synthetic_tiny"
+    generate(str(folder), size="tiny", workers=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_world):
+    out = tiny_world.parent / "demo_out"
+    command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny", "--data", str(tiny_world),
+               "--out", str(out), "--iters", str(ITERATIONS), "--threads", "1"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result.stdout
+
+
+def test_demo_writes_results_in_the_evaluation_layout_plus_the_untrained_row(demo_run):
+    out, _ = demo_run
+    results = read_json(str(out / "results.json"))
+    methods = load_cfg(CI_CONFIG).EVAL.METHODS
+    assert list(results) == [UNTRAINED, *methods]
+    for method, by_protocol in results.items():
+        assert list(by_protocol) == ["E", "M", "H"], method
+        for protocol, row in by_protocol.items():
+            assert list(row) == ["mAP", "mP@1", "mP@5", "mP@10"], (method, protocol)
+            assert all(0.0 <= value <= 100.0 for value in row.values()), (method, protocol, row)
+
+
+def test_demo_prints_the_table_and_where_the_files_are(demo_run):
+    out, stdout = demo_run
+    assert UNTRAINED in stdout and "asmk_rerank" in stdout
+    assert str(out / "results.json") in stdout
+    summary = read_json(str(out / "summary.json"))
+    assert summary["iterations"] == ITERATIONS
+    assert summary["timing"]["cpu_s"] > 0 and summary["timing"]["wall_s"] > 0
+    pictures = summary["pictures"]
+    assert set(pictures) >= {"training_curves", "matches"}
+    assert len([name for name in pictures if name.startswith("attention_")]) == 2
+    for path in pictures.values():
+        assert path in stdout
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC and Path(path).stat().st_size > 5_000, path
+
+
+def test_retrieval_in_the_loop_matches_extraction_and_evaluation(demo_run):
+    out, _ = demo_run
+    records = read_json_log(str(out / "train" / JSON_LOG_NAME))
+    retrieval = [record for record in records if record["type"] == "retrieval"]
+    validations = [record for record in records if record["type"] == "val"]
+    assert [r["iter"] for r in retrieval] == [r["iter"] for r in validations]  # every EVAL_PERIOD and at the end
+    assert len(retrieval) >= 2 and retrieval[-1]["iter"] == ITERATIONS
+    # the trainer's model after the last step is the final checkpoint the demo extracted and evaluated
+    results = read_json(str(out / "results.json"))
+    for protocol in ("E", "M", "H"):
+        assert retrieval[-1][f"mAP_{protocol}"] == pytest.approx(results["global"][protocol]["mAP"], abs=1e-4)
+        assert retrieval[-1][f"mP@5_{protocol}"] == pytest.approx(results["global"][protocol]["mP@5"], abs=1e-4)
+
+
+def test_retrieval_in_the_loop_without_its_dataset_stops_with_a_clear_message(tiny_world, tmp_path, capsys):
+    opts = ["TRAIN.DATA_ROOT", str(tiny_world / "train"), "EVAL.DATA_ROOT", str(tmp_path / "nowhere"),
+            "OUT_DIR", str(tmp_path / "run"), "OPTIM.MAX_ITER", "2"]
+    assert trainer.train_in_process(load_cfg(CI_CONFIG, opts).dump()) == trainer.EXIT_CONFIG
+    assert "EVAL.DATA_ROOT" in capsys.readouterr().out
+
+
+def test_a_world_of_another_seed_is_not_silently_reused(tiny_world):
+    assert ensure_synthetic(str(tiny_world), 0, "tiny", log=lambda _: None)["seed"] == 0
+    with pytest.raises(ValueError, match="seed 0"):
+        ensure_synthetic(str(tiny_world), 1, "tiny", log=lambda _: None)
