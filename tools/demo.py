@@ -22,7 +22,8 @@ from tools.pipeline import DEFAULT_CONFIG, DemoOptions, report, run_demo  # noqa
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="output/demo", help="output folder (default: output/demo)")
-    parser.add_argument("--iters", type=int, default=0, help="training iterations (default: the config's OPTIM.MAX_ITER, 800 in demo.yaml)")
+    parser.add_argument("--iters", type=int, default=0,
+                        help="training iterations (default: the config's OPTIM.MAX_ITER, 800 in demo.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic world and of the training")
     parser.add_argument("--data", default="", help="synthetic world folder (default: data/synthetic[_seed<S>])")
     parser.add_argument("--size", default="default", help="synthetic world size preset: default or tiny")
