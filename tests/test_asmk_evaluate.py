@@ -15,32 +15,20 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
-from datasets.synthetic import generate
-from tools.extraction.runner import run_extraction
+from tests.tiny import TINY_PRESET, extract_tiny_world
 from tools.rerank.asmk_search import AsmkIndex, cache_dir_from_cfg, local_descriptors_of, params_from_cfg
 from tools.revisitop.evaluate import main
 from tools.revisitop.metrics import compute_map, summarize
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnd
 
-REPO = Path(__file__).resolve().parents[1]
 SHORTLIST = 8  # of the 30 database images: asmk_rerank then differs from asmk
-PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
-TINY = ["MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "16", "DEVICE", "cpu",
-        "DATA_LOADER.NUM_WORKERS", "0", "EXTRACT.MAX_IMAGE_SIZE", "112", "EXTRACT.GLOBAL_SCALES", "[1.0]",
-        "EXTRACT.LOCAL_SCALES", "[0.7071, 1.0]", "EXTRACT.MAX_FEATURES", "100", "EVAL.DEVICE", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """The tiny synthetic set extracted with the preset and a tiny untrained model: (options, output folder)."""
     root = tmp_path_factory.mktemp("asmk_synthetic")
-    generate(root / "data", size="tiny", workers=1)
-    test = str(root / "data" / "test")
-    options = [*TINY, "EXTRACT.DATA_ROOT", test, "EVAL.DATA_ROOT", test, "OUT_DIR", str(root / "out"),
-               "SV.SHORTLIST", str(SHORTLIST)]
-    exit_code, _ = run_extraction(load_cfg(PRESET, options))
-    assert exit_code == 0
-    return options, root / "out"
+    return extract_tiny_world(root, "SV.SHORTLIST", str(SHORTLIST)), root / "out"
 
 
 def _ranks_to_results(ranks, gnd_raw, kappas=(1, 5, 10)):
@@ -83,7 +71,7 @@ def _assert_close(results, expected):
 
 def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
     options, out = synthetic
-    assert main(["--cfg", PRESET, *options]) == 0
+    assert main(["--cfg", TINY_PRESET, *options]) == 0
     results = read_json(out / "results.json")
     assert list(results) == ["global", "sv", "asmk", "asmk_rerank"]
     for by_protocol in results.values():
@@ -92,7 +80,7 @@ def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
     table = capsys.readouterr().out
     assert all(f"{method:<14}{protocol:<10}" in table for method in results for protocol in PROTOCOLS)
 
-    cfg = load_cfg(PRESET, options)
+    cfg = load_cfg(TINY_PRESET, options)
     assert list((out / "asmk").glob("codebook-*.npy")) and list((out / "asmk").glob("ivf-*/meta.json"))
     query_store, database_store = open_store(out / "features" / "synth_query"), open_store(
         out / "features" / "synth_database")
@@ -109,7 +97,7 @@ def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
     _assert_close(results["asmk_rerank"], _reranked_results(global_ranks, scores, ground_truth["gnd"], SHORTLIST))
 
     # a second evaluation reuses the codebook and the inverted file (its log goes to stdout, see setup_logging)
-    assert main(["--cfg", PRESET, *options, "EVAL.METHODS", "['asmk', 'asmk_rerank']"]) == 0
+    assert main(["--cfg", TINY_PRESET, *options, "EVAL.METHODS", "['asmk', 'asmk_rerank']"]) == 0
     log = capsys.readouterr().out
     assert "codebook read from" in log and "inverted file read from" in log
     assert read_json(out / "results.json") == {method: results[method] for method in ("asmk", "asmk_rerank")}

@@ -4,7 +4,6 @@ for the shortlisted images only, cached and reused; the features equal the extra
 import logging
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +11,11 @@ import pytest
 from core.config import load_cfg
 from datasets.features import open_store
 from datasets.revisitop import load_ground_truth
-from datasets.synthetic import generate
+from tests.tiny import TINY_EXTRACTION, TINY_PRESET, generate_tiny_world
 from tools.extraction.runner import run_extraction
 from tools.revisitop.evaluation import ProvenanceMismatch, evaluate
 from tools.revisitop.protocols import protocol_gnds
 
-REPO = Path(__file__).resolve().parents[1]
-PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
-TINY = ["MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "16", "DEVICE", "cpu",
-        "DATA_LOADER.NUM_WORKERS", "0", "EXTRACT.MAX_IMAGE_SIZE", "112", "EXTRACT.GLOBAL_SCALES", "[1.0]",
-        "EXTRACT.LOCAL_SCALES", "[0.7071, 1.0]", "EXTRACT.MAX_FEATURES", "100", "EVAL.DEVICE", "cpu"]
 SHORTLIST = 4
 LOG_LINE = re.compile(r"local features on demand for (\d+) images: (\d+) from the cache in .*, (\d+) newly extracted")
 
@@ -31,15 +25,15 @@ def world(tmp_path_factory):
     """Queries with local features (a normal extraction) and a global-only database of the 30 benchmark images plus
     the 48 training images as distractors (EXTRACT.LOCAL False, EXTRACT.DISTRACTORS), side by side in features/."""
     root = tmp_path_factory.mktemp("on_demand")
-    generate(root / "data", size="tiny", workers=1)
-    test, distractor_root = root / "data" / "test", root / "data" / "train" / "train"
+    data = generate_tiny_world(root)
+    test, distractor_root = data / "test", data / "train" / "train"
     distractors = sorted(str(path.relative_to(distractor_root)) for path in distractor_root.rglob("*.jpg"))
     (root / "distractors.txt").write_text("\n".join(distractors) + "\n")
-    common = [*TINY, "EXTRACT.DATA_ROOT", str(test), "EVAL.DATA_ROOT", str(test)]
-    assert run_extraction(load_cfg(PRESET, [*common, "OUT_DIR", str(root / "full")]))[0] == 0
+    common = [*TINY_EXTRACTION, "EXTRACT.DATA_ROOT", str(test), "EVAL.DATA_ROOT", str(test)]
+    assert run_extraction(load_cfg(TINY_PRESET, [*common, "OUT_DIR", str(root / "full")]))[0] == 0
     global_only = [*common, "OUT_DIR", str(root / "global"), "EXTRACT.LOCAL", "False", "EXTRACT.DISTRACTORS",
                    str(root / "distractors.txt"), "EXTRACT.DISTRACTOR_ROOT", str(distractor_root)]
-    assert run_extraction(load_cfg(PRESET, global_only))[0] == 0
+    assert run_extraction(load_cfg(TINY_PRESET, global_only))[0] == 0
     shutil.copytree(root / "full" / "features" / "synth_query", root / "features" / "synth_query")
     shutil.copytree(root / "global" / "features" / "synth_database", root / "features" / "synth_database")
     options = [*common, "EVAL.DATASET", "synth+1m", "EVAL.FEATURES_DIR", str(root / "features"),
@@ -76,7 +70,7 @@ def _shortlisted(root):
 def test_sv_extracts_only_shortlisted_images_and_reuses_the_cache(world, caplog):
     root, options = world
     with caplog.at_level(logging.INFO):
-        first = evaluate(load_cfg(PRESET, options))
+        first = evaluate(load_cfg(TINY_PRESET, options))
     needed, cached, extracted = _on_demand_counts(caplog)
     shortlisted, database_size = _shortlisted(root)
     assert database_size == 30 + 48
@@ -101,7 +95,7 @@ def test_sv_extracts_only_shortlisted_images_and_reuses_the_cache(world, caplog)
 
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        second = evaluate(load_cfg(PRESET, options))
+        second = evaluate(load_cfg(TINY_PRESET, options))
     assert _on_demand_counts(caplog) == (len(shortlisted), len(shortlisted), 0)
     assert second == first
 
@@ -109,10 +103,10 @@ def test_sv_extracts_only_shortlisted_images_and_reuses_the_cache(world, caplog)
 def test_on_demand_features_must_match_the_queries_extraction(world):
     _, options = world
     with pytest.raises(ProvenanceMismatch, match="config.EXTRACT.MAX_FEATURES"):
-        evaluate(load_cfg(PRESET, [*options, "EXTRACT.MAX_FEATURES", "50"]))
+        evaluate(load_cfg(TINY_PRESET, [*options, "EXTRACT.MAX_FEATURES", "50"]))
 
 
 def test_asmk_needs_local_features_of_the_whole_database(world):
     _, options = world
     with pytest.raises(ValueError, match="holds no local features.*'sv'"):
-        evaluate(load_cfg(PRESET, [*options, "EVAL.METHODS", "['asmk']"]))
+        evaluate(load_cfg(TINY_PRESET, [*options, "EVAL.METHODS", "['asmk']"]))

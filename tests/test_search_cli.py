@@ -9,7 +9,6 @@ extracts like the extractor and that search, verification, printing and drawing 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,26 +18,15 @@ from PIL import Image, ImageEnhance
 from core.config import load_cfg
 from datasets.features import open_store
 from datasets.revisitop import load_ground_truth
-from datasets.synthetic import generate
-from tools.extraction.runner import run_extraction
+from tests.tiny import REPO, TINY_PRESET, extract_tiny_world
 from tools.retrieval.one_image import default_store_folder, extract_query
 from tools.search import main
-
-REPO = Path(__file__).resolve().parents[1]
-PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
-TINY = ["MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "16", "DEVICE", "cpu",
-        "DATA_LOADER.NUM_WORKERS", "0", "EXTRACT.MAX_IMAGE_SIZE", "112", "EXTRACT.GLOBAL_SCALES", "[1.0]",
-        "EXTRACT.LOCAL_SCALES", "[0.7071, 1.0]", "EXTRACT.MAX_FEATURES", "100", "EVAL.DEVICE", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
-    generate(root / "data", size="tiny", workers=1)
-    test = str(root / "data" / "test")
-    options = [*TINY, "EXTRACT.DATA_ROOT", test, "EVAL.DATA_ROOT", test, "OUT_DIR", str(root / "out")]
-    assert run_extraction(load_cfg(PRESET, options))[0] == 0
-    return root, options
+    return root, extract_tiny_world(root)
 
 
 def _near_duplicate(source, target):
@@ -68,8 +56,8 @@ def test_near_duplicate_of_a_landmark_view_comes_first(synthetic, tmp_path):
     view = ground_truth["imlist"][ground_truth["gnd"][0]["easy"][0]]  # a view of query 0's landmark
     image = _near_duplicate(root / "data" / "test" / "jpg" / f"{view}.jpg", tmp_path / "photo.jpg")
     picture = tmp_path / "ranking.png"
-    command = [sys.executable, str(REPO / "tools" / "search.py"), "--cfg", PRESET, str(image), "--sv", "--topk", "5",
-               "--draw", str(picture), *options]
+    command = [sys.executable, str(REPO / "tools" / "search.py"), "--cfg", TINY_PRESET, str(image), "--sv",
+               "--topk", "5", "--draw", str(picture), *options]
     finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert finished.returncode == 0, finished.stderr
@@ -87,7 +75,7 @@ def test_near_duplicate_of_a_landmark_view_comes_first(synthetic, tmp_path):
 
 def test_one_image_extraction_is_the_extractors(synthetic):
     root, options = synthetic
-    cfg = load_cfg(PRESET, options)
+    cfg = load_cfg(TINY_PRESET, options)
     store = open_store(default_store_folder(cfg))
     name = store.names[7]
     query = extract_query(cfg, root / "data" / "test" / "jpg" / f"{name}.jpg", with_local=True)
@@ -98,10 +86,10 @@ def test_one_image_extraction_is_the_extractors(synthetic):
 def test_errors_are_reported(synthetic, tmp_path, capsys):
     root, options = synthetic
     image = root / "data" / "test" / "jpg" / "query_000.jpg"
-    assert main(["--cfg", PRESET, str(image), "--store", str(tmp_path / "nowhere"), *options]) == 2
+    assert main(["--cfg", TINY_PRESET, str(image), "--store", str(tmp_path / "nowhere"), *options]) == 2
     assert "search error" in capsys.readouterr().err
-    assert main(["--cfg", PRESET, str(tmp_path / "missing.jpg"), *options]) == 2
+    assert main(["--cfg", TINY_PRESET, str(tmp_path / "missing.jpg"), *options]) == 2
     assert "missing.jpg" in capsys.readouterr().err
     other = [*options, "MODEL.HEADS.REDUCTION_DIM", "64"]  # a model the store was not extracted with
-    assert main(["--cfg", PRESET, str(image), *other]) == 2
+    assert main(["--cfg", TINY_PRESET, str(image), *other]) == 2
     assert "MODEL.HEADS.REDUCTION_DIM" in capsys.readouterr().err

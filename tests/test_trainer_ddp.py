@@ -7,23 +7,15 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from core.logging import JSON_LOG_NAME, read_json_log
 from core.resume import list_checkpoints, read_training_checkpoint
-from datasets.synthetic import generate
-
-REPO = Path(__file__).resolve().parents[1]
-PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
+from tests.tiny import REPO, TINY_PRESET, generate_tiny_world, tiny_training_options
 
 
 def tiny_opts(data_root, out_dir, *extra):
-    return [
-        "RESNET.WIDTH_PER_GROUP", "16", "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",
-        "MODEL.LOCAL.DESCRIPTOR_DIM", "16", "TRAIN.DATA_ROOT", str(data_root), "TRAIN.VAL_FRACTION", "0.25",
-        "TRAIN.BATCH_SIZE", "8", "TRAIN.IM_SIZE", "64", "TEST.BATCH_SIZE", "8", "TEST.IM_SIZE", "64",
-        "DATA_LOADER.NUM_WORKERS", "0", "LOG_PERIOD", "1", "TRAIN.EVAL_PERIOD", "1", "OUT_DIR", str(out_dir), *extra,
-    ]
+    """Validation every epoch, so the resumed run's last iteration (an epoch end) validates."""
+    return tiny_training_options(data_root, out_dir, "TRAIN.EVAL_PERIOD", "1", *extra)
 
 
 def free_port():
@@ -33,7 +25,7 @@ def free_port():
 
 
 def launch(opts):
-    command = [sys.executable, "train_delg.py", "--cfg", PRESET, "NUM_GPUS", "2", "PORT", free_port(), *opts]
+    command = [sys.executable, "train_delg.py", "--cfg", TINY_PRESET, "NUM_GPUS", "2", "PORT", free_port(), *opts]
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "SLURM_NTASKS")}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -56,8 +48,7 @@ def wait_for_iteration(process, out_dir, iteration, timeout=180):
 
 
 def test_two_processes_train_checkpoint_stop_on_sigterm_and_resume(tmp_path):
-    generate(str(tmp_path / "data"), size="tiny", workers=1)
-    data_root, out_dir = tmp_path / "data" / "train", tmp_path / "run"
+    data_root, out_dir = generate_tiny_world(tmp_path) / "train", tmp_path / "run"
 
     first = launch(tiny_opts(data_root, out_dir, "OPTIM.MAX_ITER", "1000", "TRAIN.CHECKPOINT_ITERS", "3"))
     wait_for_iteration(first, out_dir, 5)

@@ -1,7 +1,6 @@
 """Non-finite losses are skipped and counted, a run of them stops training; every parameter gets a gradient (DDP runs
 without find_unused_parameters)."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,27 +10,18 @@ from core import trainer
 from core.config import load_cfg
 from core.logging import JSON_LOG_NAME, read_json_log
 from core.resume import list_checkpoints, read_training_checkpoint
-from datasets.synthetic import generate
 from modeling import build_loss, build_model
+from tests.tiny import TINY_PRESET, generate_tiny_world, tiny_training_options
 
-REPO = Path(__file__).resolve().parents[1]
-PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 
 def tiny_opts(data_root, out_dir, *extra):
-    return [
-        "RESNET.WIDTH_PER_GROUP", "16", "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",
-        "MODEL.LOCAL.DESCRIPTOR_DIM", "16", "TRAIN.DATA_ROOT", str(data_root), "TRAIN.VAL_FRACTION", "0.25",
-        "TRAIN.BATCH_SIZE", "8", "TRAIN.IM_SIZE", "64", "TEST.BATCH_SIZE", "8", "TEST.IM_SIZE", "64",
-        "DATA_LOADER.NUM_WORKERS", "0", "LOG_PERIOD", "1", "LOG_DEST", "file", "TRAIN.EVAL_PERIOD", "100",
-        "OUT_DIR", str(out_dir), *extra,
-    ]
+    return tiny_training_options(data_root, out_dir, "LOG_DEST", "file", *extra)
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     base = tmp_path_factory.mktemp("faults")
-    generate(str(base / "data"), size="tiny", workers=1)
-    return base / "data" / "train"
+    return generate_tiny_world(base) / "train"
 
 
 class NanOnCalls(nn.Module):
@@ -65,7 +55,7 @@ def test_nan_loss_step_is_skipped_and_counted(data_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "train_step", recording_step)
     opts = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "5", "TRAIN.MAX_NONFINITE_STEPS", "2")
-    assert trainer.train_in_process(load_cfg(PRESET, opts).dump()) == 0
+    assert trainer.train_in_process(load_cfg(TINY_PRESET, opts).dump()) == 0
 
     assert [nonfinite for nonfinite, _ in snapshots] == [0, 0, 1, 0, 0]
     assert [changed for _, changed in snapshots] == [True, True, False, True, True]  # no step on the NaN batch
@@ -81,7 +71,7 @@ def test_nan_loss_step_is_skipped_and_counted(data_root, tmp_path, monkeypatch):
 def test_a_run_of_nan_losses_stops_with_a_clear_message(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "build_loss", lambda cfg: NanOnCalls(build_loss(cfg), set(range(2, 100))))
     opts = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "20", "TRAIN.MAX_NONFINITE_STEPS", "3")
-    assert trainer.train_in_process(load_cfg(PRESET, opts).dump()) == trainer.EXIT_NONFINITE
+    assert trainer.train_in_process(load_cfg(TINY_PRESET, opts).dump()) == trainer.EXIT_NONFINITE
     log = (tmp_path / "stdout.log").read_text()
     assert "stopping: 3 non-finite losses in a row (TRAIN.MAX_NONFINITE_STEPS = 3)" in log
     iterations = [r["iter"] for r in read_json_log(str(tmp_path / JSON_LOG_NAME)) if r["type"] == "train_iter"]
@@ -94,7 +84,7 @@ def test_a_run_of_nan_losses_stops_with_a_clear_message(data_root, tmp_path, mon
     ["MODEL.LOCAL_STRIDE", "32", "MODEL.HEADS.MARGIN_TYPE", "curricular_arcface"],
 ])
 def test_every_trainable_parameter_gets_a_gradient(variant, tmp_path):
-    cfg = load_cfg(PRESET, tiny_opts(tmp_path, tmp_path, "MODEL.NUM_CLASSES", "5", *variant))
+    cfg = load_cfg(TINY_PRESET, tiny_opts(tmp_path, tmp_path, "MODEL.NUM_CLASSES", "5", *variant))
     model = build_model(cfg).train()
     labels = torch.tensor([0, 1, 2, 3])
     loss, _ = build_loss(cfg)(model(torch.randn(4, 3, 32, 32), labels), labels)

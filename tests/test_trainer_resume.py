@@ -12,27 +12,20 @@ import torch
 from core import trainer
 from core.config import load_cfg
 from core.resume import list_checkpoints, read_training_checkpoint
-from datasets.synthetic import generate
+from tests.tiny import TINY_PRESET, generate_tiny_world, tiny_training_options
 
-REPO = Path(__file__).resolve().parents[1]
-PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 STOP_AT = 5  # mid-epoch: the tiny set gives 4 iterations per epoch at batch 8
 TOTAL = 2 * STOP_AT
 
 def tiny_opts(data_root, out_dir, *extra):
     """The synthetic preset shrunk to seconds: half-width R18 at 16, 64 px, batch 8, no workers."""
-    return [
-        "RESNET.WIDTH_PER_GROUP", "16", "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",
-        "MODEL.LOCAL.DESCRIPTOR_DIM", "16", "TRAIN.DATA_ROOT", str(data_root), "TRAIN.VAL_FRACTION", "0.25",
-        "TRAIN.BATCH_SIZE", "8", "TRAIN.IM_SIZE", "64", "TEST.BATCH_SIZE", "8", "TEST.IM_SIZE", "64",
-        "DATA_LOADER.NUM_WORKERS", "0", "LOG_PERIOD", "1", "LOG_DEST", "file", "OPTIM.MAX_ITER", str(TOTAL),
-        "TRAIN.CHECKPOINT_ITERS", "0", "TRAIN.EVAL_PERIOD", "100", "OUT_DIR", str(out_dir), *extra,
-    ]
+    return tiny_training_options(data_root, out_dir, "LOG_DEST", "file", "OPTIM.MAX_ITER", str(TOTAL),
+                                 "TRAIN.CHECKPOINT_ITERS", "0", *extra)
 
 
 def train(opts):
     """The entry point every training process runs; returns its exit code."""
-    return trainer.train_in_process(load_cfg(PRESET, opts).dump())
+    return trainer.train_in_process(load_cfg(TINY_PRESET, opts).dump())
 
 
 def final_model(out_dir):
@@ -51,8 +44,7 @@ def assert_same_weights(a, b):
 def runs(tmp_path_factory):
     """Run A straight; run B stopped by SIGUSR1 after STOP_AT steps (with 2 loader workers); B kept for resuming."""
     base = tmp_path_factory.mktemp("resume")
-    generate(str(base / "data"), size="tiny", workers=1)
-    data_root = base / "data" / "train"
+    data_root = generate_tiny_world(base) / "train"
     assert train(tiny_opts(data_root, base / "straight")) == 0
 
     steps = {"count": 0}
