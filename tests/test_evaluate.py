@@ -12,6 +12,7 @@ from tools.revisitop.evaluation import (
     EvaluationContext,
     ProvenanceMismatch,
     evaluate,
+    format_table,
     global_pass,
     open_stores,
     register_method,
@@ -148,3 +149,16 @@ def test_cli_runs_and_reports_errors(tmp_path, capsys):
     assert (tmp_path / "cli" / "results.json").is_file() and "global" in capsys.readouterr().out
     assert main(overrides[:5] + [str(tmp_path / "nowhere")] + overrides[6:]) == 2
     assert "no feature stores" in capsys.readouterr().err
+
+
+def test_table_columns_line_up_for_long_method_names():
+    values = {"mAP": 12.5, "mP@1": 100.0}
+    results = {"untrained_global": {"E": values, "M": values}, "sv": {"E": values, "M": values}}
+    lines = format_table(results, "synth").splitlines()
+    assert lines[0] == "synth"
+    header, rows = lines[1], lines[2:]
+    assert len(rows) == 4 and {len(row) for row in rows} == {len(header)}
+    for row in rows:  # every number ends under its metric's name
+        assert row.split()[-2:] == ["12.50", "100.00"]
+        assert row.index("12.50") + len("12.50") == header.index("mAP") + len("mAP")
+    assert rows[0].startswith("untrained_global  E")

@@ -258,11 +258,12 @@ for _name, _function in ASMK_METHODS.items():
 def format_table(results, title=""):
     """One line per method and protocol (E / M / H, or gldv2): the metrics in percent."""
     metrics = list(next(iter(next(iter(results.values())).values())))
+    width = max(len("method"), *(len(method) for method in results)) + 2
     lines = [title] if title else []
-    lines.append(f"{'method':<14}{'protocol':<10}" + "".join(f"{metric:>9}" for metric in metrics))
+    lines.append(f"{'method':<{width}}{'protocol':<10}" + "".join(f"{metric:>9}" for metric in metrics))
     for method, by_protocol in results.items():
         for protocol, values in by_protocol.items():
-            lines.append(f"{method:<14}{protocol:<10}" + "".join(f"{values[metric]:>9.2f}" for metric in metrics))
+            lines.append(f"{method:<{width}}{protocol:<10}" + "".join(f"{values[metric]:>9.2f}" for metric in metrics))
     return "\n".join(lines)
 
 
