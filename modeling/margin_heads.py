@@ -47,11 +47,12 @@ class CosineHead(nn.Module):
                 f"margin={self.margin}")
 
 
-def _target_and_sine(cosine, labels):
+def _target_with_margin(cosine, labels, margin):
+    """(cos(theta), cos(theta + m)) of each sample's target class, [B, 1] each."""
     target = cosine.gather(1, labels.view(-1, 1).long())
     # clamped away from 0 so that the gradient of the square root stays finite at cos = +-1
     sine = (1.0 - target * target).clamp(min=1e-12).sqrt()
-    return target, sine
+    return target, target * math.cos(margin) - sine * math.sin(margin)
 
 
 @MARGIN_HEADS.register("arcface")
@@ -66,8 +67,7 @@ class ArcFaceHead(CosineHead):
         cosine = self.cosine(embedding)
         if labels is None:
             return self.scale * cosine
-        target, sine = _target_and_sine(cosine, labels)
-        with_margin = target * math.cos(self.margin) - sine * math.sin(self.margin)
+        target, with_margin = _target_with_margin(cosine, labels, self.margin)
         # theta + m < pi  <=>  cos(theta) > cos(pi - m) = -cos(m)
         target_logit = torch.where(target > -math.cos(self.margin), with_margin, target)
         return self.scale * cosine.scatter(1, labels.view(-1, 1).long(), target_logit)
@@ -93,8 +93,7 @@ class CurricularArcFaceHead(CosineHead):
         cosine = self.cosine(embedding)
         if labels is None:
             return self.scale * cosine
-        target, sine = _target_and_sine(cosine, labels)
-        with_margin = target * math.cos(self.margin) - sine * math.sin(self.margin)
+        target, with_margin = _target_with_margin(cosine, labels, self.margin)
         fallback = target - math.sin(math.pi - self.margin) * self.margin
         target_logit = torch.where(target > math.cos(math.pi - self.margin), with_margin, fallback)
         if self.training:
