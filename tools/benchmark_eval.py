@@ -65,7 +65,10 @@ def main():
     parser.add_argument("--rows", type=int, default=1005000, help="database size (ROxford + distractors)")
     parser.add_argument("--gnd", default=str(DEFAULT_GND), help="gnd_roxford5k.pkl")
     args = parser.parse_args()
-    gnd_raw = load_gnd(args.gnd)["gnd"]
+    ground_truth = load_gnd(args.gnd)
+    gnd_raw = ground_truth["gnd"]
+    if args.rows < len(ground_truth["imlist"]):
+        parser.error(f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} database images of {args.gnd}")
     kappas = (1, 5, 10)
     scores = synthetic_scores(gnd_raw, args.rows)
     print(f"score matrix {scores.shape[0]:,} x {scores.shape[1]} float32")

@@ -78,7 +78,7 @@ def delg_step_runner(device, amp_dtype, channels_last):
     run = trainer.Run(
         model=model, net=model, loss_fn=build_loss(cfg), optimizer=build_optimizer(model, cfg),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), schedule=None, loader=None,
-        val_loader=None, device=device, amp_dtype=amp_dtype, channels_last=channels_last, class_ids=[],
+        val_loader=None, retrieval=None, device=device, amp_dtype=amp_dtype, channels_last=channels_last, class_ids=[],
         epoch_iters=1, total_iters=1, max_epoch=1, json_log=None, preemption=PreemptionFlag(),
         bad_images=None,
     )
