@@ -3,7 +3,7 @@
 train_model(): set up the process, build data, model and optimiser, resume (or load initial weights), then for
 each epoch for each batch take one step; checkpoint every TRAIN.CHECKPOINT_ITERS iterations and every
 TRAIN.CHECKPOINT_PERIOD epochs; validate both classifiers every TRAIN.EVAL_PERIOD epochs, and with
-TRAIN.RETRIEVAL_EVAL also the retrieval mAP on EVAL.DATASET (core/retrieval_eval.py).
+TRAIN.RETRIEVAL_EVAL also the retrieval mAP on EVAL.DATASET (core/validation.py, core/retrieval_eval.py).
 
 One step is one forward and one backward for the whole loss (global CE + attention CE + reconstruction; the model
 stops the gradient between backbone and local head). After the backward, one all-reduce per iteration carries the
@@ -26,7 +26,7 @@ from core.checkpoint import load_weights
 from core.config import cfg, dump_cfg, load_cfg, merge_dict
 from core.data import make_train_loader
 from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
-from core.meters import ErrorCounter, TrainMeter, top1_errors
+from core.meters import TrainMeter, top1_errors
 from core.optimizer import build_lr_schedule, build_optimizer, set_lr
 from core.resume import (
     Position,
@@ -39,7 +39,8 @@ from core.resume import (
     save_checkpoint,
     training_state,
 )
-from core.retrieval_eval import build_retrieval_validator, retrieval_record
+from core.retrieval_eval import build_retrieval_validator
+from core.validation import validate, validate_retrieval
 from datasets.loader import (
     FailureBudget,
     TooManyBadImagesError,
@@ -407,43 +408,3 @@ def log_iteration(run, meter, epoch, position):
     }
     logger.info("%s", train_line(record))
     run.json_log.write(record)
-
-
-# ------------------------------------------------------------------------------------------------ validation
-@torch.no_grad()
-def validate(run, epoch, global_iter):
-    """Top-1 error of the global (margin) and the attention classifier on the validation set, all processes."""
-    if run.val_loader is None:
-        return None
-    run.model.eval()
-    counter = ErrorCounter(["global", "attention"], device=run.device)
-    for images, labels, _ in run.val_loader:
-        if labels.numel() == 0:
-            continue
-        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
-        if run.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-            outputs = run.model(images)  # no labels: plain cosine logits, no margin
-        counter.add({"global": outputs["global_logits"], "attention": outputs["attention_logits"]}, labels)
-    errors = counter.errors_percent(dist.all_reduce_sum(counter.counts))
-    run.model.train()
-    logger.info("validation after epoch %d: top1_err global=%.2f%% attention=%.2f%%", epoch + 1, errors["global"],
-                errors["attention"])
-    run.json_log.write({"type": "val", "epoch": epoch, "iter": global_iter, "global_top1_err": errors["global"],
-                        "attention_top1_err": errors["attention"]})
-    return errors
-
-
-def validate_retrieval(run, epoch, global_iter):
-    """Global-search mAP on EVAL.DATASET (TRAIN.RETRIEVAL_EVAL): the main process evaluates, the others wait."""
-    if run.retrieval is None:
-        return None
-    record = None
-    if dist.is_main_process():
-        record = retrieval_record(run.retrieval, run.model, run.device, epoch, global_iter)
-        logger.info("retrieval after epoch %d on %s: mAP E=%.2f M=%.2f H=%.2f", epoch + 1, run.retrieval.title,
-                    record["mAP_E"], record["mAP_M"], record["mAP_H"])
-        run.json_log.write(record)
-    dist.barrier()
-    return record
