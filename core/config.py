@@ -124,7 +124,7 @@ _C.CUDNN = CfgNode()
 _C.CUDNN.BENCHMARK = True  # let cuDNN pick the fastest kernels (fixed input sizes)
 
 # ------------------------------------------------------------------------------------------------ extraction
-_C.EXTRACT = CfgNode()
+_C.EXTRACT = CfgNode()  # no batch size: images differ in size, so each image is one pyramid pass
 _C.EXTRACT.DATASET = "roxford5k"  # roxford5k, rparis6k, synth (revisitop layout), or a folder / list / csv name
 _C.EXTRACT.DATA_ROOT = ""  # dataset folder (revisitop: holds gnd_<name>.pkl and jpg/)
 _C.EXTRACT.FORMAT = "revisitop"  # revisitop, folder, list or gldv2
@@ -143,7 +143,6 @@ _C.EXTRACT.CROP_QUERIES = True  # crop revisitop queries to their bbx (the bench
 _C.EXTRACT.DISTRACTORS = ""  # revisitop1m image list to add to the database ("" = none)
 _C.EXTRACT.DISTRACTOR_ROOT = ""  # folder holding the distractor images
 _C.EXTRACT.SHARD_SIZE = 1000  # images per shard (the unit of resuming)
-_C.EXTRACT.BATCH_SIZE = 1  # images per forward (variable sizes: 1)
 
 # ------------------------------------------------------------------------------------------------ spatial verification
 _C.SV = CfgNode()

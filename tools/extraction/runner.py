@@ -238,9 +238,6 @@ def run_extraction(cfg):
     model = build_extraction_model(cfg, device)
     provenance = build_provenance(cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings)
     jobs = build_jobs(cfg, provenance)
-    if cfg.EXTRACT.BATCH_SIZE != 1:
-        logger.warning("EXTRACT.BATCH_SIZE %d is ignored: images differ in size, the pyramid runs one at a time",
-                       cfg.EXTRACT.BATCH_SIZE)
     pending = [shard_io.pending_shards(job.folder, len(job.ranges), job.signature) for job in jobs]
     if place.rank == 0:
         for job in jobs:
