@@ -24,6 +24,7 @@ from datasets.revisitop import RevisitopDataset  # noqa: E402
 from tools.rerank.matching import putative_matches  # noqa: E402
 from tools.rerank.spatial_verification import inlier_mask, options_from_cfg  # noqa: E402
 from tools.revisitop.evaluation import features_dir, open_stores, split_dataset_name  # noqa: E402
+from tools.vis.text import put_caption  # noqa: E402
 
 INLIER_COLOUR = (40, 200, 40)  # RGB
 OUTLIER_COLOUR = (220, 60, 60)
@@ -68,8 +69,7 @@ def match_picture(query_image, query_features, index_image, index_features, opti
     caption = f"{int(inliers.sum())} inliers / {len(inliers)} putative ({options.method})"
     scale = float(np.clip(picture.shape[1] / 900, 0.3, 0.7))  # readable, and not wider than small pictures
     origin = (6, int(8 + 24 * scale))
-    cv2.putText(picture, caption, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(picture, caption, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    put_caption(picture, caption, origin, scale)
     return picture, int(inliers.sum())
 
 

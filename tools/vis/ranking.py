@@ -34,6 +34,7 @@ from tools.revisitop.evaluation import (  # noqa: E402
 )
 from tools.revisitop.protocols import protocol_gnd  # noqa: E402
 from tools.vis.matches import load_image_and_features, write_png  # noqa: E402
+from tools.vis.text import put_caption  # noqa: E402
 
 BORDER_COLOURS = {"positive": (30, 170, 30), "negative": (210, 40, 40), "junk": (150, 150, 150),
                   "query": (30, 90, 220)}  # RGB
@@ -59,10 +60,7 @@ def tile(image, label, size=TILE, border=BORDER, caption=""):
     top, left = border + (inner - resized.shape[0]) // 2, border + (inner - resized.shape[1]) // 2
     result[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
     if caption:
-        cv2.putText(result, caption, (border + 2, size - border - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 2,
-                    cv2.LINE_AA)
-        cv2.putText(result, caption, (border + 2, size - border - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        put_caption(result, caption, (border + 2, size - border - 4), 0.4, padding=1)
     return result
 
 
