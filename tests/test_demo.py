@@ -90,3 +90,12 @@ def test_a_world_of_another_seed_is_not_silently_reused(tiny_world):
     assert ensure_synthetic(str(tiny_world), 0, "tiny", log=lambda _: None)["seed"] == 0
     with pytest.raises(ValueError, match="seed 0"):
         ensure_synthetic(str(tiny_world), 1, "tiny", log=lambda _: None)
+
+
+def test_a_config_mistake_stops_the_demo_before_it_generates_anything(tmp_path):
+    command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny", "--data",
+               str(tmp_path / "world"), "--out", str(tmp_path / "out"), "TRAIN.IM_SIZ", "64"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown config key 'TRAIN.IM_SIZ'; did you mean TRAIN.IM_SIZE" in result.stdout + result.stderr
+    assert not (tmp_path / "world").exists() and not (tmp_path / "out").exists()

@@ -282,8 +282,8 @@ def run_demo(options, log=print):
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant it tried
     timer, out = StepTimer(log), options.out_dir
     data_dir = options.data_dir or default_data_dir(options.seed, options.data_size)
+    cfg = demo_config(options, data_dir)  # a config mistake stops the demo before anything is generated
     timer.run("data", ensure_synthetic, data_dir, options.seed, options.data_size, workers=threads, log=log)
-    cfg = demo_config(options, data_dir)
     checkpoint = timer.run("train", train, cfg)
     cfg.TEST.WEIGHTS = checkpoint
     trained_dir = timer.run("extract, trained", extract,
