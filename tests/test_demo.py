@@ -99,3 +99,29 @@ def test_a_config_mistake_stops_the_demo_before_it_generates_anything(tmp_path):
     assert result.returncode == 2
     assert "unknown config key 'TRAIN.IM_SIZ'; did you mean TRAIN.IM_SIZE" in result.stdout + result.stderr
     assert not (tmp_path / "world").exists() and not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_demo_continues_its_training_to_the_same_results(tiny_world, tmp_path):
+    """Run the reduced demo with a checkpoint every 6 iterations, drop every checkpoint after the mid-epoch one at
+    iteration 6 (as if the run had been killed at 11), run it again: it resumes and writes the same results. A
+    changed config is a new training and starts afresh."""
+    out = tmp_path / "out"
+    command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny", "--data", str(tiny_world),
+               "--out", str(out), "--iters", str(ITERATIONS), "--threads", "1", "TRAIN.CHECKPOINT_ITERS", "6"]
+
+    def run(*extra):
+        result = subprocess.run([*command, *extra], cwd=REPO, capture_output=True, text=True, timeout=170)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    run()
+    straight = (out / "results.json").read_bytes()
+    checkpoints = sorted((out / "train" / "checkpoints").glob("checkpoint_*.pth"))
+    assert checkpoints[0].name == "checkpoint_000000006.pth" and len(checkpoints) > 1
+    for later in checkpoints[1:]:
+        later.unlink()
+    output = run()
+    assert "holds this training up to iteration 6: continuing it" in output
+    assert (out / "results.json").read_bytes() == straight
+    output = run("OPTIM.BASE_LR", "0.001")
+    assert "continuing it" not in output

@@ -6,6 +6,7 @@
 1. data: the embedded synthetic world (datasets/synthetic.py), generated once per seed and size, then reused;
 2. train: the recipe of the config (configs/synthetic/demo.yaml) for a fixed number of iterations, so that the
    numbers do not depend on the machine's speed; with TRAIN.RETRIEVAL_EVAL the trainer logs the retrieval mAP;
+   a training of the same config found in OUT/train (an interrupted or finished demo) is continued, not redone;
 3. extract: the test set's features with the trained model (global + local) and with the same network at its
    seeded initial weights (global only: the baseline row ``untrained_global``);
 4. evaluate: EVAL.METHODS on the trained features (global search, spatial verification, ASMK) and global search on
@@ -31,7 +32,7 @@ import torch
 
 from core.config import load_cfg
 from core.io import read_json, write_json
-from core.resume import list_checkpoints
+from core.resume import config_differences, list_checkpoints
 from datasets.revisitop import RevisitopDataset
 from datasets.synthetic import generate, make_spec
 
@@ -126,11 +127,33 @@ def demo_config(options, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------ 2. train
-def train(cfg):
-    """Train in this process with cfg, from scratch; return the path of the final checkpoint."""
+# Keys the trainer fills in or the demo sets itself: they may differ between the saved and the new config.
+RESUME_IGNORED_KEYS = ("MODEL.NUM_CLASSES", "TRAIN.AUTO_RESUME")
+
+
+def same_training(cfg):
+    """Whether cfg.OUT_DIR holds checkpoints of a training with this very config: an interrupted (or finished)
+    earlier demo, which exact resume continues to the same weights."""
+    saved = os.path.join(cfg.OUT_DIR, "config.yaml")
+    if not (os.path.isfile(saved) and list_checkpoints(cfg.OUT_DIR)):
+        return False
+    with open(saved) as handle:
+        differences = config_differences(handle.read(), cfg.dump())
+    return all(key in RESUME_IGNORED_KEYS for key, _, _ in differences)
+
+
+def train(cfg, log=print):
+    """Train in this process with cfg; return the path of the final checkpoint. A training of the same config in
+    cfg.OUT_DIR is continued from its newest checkpoint; anything else there is replaced."""
     from core import trainer
 
-    shutil.rmtree(cfg.OUT_DIR, ignore_errors=True)  # an earlier demo's checkpoints and log lines would mix in
+    cfg = cfg.clone()
+    cfg.TRAIN.AUTO_RESUME = same_training(cfg)
+    if cfg.TRAIN.AUTO_RESUME:
+        newest = list_checkpoints(cfg.OUT_DIR)[-1][0]
+        log(f"[demo] {cfg.OUT_DIR} holds this training up to iteration {newest}: continuing it")
+    else:
+        shutil.rmtree(cfg.OUT_DIR, ignore_errors=True)  # another run's checkpoints and log lines would mix in
     code = trainer.train_in_process(cfg.dump())
     if code != 0:
         raise RuntimeError(f"training stopped with exit code {code}; see the log above")
@@ -284,7 +307,7 @@ def run_demo(options, log=print):
     data_dir = options.data_dir or default_data_dir(options.seed, options.data_size)
     cfg = demo_config(options, data_dir)  # a config mistake stops the demo before anything is generated
     timer.run("data", ensure_synthetic, data_dir, options.seed, options.data_size, workers=threads, log=log)
-    checkpoint = timer.run("train", train, cfg)
+    checkpoint = timer.run("train", train, cfg, log=log)
     cfg.TEST.WEIGHTS = checkpoint
     trained_dir = timer.run("extract, trained", extract,
                             extraction_config(cfg, checkpoint, os.path.join(out, "features")))
