@@ -103,8 +103,8 @@ def test_a_config_mistake_stops_the_demo_before_it_generates_anything(tmp_path):
 
 def test_an_interrupted_demo_continues_its_training_to_the_same_results(tiny_world, tmp_path):
     """Run the reduced demo with a checkpoint every 6 iterations, drop every checkpoint after the mid-epoch one at
-    iteration 6 (as if the run had been killed at 11), run it again: it resumes and writes the same results. A
-    changed config is a new training and starts afresh."""
+    iteration 6 (as if the run had been killed at 11), run it again: it resumes and writes the same results. Once
+    finished, the model is reused; a changed config is a new training and starts afresh."""
     out = tmp_path / "out"
     command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny", "--data", str(tiny_world),
                "--out", str(out), "--iters", str(ITERATIONS), "--threads", "1", "TRAIN.CHECKPOINT_ITERS", "6"]
@@ -123,5 +123,6 @@ def test_an_interrupted_demo_continues_its_training_to_the_same_results(tiny_wor
     output = run()
     assert "holds this training up to iteration 6: continuing it" in output
     assert (out / "results.json").read_bytes() == straight
+    assert "finished at iteration 16: reusing its model" in run()
     output = run("OPTIM.BASE_LR", "0.001")
-    assert "continuing it" not in output
+    assert "continuing it" not in output and "reusing" not in output

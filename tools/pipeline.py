@@ -151,7 +151,10 @@ def train(cfg, log=print):
     cfg.TRAIN.AUTO_RESUME = same_training(cfg)
     if cfg.TRAIN.AUTO_RESUME:
         newest = list_checkpoints(cfg.OUT_DIR)[-1][0]
-        log(f"[demo] {cfg.OUT_DIR} holds this training up to iteration {newest}: continuing it")
+        if newest == cfg.OPTIM.MAX_ITER:
+            log(f"[demo] {cfg.OUT_DIR} holds this training, finished at iteration {newest}: reusing its model")
+        else:
+            log(f"[demo] {cfg.OUT_DIR} holds this training up to iteration {newest}: continuing it")
     else:
         shutil.rmtree(cfg.OUT_DIR, ignore_errors=True)  # another run's checkpoints and log lines would mix in
     code = trainer.train_in_process(cfg.dump())
