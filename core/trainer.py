@@ -140,6 +140,9 @@ def setup_process():
 
 def build_run(device):
     """Data, model, loss, optimiser, scaler, schedule and loaders, from cfg."""
+    for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
+        if cfg.TRAIN[key] < 1:
+            raise ValueError(f"TRAIN.{key} {cfg.TRAIN[key]}: expected a number of epochs, at least 1")
     rank, world = dist.get_rank(), dist.get_world_size()
     train_set, mapping = build_train_dataset(cfg)
     set_num_classes(mapping.num_classes)
@@ -218,8 +221,12 @@ def resume_or_initialise(run):
             return resume_from(run, path, state)
         logger.info("TRAIN.AUTO_RESUME: no checkpoint in %s, starting from the beginning", cfg.OUT_DIR)
     elif list_checkpoints(cfg.OUT_DIR):
-        logger.warning("%s holds checkpoints of an earlier run; this run starts afresh and replaces them (set "
-                       "TRAIN.AUTO_RESUME True to continue that run instead)", cfg.OUT_DIR)
+        # Starting afresh beside them would mix two runs: rotation keeps the highest iterations, so the new run's
+        # first checkpoints would be the ones deleted, and a later resume would continue the old run.
+        newest = list_checkpoints(cfg.OUT_DIR)[-1][0]
+        raise ValueError(f"OUT_DIR {cfg.OUT_DIR} holds checkpoints of an earlier run (the newest at iteration "
+                         f"{newest}): set TRAIN.AUTO_RESUME True to continue it, or choose another OUT_DIR (or "
+                         f"remove {os.path.join(cfg.OUT_DIR, 'checkpoints')}) to start afresh")
     if cfg.TRAIN.WEIGHTS:
         load_weights(run.model, cfg.TRAIN.WEIGHTS, log=logger.info)
         logger.info("initial weights from %s", cfg.TRAIN.WEIGHTS)

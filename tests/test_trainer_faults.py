@@ -90,3 +90,22 @@ def test_every_trainable_parameter_gets_a_gradient(variant, tmp_path):
     loss, _ = build_loss(cfg)(model(torch.randn(4, 3, 32, 32), labels), labels)
     loss.backward()
     assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+@pytest.mark.parametrize("key", ["TRAIN.EVAL_PERIOD", "TRAIN.CHECKPOINT_PERIOD"])
+def test_a_period_of_zero_epochs_is_a_config_error(key, data_root, tmp_path):
+    opts = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "5", key, "0")
+    assert trainer.train_in_process(load_cfg(TINY_PRESET, opts).dump()) == trainer.EXIT_CONFIG
+    assert f"{key} 0: expected a number of epochs, at least 1" in (tmp_path / "stdout.log").read_text()
+
+
+def test_a_fresh_run_does_not_start_beside_an_earlier_runs_checkpoints(data_root, tmp_path):
+    """Rotation keeps the highest iterations: a new run there would lose its own checkpoints to the old ones."""
+    first = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "8", "TRAIN.CHECKPOINT_ITERS", "4")
+    assert trainer.train_in_process(load_cfg(TINY_PRESET, first).dump()) == 0
+    before = list_checkpoints(str(tmp_path))
+    again = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "4", "OPTIM.BASE_LR", "0.001")
+    assert trainer.train_in_process(load_cfg(TINY_PRESET, again).dump()) == trainer.EXIT_CONFIG
+    assert "set TRAIN.AUTO_RESUME True to continue it, or choose another OUT_DIR" in (
+        tmp_path / "stdout.log").read_text()
+    assert list_checkpoints(str(tmp_path)) == before
