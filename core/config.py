@@ -178,7 +178,7 @@ _C.EVAL.METHODS = ["global", "sv"]  # global, sv, asmk, asmk_rerank
 _C.EVAL.KAPPAS = [1, 5, 10]  # k of mP@k
 _C.EVAL.SEARCH_TOPK = 1000  # global search keeps this many per query (all when the database is smaller)
 _C.EVAL.CHUNK_SIZE = 65536  # database rows scored at a time
-_C.EVAL.USE_FAISS = False  # faiss for global search
+_C.EVAL.USE_FAISS = False  # faiss for the global search of search.py and gldv2 (revisitop scores all chunks anyway)
 _C.EVAL.DEVICE = "auto"  # auto, cpu or cuda
 _C.EVAL.SOLUTION_FILE = ""  # GLDv2 retrieval_solution_v2.1.csv
 

@@ -73,6 +73,21 @@ def test_gpu_search_matches_cpu():
     assert np.array_equal(cpu[1], gpu[1])
 
 
+@pytest.mark.parametrize("chunk_size", [3, 7, 100])
+def test_ties_at_the_kth_place_keep_the_lowest_database_indices(chunk_size):
+    """Twelve exact duplicates of the query's best match (as among a million distractors) and k cutting through
+    them: the first k in the ranking order are kept, whatever the chunking."""
+    rng = np.random.default_rng(4)
+    database = rng.integers(-3, 4, (40, 8)).astype(np.float32)  # small integers: every score is exact
+    database[5] = 5.0  # scores 200 with itself, at most 120 with any other row
+    query = database[5:6].copy()
+    duplicates = rng.choice(np.setdiff1d(np.arange(40), [5]), 11, replace=False)
+    database[duplicates] = database[5]
+    scores, indices = exact_search(query, database, k=6, chunk_size=chunk_size)
+    assert indices.tolist() == [sorted([5, *duplicates.tolist()])[:6]]
+    assert np.array_equal(indices, _brute_force(query, database, 6)[1])
+
+
 def test_streaming_pass_gives_exact_full_database_metrics():
     """One chunked pass (with top-k) gives the same numbers as sorting the full score matrix."""
     rng = np.random.default_rng(3)

@@ -38,6 +38,28 @@ def order_keys(scores, indices):
     return (ordered << 32) | (_LOW_BITS - np.asarray(indices, dtype=np.int64))
 
 
+def torch_order_keys(scores, indices):
+    """order_keys of a score tensor and the database indices of its items (a tensor broadcastable to it)."""
+    bits = (scores.float() + 0.0).contiguous().view(torch.int32)  # + 0.0 folds -0.0 into +0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    return (ordered << 32) | (_LOW_BITS - indices.to(torch.int64))
+
+
+def first_k(scores, indices, k):
+    """(scores, indices) of the k first items of each row in the ranking order, in no particular order.
+
+    torch.topk alone keeps an arbitrary subset of the items tied at the k-th place; the rows where it had to choose
+    (rare: exact duplicates) are selected again on order keys, which break ties by database index."""
+    values, best = torch.topk(scores, k, dim=1)
+    if k < scores.shape[1]:
+        kth = values[:, -1:]
+        cut = ((scores == kth).sum(dim=1) > (values == kth).sum(dim=1)).nonzero().squeeze(1)
+        if len(cut):
+            _, best[cut] = torch.topk(torch_order_keys(scores[cut], indices.expand_as(scores)[cut]), k, dim=1)
+            values[cut] = torch.gather(scores[cut], 1, best[cut])
+    return values, torch.gather(indices.expand_as(scores), 1, best)
+
+
 def as_float32_rows(array, start, stop, device):
     """Rows start:stop of a (memory-mapped) array as a float32 tensor on device."""
     rows = np.array(array[start:stop], dtype=np.float32)  # a writable copy (memory maps are read-only)
@@ -59,24 +81,23 @@ def score_chunks(queries, database, chunk_size=65536, device="cpu"):
 
 
 class TopK:
-    """Keeps the k best database items per query over chunks; ``result`` orders them by the ranking order."""
+    """Keeps the k first database items per query in the ranking order over chunks (ties at the k-th place
+    included); ``result`` orders them."""
 
     def __init__(self, num_queries, k):
         self.k = int(k)
-        self.scores = torch.full((num_queries, 0), float("-inf"))
+        self.scores = torch.zeros((num_queries, 0), dtype=torch.float32)
         self.indices = torch.zeros((num_queries, 0), dtype=torch.int64)
 
     def add(self, offset, scores):
-        keep = min(self.k, scores.shape[1])
-        chunk_scores, chunk_indices = torch.topk(scores, keep, dim=1)
-        merged_scores = torch.cat([self.scores, chunk_scores.float().cpu()], dim=1)
-        merged_indices = torch.cat([self.indices, chunk_indices.cpu() + offset], dim=1)
-        keep = min(self.k, merged_scores.shape[1])
-        self.scores, best = torch.topk(merged_scores, keep, dim=1)
-        self.indices = torch.gather(merged_indices, 1, best)
+        columns = torch.arange(offset, offset + scores.shape[1], device=scores.device).unsqueeze(0)
+        chunk_scores, chunk_indices = first_k(scores.float(), columns, min(self.k, scores.shape[1]))
+        merged_scores = torch.cat([self.scores, chunk_scores.cpu()], dim=1)
+        merged_indices = torch.cat([self.indices, chunk_indices.cpu()], dim=1)
+        self.scores, self.indices = first_k(merged_scores, merged_indices, min(self.k, merged_scores.shape[1]))
 
     def result(self):
-        """(scores [n_q, k] float32, indices [n_q, k] int64), each row in ranking order (stable on ties)."""
+        """(scores [n_q, k] float32, indices [n_q, k] int64), each row in ranking order."""
         scores, indices = self.scores.numpy(), self.indices.numpy()
         order = np.argsort(-order_keys(scores, indices), axis=1, kind="stable")
         return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
@@ -100,6 +121,7 @@ def faiss_search(queries, database, k, chunk_size=65536):
     for offset in range(0, database.shape[0], chunk_size):
         index.add(np.ascontiguousarray(database[offset:offset + chunk_size], dtype=np.float32))
     scores, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    # faiss orders by score alone, and which of the items tied at the k-th place it keeps is its own choice
     order = np.argsort(-order_keys(scores, indices), axis=1, kind="stable")
     return np.take_along_axis(scores, order, 1), np.take_along_axis(indices.astype(np.int64), order, 1)
 

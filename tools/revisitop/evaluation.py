@@ -37,7 +37,7 @@ from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spat
 from tools.retrieval.gldv2_evaluation import GLDV2, Gldv2Context, open_gldv2_stores, solution_queries
 from tools.retrieval.gldv2_evaluation import K as GLDV2_K
 from tools.retrieval.gldv2_metric import read_retrieval_solution
-from tools.retrieval.global_search import TopK, faiss_search, order_keys, resolve_device, score_chunks, search
+from tools.retrieval.global_search import TopK, order_keys, resolve_device, score_chunks, search
 from tools.revisitop.asmk_methods import ASMK_METHODS
 from tools.revisitop.metrics import (
     RelevantRankCounter,
@@ -122,8 +122,9 @@ def _row(store, name, source):
 
 
 # ------------------------------------------------------------------------------------------------ search
-def global_pass(query_descriptors, database_descriptors, gnd_raw, topk, chunk_size, device, use_faiss=False):
-    """One pass over the database: (RelevantRanks, top scores [n_q, k], top indices [n_q, k])."""
+def global_pass(query_descriptors, database_descriptors, gnd_raw, topk, chunk_size, device):
+    """One pass over the database: (RelevantRanks, top scores [n_q, k], top indices [n_q, k]). The rank counter
+    needs every chunk's scores, so the top k come from the same chunks (EVAL.USE_FAISS would only score twice)."""
     items = relevant_items(gnd_raw)
     item_scores = [np.asarray(database_descriptors[ids], dtype=np.float32) @ query_descriptors[query]
                    for query, ids in enumerate(items)]
@@ -132,12 +133,8 @@ def global_pass(query_descriptors, database_descriptors, gnd_raw, topk, chunk_si
     for offset, scores in score_chunks(query_descriptors, database_descriptors, chunk_size, device):
         counter.patch(offset, scores)
         counter.add(offset, scores)
-        if not use_faiss:
-            top.add(offset, scores)
-    if use_faiss:
-        top_scores, top_indices = faiss_search(query_descriptors, database_descriptors, topk, chunk_size)
-    else:
-        top_scores, top_indices = top.result()
+        top.add(offset, scores)
+    top_scores, top_indices = top.result()
     return counter.result(), top_scores, top_indices
 
 
@@ -205,7 +202,7 @@ def build_revisitop_context(cfg):
     depth = max(cfg.EVAL.SEARCH_TOPK, cfg.SV.SHORTLIST + max(len(entry["junk"]) + len(entry["easy"]) +
                                                             len(entry["hard"]) for entry in gnd))
     relevant, top_scores, top_indices = global_pass(queries, database_store.global_descriptors(), gnd, depth,
-                                                    cfg.EVAL.CHUNK_SIZE, cfg.EVAL.DEVICE, cfg.EVAL.USE_FAISS)
+                                                    cfg.EVAL.CHUNK_SIZE, cfg.EVAL.DEVICE)
     return EvaluationContext(cfg, gnd, query_store, database_store, query_rows, relevant, top_scores, top_indices)
 
 
