@@ -31,6 +31,9 @@ def write_store(folder, names, global_descriptors=None, local_features=None, pro
     if global_descriptors is None and local_features is None:
         raise FeatureStoreError(f"{folder}: nothing to write (no global and no local features)")
     os.makedirs(folder, exist_ok=True)
+    meta_path = os.path.join(folder, "meta.json")
+    if os.path.isfile(meta_path):  # rewriting a store: it must not open while old and new arrays are mixed
+        os.remove(meta_path)
     meta = {"format_version": FORMAT_VERSION, "names": names, "provenance": provenance or {},
             "crop_boxes": crop_boxes or {}, "has_global": global_descriptors is not None,
             "has_local": local_features is not None, "global_dim": 0, "local_dim": 0}
@@ -42,7 +45,7 @@ def write_store(folder, names, global_descriptors=None, local_features=None, pro
     if local_features is not None:
         _check_rows(folder, "local feature sets", len(local_features), len(names))
         meta["local_dim"] = _write_local(folder, local_features, float16)
-    write_json(os.path.join(folder, "meta.json"), meta)
+    write_json(meta_path, meta)
     return meta
 
 

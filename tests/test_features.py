@@ -84,3 +84,20 @@ def test_stores_of_different_kinds_are_not_joined(tmp_path):
     write_store(tmp_path / "b", ["b"], np.ones((1, 3)), [_local(np.random.default_rng(0), 2)])
     with pytest.raises(FeatureStoreError, match="with and without"):
         concatenate_stores(tmp_path / "c", [open_store(tmp_path / "a"), open_store(tmp_path / "b")])
+
+
+def test_a_store_rewritten_in_place_does_not_open_while_half_written(tmp_path, monkeypatch):
+    """A crash between the arrays of a rewrite must not leave the old meta.json over new arrays."""
+    import datasets.features as features
+
+    rng = np.random.default_rng(3)
+    write_store(tmp_path, ["a", "b"], rng.normal(size=(2, 4)), [_local(rng, 3), _local(rng, 2)])
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(features, "_write_local", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_store(tmp_path, ["a", "b", "c"], rng.normal(size=(3, 4)), [_local(rng, 1)] * 3)
+    with pytest.raises(FeatureStoreError, match="no meta.json"):
+        open_store(tmp_path)
