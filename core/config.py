@@ -12,6 +12,8 @@ import sys
 
 from yacs.config import CfgNode
 
+from core.io import write_text
+
 _C = CfgNode()
 cfg = _C
 
@@ -307,10 +309,7 @@ def dump_cfg(out_dir, name="config.yaml"):
     """Write the resolved config to out_dir atomically; returns its path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(cfg.dump())
-    os.replace(tmp, path)
+    write_text(path, cfg.dump())
     return path
 
 

@@ -224,7 +224,7 @@ def build_val_loader(cfg, dataset, rank, world_size):
         batch_size=batch_size,
         sampler=list(range(rank, len(dataset), world_size)),
         num_workers=cfg.DATA_LOADER.NUM_WORKERS,
-        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
+        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available() and cfg.DEVICE != "cpu",
         collate_fn=collate_skip_failures,
         worker_init_fn=seed_worker,
     )

@@ -77,13 +77,13 @@ def kd_tree_inliers(query, index, options):
 def full_roxford(gnd_path, workers, options, seed=0):
     """Seconds for a whole ROxford SV re-ranking with synthetic features (pool of 256 feature sets)."""
     gnd_raw = load_gnd(gnd_path)["gnd"]
-    num_database = 1 + max(max(e["easy"] + e["hard"] + e["junk"], default=0) for e in gnd_raw)
+    num_database = 1 + max(int(np.max(np.concatenate([e["easy"], e["hard"], e["junk"]]), initial=0)) for e in gnd_raw)
     query, pool = synthetic_pairs(256, seed)
     rng = np.random.default_rng(seed)
     rankings = []  # one global ranking per query: noise, positives lifted
     for entry in gnd_raw:
         scores = rng.random(num_database)
-        scores[entry["easy"] + entry["hard"]] += 0.5
+        scores[np.concatenate([entry["easy"], entry["hard"]]).astype(np.int64)] += 0.5
         rankings.append(np.argsort(-scores, kind="stable"))
     shortlists = {protocol: [ranked[~np.isin(ranked, entry["junk"])][:100] for ranked, entry in zip(rankings, gnd)]
                   for protocol, gnd in protocol_gnds(gnd_raw).items()}

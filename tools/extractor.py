@@ -17,6 +17,7 @@ import os  # noqa: E402
 
 from core.checkpoint import WeightsError  # noqa: E402
 from core.config import ConfigError, load_cfg_or_exit, parse_args  # noqa: E402
+from core.distributed import LaunchError, place_from_environment  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from datasets.features import FeatureStoreError  # noqa: E402
 from datasets.list_dataset import ParseError  # noqa: E402
@@ -24,7 +25,8 @@ from datasets.revisitop import GroundTruthError  # noqa: E402
 from tools.extraction import runner, shards  # noqa: E402
 
 # Mistakes in the arguments or the inputs: one line naming the file or key, no traceback.
-USER_ERRORS = (ConfigError, WeightsError, FeatureStoreError, ParseError, GroundTruthError, FileNotFoundError)
+USER_ERRORS = (ConfigError, WeightsError, FeatureStoreError, ParseError, GroundTruthError, FileNotFoundError,
+               LaunchError)
 
 
 def _extra_arguments(parser):
@@ -48,7 +50,8 @@ def _run(args):
             print(f"{folder}: {count} images, {len(failures)} failed")
         return 0
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
-    setup_logging(cfg.OUT_DIR, is_main=os.environ.get("RANK", "0") == "0")
+    place = place_from_environment(dict(os.environ), cfg.PORT)  # a copy: under srun it fills in RANK itself
+    setup_logging(cfg.OUT_DIR, is_main=place is None or place.rank == 0)
     exit_code, _ = runner.run_extraction(cfg)
     return exit_code
 
