@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from datasets.revisitop import RevisitopDataset, gnd_path
 from datasets.transforms import Normalizer
 from tools.extraction.pyramid import ExtractionSettings, extract_image
-from tools.extraction.sources import PreparedImages, RevisitopPart
+from tools.extraction.sources import PreparedImages, RevisitopPart, keep_item
 from tools.revisitop.metrics import protocol_results_from_scores, summarize
 
 
@@ -42,7 +42,7 @@ class RetrievalValidator:
     def descriptors(self, model, device, part):
         """[n, D] float32 L2-normalised global descriptors of the queries or the database, in dataset order."""
         images = PreparedImages(RevisitopPart(self.dataset, part), self.max_image_size)
-        loader = DataLoader(images, batch_size=None, num_workers=self.num_workers, collate_fn=_keep_item)
+        loader = DataLoader(images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item)
         rows = []
         for item in loader:
             if item["error"] is not None:
@@ -63,10 +63,6 @@ class RetrievalValidator:
             model.train(was_training)
         scores = database @ queries.T  # [n_db, n_queries], the benchmark's layout
         return summarize(protocol_results_from_scores(scores, self.dataset.gnd, self.kappas), self.kappas)
-
-
-def _keep_item(item):
-    return item
 
 
 def build_retrieval_validator(cfg):

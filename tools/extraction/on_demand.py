@@ -38,7 +38,7 @@ from tools.extraction.runner import (
     checkpoint_digest,
     output_dir,
 )
-from tools.extraction.sources import PreparedImages, build_sources
+from tools.extraction.sources import PreparedImages, build_sources, keep_item
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +147,6 @@ class _Images:
         return self.source.read(self.indices[position])
 
 
-def _keep_item(item):
-    return item
-
-
 def _empty_local(dim):
     return {"locations": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
             "scores": np.zeros(0, np.float32), "descriptors": np.zeros((0, dim), np.float32)}
@@ -210,7 +206,7 @@ class OnDemandLocalFeatures:
 
     def _extract(self, names):
         images = PreparedImages(_Images(self.source, self._indices_in_source(names)), self.extractor.max_image_size)
-        loader = DataLoader(images, batch_size=None, num_workers=self.num_workers, collate_fn=_keep_item)
+        loader = DataLoader(images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item)
         results = [self.extractor.extract_item(item) for item in tqdm(
             loader, total=len(names), desc="local features on demand", unit="img", mininterval=1.0)]
         failures = [{"name": result["name"], "path": result["path"], "reason": result["error"]}

@@ -26,7 +26,7 @@ from datasets.transforms import Normalizer
 from modeling import build_model
 from tools.extraction import shards as shard_io
 from tools.extraction.pyramid import ExtractionSettings, extract_image
-from tools.extraction.sources import PreparedImages, build_sources
+from tools.extraction.sources import PreparedImages, build_sources, keep_item
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class Extractor:
             return 0
         dataset = Subset(PreparedImages(job.source, self.max_image_size), indices)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            collate_fn=_keep_item)
+                            collate_fn=keep_item)
         items = iter(loader)
         progress = tqdm(total=len(indices), desc=job.name, unit="img", disable=not self.show_progress)
         for shard in shard_ids:
@@ -213,10 +213,6 @@ class Extractor:
         if self.abort_after and self.shards_written >= self.abort_after:
             logger.error("%s=%d: aborting abruptly (fault injection)", ABORT_ENV, self.abort_after)
             os._exit(75)
-
-
-def _keep_item(item):
-    return item
 
 
 def build_jobs(cfg, provenance):

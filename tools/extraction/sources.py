@@ -155,6 +155,12 @@ def prepare_image(image, max_image_size):
     return np.array(Image.fromarray(image).resize(size, resample=Image.BILINEAR))
 
 
+def keep_item(item):
+    """collate_fn of the batch_size=None loaders over PreparedImages: the prepared item itself (module-level, so
+    loader workers can pickle it)."""
+    return item
+
+
 class PreparedImages(Dataset):
     """Items for the extraction loop: a dict with index, name, and either the prepared pixels or an error.
 
