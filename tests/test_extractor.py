@@ -136,6 +136,26 @@ def test_checkpoint_is_loaded_and_its_hash_recorded(tmp_path):
     assert not np.allclose(store.global_descriptors(), initial, atol=1e-3)
 
 
+def test_training_only_keys_leave_the_provenance_alone(tmp_path):
+    """Stores extracted from one checkpoint with configs that differ only in training keys (losses, margin head,
+    class count) hold the same features: the provenance, and so evaluation's check, must not tell them apart. A
+    feature key does."""
+    from tools.revisitop.evaluation import provenance_difference
+
+    data = _folder(tmp_path / "data", [(48, 64)])
+    model = build_model(load_cfg("", [*TINY_MODEL, "MODEL.NUM_CLASSES", "7"]))
+    torch.save({"model": model.state_dict()}, tmp_path / "weights.pyth")
+    weights = ["TEST.WEIGHTS", str(tmp_path / "weights.pyth"), "MODEL.NUM_CLASSES", "7"]
+    _extract(data, tmp_path / "a", *weights)
+    _extract(data, tmp_path / "b", *weights, "MODEL.HEADS.SCALE", "30.0", "MODEL.HEADS.MARGIN_TYPE", "cosine",
+             "MODEL.LOSSES.RECONSTRUCTION_WEIGHT", "1.0", "MODEL.NUM_CLASSES", "12", "MODEL.FREEZE_BN", "True")
+    _extract(data, tmp_path / "c", *weights, "MODEL.HEADS.GEM_P", "4.0")
+    stores = {name: open_store(tmp_path / name / "set") for name in "abc"}
+    assert stores["a"].provenance == stores["b"].provenance
+    _assert_same_store(stores["a"], stores["b"])
+    assert provenance_difference(stores["a"].provenance, stores["c"].provenance, ())[0] == "config.MODEL.HEADS.GEM_P"
+
+
 def test_revisitop_queries_are_cropped_by_default(tmp_path):
     root = tmp_path / "mini"
     (root / "jpg").mkdir(parents=True)

@@ -35,6 +35,10 @@ ABORT_ENV = "DELG_EXTRACT_ABORT_AFTER_SHARDS"  # fault injection for tests: die 
 BARRIER_TIMEOUT = datetime.timedelta(hours=24)  # rank 0 waits at the barrier for the slowest rank's last shard
 _FEATURE_KEYS = ("GLOBAL", "LOCAL", "GLOBAL_SCALES", "LOCAL_SCALES", "MAX_IMAGE_SIZE", "ATTENTION_THRESHOLD",
                  "MAX_FEATURES", "NMS_IOU", "FLOAT16", "CROP_QUERIES")
+# MODEL keys that only shape training (class count, losses, the margin head, frozen parts): stores extracted from
+# one checkpoint with configs that differ only there hold the same features, so the provenance leaves them out.
+_TRAINING_ONLY_KEYS = {"NUM_CLASSES", "FREEZE_BN", "FREEZE_STEM", "LOSS_FUN", "LOSSES"}
+_TRAINING_ONLY_HEAD_KEYS = {"MARGIN_TYPE", "MARGIN", "SCALE"}
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -92,6 +96,10 @@ def build_extraction_model(cfg, device):
 def build_provenance(cfg, checkpoint, geometry, settings):
     """What decides the features: recorded in every store and hashed into the run signature."""
     config = {section: _plain(cfg[section]) for section in ("MODEL", "RESNET", "INPUT")}
+    if checkpoint != INITIAL_WEIGHTS:  # initial weights are drawn in build order, which the class count changes
+        config["MODEL"] = {key: value for key, value in config["MODEL"].items() if key not in _TRAINING_ONLY_KEYS}
+        config["MODEL"]["HEADS"] = {key: value for key, value in config["MODEL"]["HEADS"].items()
+                                    if key not in _TRAINING_ONLY_HEAD_KEYS}
     config["EXTRACT"] = {key: _plain(cfg.EXTRACT[key]) for key in _FEATURE_KEYS}
     return {"format_version": FORMAT_VERSION, "config": config, "checkpoint": cfg.TEST.WEIGHTS,
             "checkpoint_sha256": checkpoint, "rng_seed": cfg.RNG_SEED if checkpoint == INITIAL_WEIGHTS else None,
