@@ -31,10 +31,6 @@ class WindowMeter:
     def mean(self):
         return self.total / self.count if self.count else float("nan")
 
-    def reset(self):
-        self.values.clear()
-        self.total, self.count = 0.0, 0
-
 
 class TrainMeter:
     """Per-iteration loss parts and top-1 errors (already averaged over processes), with timing.
@@ -74,10 +70,6 @@ class TrainMeter:
 
     def means(self):
         return {name: meter.mean() for name, meter in self.stats.items()}
-
-    def reset_epoch(self):
-        for meter in self.stats.values():
-            meter.reset()
 
 
 class ErrorCounter:

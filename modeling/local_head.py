@@ -69,8 +69,6 @@ def attention_pool(features, attention):
 class AutoencoderLocalHead(nn.Module):
     """The paper's local head: attention network and autoencoder side by side on block3."""
 
-    has_reconstruction = True
-
     def __init__(self, in_channels, attention_dim, descriptor_dim, bn_eps=1e-5, bn_momentum=0.1):
         super().__init__()
         self.attention = AttentionNetwork(in_channels, attention_dim, bn_eps, bn_momentum)
@@ -96,8 +94,6 @@ class AutoencoderLocalHead(nn.Module):
 @LOCAL_HEADS.register("seed")
 class SeedLocalHead(nn.Module):
     """The seed's local head: the attention network's hidden map BN(conv1(x)) is also the local descriptor."""
-
-    has_reconstruction = False
 
     def __init__(self, in_channels, attention_dim, descriptor_dim, bn_eps=1e-5, bn_momentum=0.1):
         super().__init__()

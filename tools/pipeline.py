@@ -35,12 +35,12 @@ from core.io import read_json, write_json
 from core.resume import config_differences, list_checkpoints
 from datasets.revisitop import RevisitopDataset
 from datasets.synthetic import generate, make_spec
+from tools.revisitop.protocols import PROTOCOLS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(REPO / "configs" / "synthetic" / "demo.yaml")
 UNTRAINED = "untrained_global"
 PICTURE_PROTOCOL = "M"  # the protocol whose shortlists and APs choose the match picture
-PROTOCOLS = ("E", "M", "H")
 SMALL_IMAGE = 400  # pixels: match pictures of images smaller than this are drawn twice as large
 
 

@@ -162,7 +162,6 @@ class OnDemandLocalFeatures:
         self.store, self.source, self.extractor = store, source, extractor
         self.folder, self.provenance = cache_folder, provenance
         self.num_workers, self.part_size = num_workers, max(1, int(part_size))
-        self.newly_extracted = 0
         self._where = {}  # image name -> (cache part, row)
         self._source_index = None
         self._read_cache()
@@ -183,7 +182,6 @@ class OnDemandLocalFeatures:
         missing = [name for name in names if name not in self._where]
         for start in range(0, len(missing), self.part_size):
             self._extract(missing[start:start + self.part_size])
-        self.newly_extracted += len(missing)
         logger.info("%s: local features on demand for %d images: %d from the cache in %s, %d newly extracted",
                     self.store.folder, len(names), len(names) - len(missing), self.folder, len(missing))
         return len(missing)

@@ -113,14 +113,13 @@ class AsmkIndex:
     ``codebook_trained`` and ``ivf_built`` say whether this call computed them (False: read from the cache).
     """
 
-    def __init__(self, method, params, num_images, dim, codebook_trained, ivf_built, cache_paths=()):
+    def __init__(self, method, params, num_images, dim, codebook_trained, ivf_built):
         self.method = method
         self.params = params
         self.num_images = int(num_images)
         self.dim = int(dim)
         self.codebook_trained = codebook_trained
         self.ivf_built = ivf_built
-        self.cache_paths = tuple(cache_paths)
 
     @classmethod
     def build(cls, database_descriptors, database_image_ids, params, cache_dir=None, seed=0, num_images=None):
@@ -162,8 +161,7 @@ class AsmkIndex:
                     "trained" if codebook_trained else f"read from {codebook_path}",
                     "built" if ivf_built else f"read from {ivf_folder}", num_images, int(ivf.counts.sum()))
         method = ASMKMethod(params.package_params(), {}, codebook=codebook, kernel=kernel, inverted_file=ivf)
-        cache_paths = (codebook_path, ivf_folder) if cache_dir else ()
-        return cls(method, params, num_images, descriptors.shape[1], codebook_trained, ivf_built, cache_paths)
+        return cls(method, params, num_images, descriptors.shape[1], codebook_trained, ivf_built)
 
     def score_matrix(self, query_descriptors, query_image_ids, num_queries=None):
         """ASMK similarity of every query to every database image, [n_q, n_db] float32 in database order.

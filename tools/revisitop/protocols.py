@@ -9,7 +9,6 @@ This is the one place the three definitions live (revisitop's example_evaluate.p
 import numpy as np
 
 PROTOCOLS = ("E", "M", "H")
-PROTOCOL_NAMES = {"E": "Easy", "M": "Medium", "H": "Hard"}
 _DEFINITIONS = {
     "E": (("easy",), ("junk", "hard")),
     "M": (("easy", "hard"), ("junk",)),
