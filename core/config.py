@@ -110,9 +110,9 @@ _C.TRAIN.RETRIEVAL_EVAL = False  # evaluate retrieval mAP (EVAL.* dataset) every
 
 # ------------------------------------------------------------------------------------------------ validation
 _C.TEST = CfgNode()
-_C.TEST.DATASET = "gldv2"  # classification validation set (the held-out split of TRAIN by default)
+_C.TEST.DATASET = "gldv2"  # seed key, kept so its configs merge; the format follows TEST.SPLIT's extension
 _C.TEST.DATA_ROOT = ""  # its root ("" = the training root)
-_C.TEST.SPLIT = ""  # a list file for validation ("" = the held-out fraction of TRAIN.SPLIT)
+_C.TEST.SPLIT = ""  # validation list file or GLDv2 csv ("" = the held-out fraction of TRAIN.SPLIT)
 _C.TEST.BATCH_SIZE = 256  # total validation batch
 _C.TEST.IM_SIZE = 512  # validation image size (centre crop after resizing the short side)
 _C.TEST.WEIGHTS = ""  # checkpoint for testing and extraction

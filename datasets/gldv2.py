@@ -6,7 +6,8 @@ Two CSV layouts exist, told apart by their header line:
 Image ``abcdef...`` lives at ``train/a/b/c/abcdef....jpg`` under the dataset root.
 
 Landmark ids are sparse (0..203093 for 81313 classes); the classifier needs 0..C-1, so ids are mapped to class
-indices in ascending id order and the mapping is saved next to the checkpoints (JSON) to read predictions back.
+indices in ascending id order; the trainer saves the mapping as OUT_DIR/class_mapping.json, so that a class index
+(for example a classifier's prediction) can be turned back into a landmark id (ClassMapping.load, landmark_id).
 """
 
 import csv
