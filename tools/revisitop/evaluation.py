@@ -175,9 +175,13 @@ class EvaluationContext:
         for protocol, per_query in reranked.items():
             with_keys[protocol] = []
             for query, ids in enumerate(per_query):
-                score_of = dict(zip(self.top_indices[query].tolist(), self.top_scores[query].tolist()))
-                scores = np.array([score_of[int(index)] for index in ids], dtype=np.float32)
-                with_keys[protocol].append((ids, order_keys(scores, ids)))
+                ids = np.asarray(ids, dtype=np.int64)
+                top = self.top_indices[query]
+                by_id = np.argsort(top, kind="stable")
+                at = by_id[np.minimum(np.searchsorted(top, ids, sorter=by_id), len(top) - 1)]
+                if not np.array_equal(top[at], ids):
+                    raise ValueError(f"query {query}: a re-ranked image is not in the global shortlist")
+                with_keys[protocol].append((ids, order_keys(self.top_scores[query][at], ids)))
         return protocol_results_from_ranks(self.relevant, self.gnd, self.kappas, with_keys)
 
     def results_from_ranking(self, ranks):

@@ -233,10 +233,14 @@ def _positions_in_protocol(relevant, query, ok, junk, shortlist):
     ids, keys = (np.asarray(part) for part in shortlist)
     non_junk = ~np.isin(ids, junk)
     ids, keys = ids[non_junk], np.sort(keys[non_junk])
-    slot = {int(image): position for position, image in enumerate(ids)}
     above = len(keys) - np.searchsorted(keys, ok_keys, side="right")
     moved = positions + len(ids) - above
-    return np.array([slot.get(int(image), moved[i]) for i, image in enumerate(ok)], dtype=np.int64)
+    ok = np.asarray(ok, dtype=np.int64)
+    if not len(ids):
+        return moved.astype(np.int64)
+    by_id = np.argsort(ids, kind="stable")  # the shortlist position of each positive that is in it
+    at = by_id[np.minimum(np.searchsorted(ids, ok, sorter=by_id), len(ids) - 1)]
+    return np.where(ids[at] == ok, at, moved).astype(np.int64)
 
 
 def protocol_results_from_ranks(relevant, gnd_raw, kappas=(1, 5, 10), shortlists=None):
