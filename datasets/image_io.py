@@ -38,7 +38,7 @@ def read_image(path):
             image.load()  # decoding is lazy: force it here so that truncated files fail now
             image = _apply_exif_orientation(image, path)
             return _to_rgb_array(image, path)
-    except ImageReadError:
+    except (ImageReadError, MemoryError):  # out of memory is the machine's problem, not the file's
         raise
     except Image.DecompressionBombError as error:
         raise ImageReadError(path, f"too many pixels ({error})") from None
