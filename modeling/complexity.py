@@ -51,3 +51,23 @@ def format_complexity(report):
     return (f"parameters {params['total'] / 1e6:.2f}M ({params['trainable'] / 1e6:.2f}M trainable; {parts}); "
             f"extraction at {height}x{width}: {report['flops'] / 1e9:.2f} GFLOPs (global only "
             f"{report['flops_global'] / 1e9:.2f}, local only {report['flops_local'] / 1e9:.2f})")
+
+
+def describe_model(cfg, size):
+    """One paragraph on the model cfg builds: depth, parameters, FLOPs at size x size, local geometry. The model is
+    built on the meta device, so this costs a second whatever the size."""
+    from modeling import build_model  # the builders import this module's siblings; keep the import local
+
+    classes = f"{cfg.MODEL.NUM_CLASSES} classes"
+    if cfg.MODEL.NUM_CLASSES <= 0:  # the trainer takes the count from the data
+        cfg = cfg.clone()
+        cfg.MODEL.NUM_CLASSES = 1
+        classes = "classes from the training data (classifiers counted with 1)"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    geometry = model.local_geometry
+    return (f"DELG {cfg.MODEL.TYPE}-{cfg.MODEL.DEPTH}, {cfg.MODEL.HEADS.REDUCTION_DIM}-d global, "
+            f"{cfg.MODEL.LOCAL.DESCRIPTOR_DIM}-d local ({cfg.MODEL.LOCAL.TYPE}), {classes}\n"
+            f"{format_complexity(complexity_report(model, size, size))}\n"
+            f"local features: receptive field {geometry.receptive_field} px, stride {geometry.stride}, "
+            f"padding {geometry.padding}")

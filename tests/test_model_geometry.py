@@ -88,3 +88,16 @@ def test_complexity_report_of_a_real_model():
     assert report["flops"] > report["flops_global"] > 0 and report["flops"] > report["flops_local"] > 0
     assert count_flops(model, 128, 96) > 3.5 * report["flops"]  # convolutions scale with the area
     assert "GFLOPs" in format_complexity(report)
+
+
+def test_model_info_describes_a_preset_without_building_weights(capsys):
+    from tests.tiny import REPO
+    from tools.model_info import main
+
+    preset = str(REPO / "configs" / "delg" / "r50_delg_gldv2clean_8gpu.yaml")
+    assert main(["--cfg", preset, "--size", "224"]) == 0
+    text = capsys.readouterr().out
+    assert "DELG resnet-50, 2048-d global, 128-d local (autoencoder), 81313 classes" in text
+    assert "backbone 23.51M" in text  # torchvision's ResNet-50 without its fc
+    assert "local features: receptive field 291 px, stride 32, padding 145" in text
+    assert main(["--cfg", preset, "--size", "-1"]) == 2
