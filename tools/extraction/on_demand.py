@@ -74,12 +74,16 @@ def _ignored(path, ignored):
     return any(path == key or path.startswith(key + ".") for key in ignored)
 
 
+NOT_RECORDED = "(not recorded: a store of another version)"
+
+
 def provenance_difference(left, right, ignored=RUN_KEYS):
-    """The first recorded setting (dotted path, left value, right value) on which two provenances differ, or None."""
+    """The first recorded setting (dotted path, left value, right value) on which two provenances differ, or None.
+    A setting only one side records reads NOT_RECORDED on the other."""
     left, right = _flatten(left or {}), _flatten(right or {})
     for path in sorted(set(left) | set(right)):
-        if not _ignored(path, ignored) and left.get(path) != right.get(path):
-            return path, left.get(path), right.get(path)
+        if not _ignored(path, ignored) and left.get(path, NOT_RECORDED) != right.get(path, NOT_RECORDED):
+            return path, left.get(path, NOT_RECORDED), right.get(path, NOT_RECORDED)
     return None
 
 
