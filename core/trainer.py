@@ -50,6 +50,7 @@ from datasets.loader import (
     collate_skip_failures,
 )
 from modeling import build_loss, build_model
+from modeling.complexity import count_parameters, format_parameters
 
 logger = get_logger(__name__)
 
@@ -158,6 +159,7 @@ def build_run(device):
     retrieval = build_retrieval_validator(cfg)  # on every process, so that a missing set stops them all
 
     model = build_model(cfg).to(device)
+    logger.info("model: %s", format_parameters(count_parameters(model)))
     channels_last = cfg.TRAIN.CHANNELS_LAST and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -44,11 +44,16 @@ def complexity_report(model, height, width):
     }
 
 
-def format_complexity(report):
-    params, (height, width) = report["parameters"], report["input_size"]
+def format_parameters(params):
+    """count_parameters as one phrase: total, trainable and each part, in millions."""
     parts = ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in params.items()
                       if name not in ("total", "trainable"))
-    return (f"parameters {params['total'] / 1e6:.2f}M ({params['trainable'] / 1e6:.2f}M trainable; {parts}); "
+    return f"parameters {params['total'] / 1e6:.2f}M ({params['trainable'] / 1e6:.2f}M trainable; {parts})"
+
+
+def format_complexity(report):
+    params, (height, width) = report["parameters"], report["input_size"]
+    return (f"{format_parameters(params)}; "
             f"extraction at {height}x{width}: {report['flops'] / 1e9:.2f} GFLOPs (global only "
             f"{report['flops_global'] / 1e9:.2f}, local only {report['flops_local'] / 1e9:.2f})")
 
