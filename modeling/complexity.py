@@ -9,6 +9,8 @@ anything, so large inputs cost nothing.
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from modeling.delg import build_inference_model
+
 
 def count_parameters(model):
     """{"total", "trainable", and one entry per top-level part (backbone, pool, whiten, ...)}."""
@@ -61,15 +63,11 @@ def format_complexity(report):
 def describe_model(cfg, size):
     """One paragraph on the model cfg builds: depth, parameters, FLOPs at size x size, local geometry. The model is
     built on the meta device, so this costs a second whatever the size."""
-    from modeling import build_model  # the builders import this module's siblings; keep the import local
-
     classes = f"{cfg.MODEL.NUM_CLASSES} classes"
-    if cfg.MODEL.NUM_CLASSES <= 0:  # the trainer takes the count from the data
-        cfg = cfg.clone()
-        cfg.MODEL.NUM_CLASSES = 1
+    if cfg.MODEL.NUM_CLASSES <= 0:
         classes = "classes from the training data (classifiers counted with 1)"
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_inference_model(cfg)
     geometry = model.local_geometry
     return (f"DELG {cfg.MODEL.TYPE}-{cfg.MODEL.DEPTH}, {cfg.MODEL.HEADS.REDUCTION_DIM}-d global, "
             f"{cfg.MODEL.LOCAL.DESCRIPTOR_DIM}-d local ({cfg.MODEL.LOCAL.TYPE}), {classes}\n"

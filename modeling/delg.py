@@ -102,6 +102,15 @@ def build_backbone(cfg):
     )
 
 
+def build_inference_model(cfg):
+    """build_model for extraction and inspection, where the classifiers play no part: MODEL.NUM_CLASSES 0 (the
+    trainer's "take the count from the data") builds them with one class, and load_weights skips them."""
+    if cfg.MODEL.NUM_CLASSES <= 0:
+        cfg = cfg.clone()
+        cfg.MODEL.NUM_CLASSES = 1
+    return build_model(cfg)
+
+
 def build_model(cfg=None):
     """The whole DELG model for the config (the global ``core.config.cfg`` when none is given)."""
     if cfg is None:

@@ -23,7 +23,7 @@ from core.config import ConfigError
 from core.distributed import place_from_environment, resolve_backend, resolve_device
 from datasets.features import FORMAT_VERSION, open_store
 from datasets.transforms import Normalizer
-from modeling import build_model
+from modeling import build_inference_model
 from tools.extraction import shards as shard_io
 from tools.extraction.pyramid import ExtractionSettings, extract_image
 from tools.extraction.sources import PreparedImages, build_sources, keep_item
@@ -81,11 +81,8 @@ def checkpoint_digest(path):
 
 def build_extraction_model(cfg, device):
     """The DELG model in eval mode on device with TEST.WEIGHTS loaded (seeded initial weights without them)."""
-    model_cfg = cfg.clone()
-    if model_cfg.MODEL.NUM_CLASSES <= 0:  # the classifiers play no part in extraction; load_weights skips them
-        model_cfg.MODEL.NUM_CLASSES = 1
     torch.manual_seed(cfg.RNG_SEED)  # initial weights then agree across processes and runs
-    model = build_model(model_cfg)
+    model = build_inference_model(cfg)
     if cfg.TEST.WEIGHTS:  # strict: features from heads missing in the file would be silently random
         load_weights(model, cfg.TEST.WEIGHTS, log=logger.info, strict=True)
     else:
