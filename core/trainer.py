@@ -155,7 +155,7 @@ def build_run(device):
     loader = make_train_loader(train_set, cfg.TRAIN.BATCH_SIZE // world, cfg.DATA_LOADER.NUM_WORKERS,
                                collate_skip_failures, cfg.RNG_SEED, rank, world, pin)
     val_set, _ = build_val_dataset(cfg)
-    val_loader = build_val_loader(cfg, val_set, rank, world) if val_set is not None else None
+    val_loader = build_val_loader(cfg, val_set, rank, world, pin) if val_set is not None else None
     retrieval = build_retrieval_validator(cfg)  # on every process, so that a missing set stops them all
 
     model = build_model(cfg).to(device)
@@ -222,12 +222,11 @@ def resume_or_initialise(run):
         if state is not None:
             return resume_from(run, path, state)
         logger.info("TRAIN.AUTO_RESUME: no checkpoint in %s, starting from the beginning", cfg.OUT_DIR)
-    elif list_checkpoints(cfg.OUT_DIR):
+    elif earlier := list_checkpoints(cfg.OUT_DIR):
         # Starting afresh beside them would mix two runs: rotation keeps the highest iterations, so the new run's
         # first checkpoints would be the ones deleted, and a later resume would continue the old run.
-        newest = list_checkpoints(cfg.OUT_DIR)[-1][0]
         raise ValueError(f"OUT_DIR {cfg.OUT_DIR} holds checkpoints of an earlier run (the newest at iteration "
-                         f"{newest}): set TRAIN.AUTO_RESUME True to continue it, or choose another OUT_DIR (or "
+                         f"{earlier[-1][0]}): set TRAIN.AUTO_RESUME True to continue it, or choose another OUT_DIR (or "
                          f"remove {os.path.join(cfg.OUT_DIR, 'checkpoints')}) to start afresh")
     if cfg.TRAIN.WEIGHTS:
         load_weights(run.model, cfg.TRAIN.WEIGHTS, log=logger.info)

@@ -216,7 +216,7 @@ def _per_process_batch(total, world_size, key):
     return total // world_size
 
 
-def build_val_loader(cfg, dataset, rank, world_size):
+def build_val_loader(cfg, dataset, rank, world_size, pin_memory=False):
     """Loader over this rank's share (every world_size-th image, none repeated) in a fixed order."""
     batch_size = _per_process_batch(cfg.TEST.BATCH_SIZE, world_size, "TEST.BATCH_SIZE")
     return DataLoader(
@@ -224,7 +224,7 @@ def build_val_loader(cfg, dataset, rank, world_size):
         batch_size=batch_size,
         sampler=list(range(rank, len(dataset), world_size)),
         num_workers=cfg.DATA_LOADER.NUM_WORKERS,
-        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available() and cfg.DEVICE != "cpu",
+        pin_memory=pin_memory,
         collate_fn=collate_skip_failures,
         worker_init_fn=seed_worker,
     )

@@ -112,7 +112,7 @@ def ensure_synthetic(data_dir, seed, size="default", workers=1, log=print):
 
 def demo_config(options, data_dir):
     """The config: the file, the world's folders, the seed and the iterations, then the user's overrides; the
-    training always goes to OUT/train, which the demo replaces."""
+    training always goes to OUT/train (train() decides whether what is there is continued or replaced)."""
     test_root = os.path.join(data_dir, "test")
     opts = ["TRAIN.DATA_ROOT", os.path.join(data_dir, "train"), "EXTRACT.DATA_ROOT", test_root,
             "EVAL.DATA_ROOT", test_root, "RNG_SEED", str(options.seed)]
@@ -120,7 +120,6 @@ def demo_config(options, data_dir):
         opts += ["OPTIM.MAX_ITER", str(options.iters)]
     cfg = load_cfg(options.config, opts + list(options.opts))
     cfg.OUT_DIR = os.path.join(options.out_dir, "train")
-    cfg.TRAIN.AUTO_RESUME = False
     if 0 < cfg.OPTIM.MAX_ITER < cfg.LOG_PERIOD:  # a short run still logs (and plots) its last iteration
         cfg.LOG_PERIOD = cfg.OPTIM.MAX_ITER
     return cfg
