@@ -42,6 +42,7 @@ from tools.revisitop.asmk_methods import ASMK_METHODS
 from tools.revisitop.metrics import (
     RelevantRankCounter,
     compute_map,
+    locate,
     protocol_results_from_ranks,
     relevant_items,
     summarize,
@@ -176,10 +177,8 @@ class EvaluationContext:
             with_keys[protocol] = []
             for query, ids in enumerate(per_query):
                 ids = np.asarray(ids, dtype=np.int64)
-                top = self.top_indices[query]
-                by_id = np.argsort(top, kind="stable")
-                at = by_id[np.minimum(np.searchsorted(top, ids, sorter=by_id), len(top) - 1)]
-                if not np.array_equal(top[at], ids):
+                at, found = locate(self.top_indices[query], ids)
+                if not found.all():
                     raise ValueError(f"query {query}: a re-ranked image is not in the global shortlist")
                 with_keys[protocol].append((ids, order_keys(self.top_scores[query][at], ids)))
         return protocol_results_from_ranks(self.relevant, self.gnd, self.kappas, with_keys)

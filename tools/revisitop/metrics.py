@@ -217,6 +217,17 @@ class RelevantRanks:
         return self.ranks[query][where], self.keys[query][where]
 
 
+def locate(values, wanted):
+    """(index in ``values`` of each wanted item, whether it is there at all) for a 1-D array of distinct values in
+    any order; the index of an absent item is meaningless."""
+    values, wanted = np.asarray(values), np.asarray(wanted)
+    if not len(values):
+        return np.zeros(len(wanted), dtype=np.int64), np.zeros(len(wanted), dtype=bool)
+    order = np.argsort(values, kind="stable")
+    at = order[np.minimum(np.searchsorted(values, wanted, sorter=order), len(values) - 1)]
+    return at, values[at] == wanted
+
+
 # ------------------------------------------------------------------------------------- protocols from positions
 def _positions_in_protocol(relevant, query, ok, junk, shortlist):
     """0-based positions of the positives after junk removal, optionally with a re-ranked shortlist on top.
@@ -235,12 +246,8 @@ def _positions_in_protocol(relevant, query, ok, junk, shortlist):
     ids, keys = ids[non_junk], np.sort(keys[non_junk])
     above = len(keys) - np.searchsorted(keys, ok_keys, side="right")
     moved = positions + len(ids) - above
-    ok = np.asarray(ok, dtype=np.int64)
-    if not len(ids):
-        return moved.astype(np.int64)
-    by_id = np.argsort(ids, kind="stable")  # the shortlist position of each positive that is in it
-    at = by_id[np.minimum(np.searchsorted(ids, ok, sorter=by_id), len(ids) - 1)]
-    return np.where(ids[at] == ok, at, moved).astype(np.int64)
+    slot, shortlisted = locate(ids, np.asarray(ok, dtype=np.int64))  # a shortlisted positive takes its new place
+    return np.where(shortlisted, slot, moved).astype(np.int64)
 
 
 def protocol_results_from_ranks(relevant, gnd_raw, kappas=(1, 5, 10), shortlists=None):
