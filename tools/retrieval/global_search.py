@@ -50,14 +50,15 @@ def first_k(scores, indices, k):
 
     torch.topk alone keeps an arbitrary subset of the items tied at the k-th place; the rows where it had to choose
     (rare: exact duplicates) are selected again on order keys, which break ties by database index."""
+    indices = indices.expand_as(scores)
     values, best = torch.topk(scores, k, dim=1)
     if k < scores.shape[1]:
         kth = values[:, -1:]
         cut = ((scores == kth).sum(dim=1) > (values == kth).sum(dim=1)).nonzero().squeeze(1)
         if len(cut):
-            _, best[cut] = torch.topk(torch_order_keys(scores[cut], indices.expand_as(scores)[cut]), k, dim=1)
+            _, best[cut] = torch.topk(torch_order_keys(scores[cut], indices[cut]), k, dim=1)
             values[cut] = torch.gather(scores[cut], 1, best[cut])
-    return values, torch.gather(indices.expand_as(scores), 1, best)
+    return values, torch.gather(indices, 1, best)
 
 
 def as_float32_rows(array, start, stop, device):
