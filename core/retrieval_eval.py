@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.revisitop import RevisitopDataset, gnd_path
-from datasets.transforms import Normalizer
+from datasets.transforms import build_normalizer
 from tools.extraction.pyramid import ExtractionSettings, extract_image
 from tools.extraction.sources import PreparedImages, RevisitopPart, keep_item
 from tools.revisitop.metrics import protocol_results_from_scores, summarize
@@ -78,7 +78,7 @@ def build_retrieval_validator(cfg):
         raise FileNotFoundError(f"TRAIN.RETRIEVAL_EVAL: no ground truth {gnd_path(cfg.EVAL.DATA_ROOT, name)} "
                                 f"(set EVAL.DATASET and EVAL.DATA_ROOT, or TRAIN.RETRIEVAL_EVAL False)")
     dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, name, crop_queries=cfg.EXTRACT.CROP_QUERIES)
-    normalizer = Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)
+    normalizer = build_normalizer(cfg)
     return RetrievalValidator(dataset, cfg.EXTRACT.GLOBAL_SCALES, cfg.EXTRACT.MAX_IMAGE_SIZE, normalizer,
                               cfg.EVAL.KAPPAS, cfg.DATA_LOADER.NUM_WORKERS)
 

@@ -25,7 +25,7 @@ from datasets.gldv2 import (
 )
 from datasets.image_io import ImageReadError, read_image
 from datasets.list_dataset import read_image_list
-from datasets.transforms import Normalizer, TrainTransform, ValTransform
+from datasets.transforms import TrainTransform, ValTransform, build_normalizer
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +159,6 @@ def _cached_split(path, fmt, val_fraction, seed, stamp):
     mapping = ClassMapping.identity(max(paths_by_label) + 1)
     train, val = split_train_val(paths_by_label, val_fraction, seed)
     return to_samples(train, mapping), to_samples(val, mapping), mapping
-
-
-def build_normalizer(cfg):
-    return Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)
 
 
 def build_train_dataset(cfg):

@@ -46,6 +46,11 @@ class Normalizer:
         return (images - mean) / std
 
 
+def build_normalizer(cfg):
+    """The Normalizer of INPUT.MEAN, INPUT.STD and INPUT.CHANNEL_ORDER."""
+    return Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)
+
+
 class TrainTransform:
     """Random resized crop (area TRAIN_AREA, aspect TRAIN_ASPECT) to im_size x im_size, optional flip, normalise."""
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from core.config import load_cfg_or_exit  # noqa: E402
 from datasets.features import open_store, write_store  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
-from datasets.transforms import Normalizer, to_chw_tensor  # noqa: E402
+from datasets.transforms import build_normalizer, to_chw_tensor  # noqa: E402
 from tools.extraction.pyramid import extract_image, pyramid_size, resize_image, select_from_levels  # noqa: E402
 from tools.extraction.runner import build_extraction_model, build_settings, init_distributed  # noqa: E402
 from tools.extraction.sources import prepare_image  # noqa: E402
@@ -118,7 +118,7 @@ def benchmark(cfg, image, runs):
     settings = build_settings(cfg)
     geometry = tuple(model.local_geometry)
     prepared = to_chw_tensor(prepare_image(image, cfg.EXTRACT.MAX_IMAGE_SIZE)).to(device)
-    normalised = Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)(prepared)[None]
+    normalised = build_normalizer(cfg)(prepared)[None]
     height, width = normalised.shape[-2:]
     with torch.inference_mode():
         inputs = {scale: resize_image(normalised, pyramid_size(height, width, scale))

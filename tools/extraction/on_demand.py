@@ -29,15 +29,7 @@ from tqdm import tqdm
 
 from core.distributed import resolve_device
 from datasets.features import FeatureStoreError, open_store, write_store
-from datasets.transforms import Normalizer
-from tools.extraction.runner import (
-    Extractor,
-    build_extraction_model,
-    build_provenance,
-    build_settings,
-    checkpoint_digest,
-    output_dir,
-)
+from tools.extraction.runner import build_extractor, output_dir
 from tools.extraction.sources import PreparedImages, build_sources, keep_item
 
 logger = logging.getLogger(__name__)
@@ -240,16 +232,10 @@ def build_on_demand(cfg, store):
     """OnDemandLocalFeatures for a store, extracting with the model and EXTRACT.* settings of cfg."""
     local_cfg = cfg.clone()
     local_cfg.EXTRACT.GLOBAL, local_cfg.EXTRACT.LOCAL = False, True
-    settings = build_settings(local_cfg)
-    device = torch.device(resolve_device(cfg.DEVICE))
-    model = build_extraction_model(local_cfg, device)
-    provenance = build_provenance(local_cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings)
+    extractor, provenance = build_extractor(local_cfg, torch.device(resolve_device(cfg.DEVICE)), show_progress=False)
     dataset = store.provenance.get("dataset") or {"store": os.path.basename(os.path.normpath(str(store.folder)))}
     cache_folder = os.path.join(output_dir(cfg), os.path.basename(os.path.normpath(str(store.folder))) + CACHE_SUFFIX,
                                 _cache_key(provenance, dataset))
-    normalizer = Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)
-    extractor = Extractor(model, device, settings, normalizer, cfg.EXTRACT.MAX_IMAGE_SIZE,
-                          float16=cfg.EXTRACT.FLOAT16, show_progress=False)
     return OnDemandLocalFeatures(store, image_source_of(cfg, store), extractor, cache_folder,
                                  dict(provenance, dataset=dataset), cfg.DATA_LOADER.NUM_WORKERS,
                                  cfg.EXTRACT.SHARD_SIZE)

@@ -22,7 +22,7 @@ from core.checkpoint import load_weights
 from core.config import ConfigError
 from core.distributed import place_from_environment, resolve_backend, resolve_device
 from datasets.features import FORMAT_VERSION, open_store
-from datasets.transforms import Normalizer
+from datasets.transforms import build_normalizer
 from modeling import build_inference_model
 from tools.extraction import shards as shard_io
 from tools.extraction.pyramid import ExtractionSettings, extract_image
@@ -88,6 +88,16 @@ def build_extraction_model(cfg, device):
     else:
         logger.warning("TEST.WEIGHTS is empty: extracting with the model's initial (untrained) weights")
     return model.eval().to(device)
+
+
+def build_extractor(cfg, device, show_progress=True):
+    """(Extractor, provenance) for the model and EXTRACT.* settings of cfg on device."""
+    settings = build_settings(cfg)
+    model = build_extraction_model(cfg, device)
+    provenance = build_provenance(cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings)
+    extractor = Extractor(model, device, settings, build_normalizer(cfg), cfg.EXTRACT.MAX_IMAGE_SIZE,
+                          cfg.DATA_LOADER.NUM_WORKERS, cfg.DATA_LOADER.PIN_MEMORY, cfg.EXTRACT.FLOAT16, show_progress)
+    return extractor, provenance
 
 
 def build_provenance(cfg, checkpoint, geometry, settings):
@@ -235,9 +245,7 @@ def run_extraction(cfg):
     """Extract the EXTRACT.* dataset into its stores; return (exit code, summary dict of this process's work)."""
     joins_group = not dist.is_initialized()  # a caller's own process group is left alone at the end
     place, device = init_distributed(cfg)
-    settings = build_settings(cfg)
-    model = build_extraction_model(cfg, device)
-    provenance = build_provenance(cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings)
+    extractor, provenance = build_extractor(cfg, device, show_progress=place.rank == 0)
     jobs = build_jobs(cfg, provenance)
     pending = [shard_io.pending_shards(job.folder, len(job.ranges), job.signature) for job in jobs]
     if place.rank == 0:
@@ -245,9 +253,6 @@ def run_extraction(cfg):
             shard_io.remove_partial_shards(job.folder)
     barrier(device)  # every process has listed the pending shards before any writes one
 
-    extractor = Extractor(model, device, settings, Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER),
-                          cfg.EXTRACT.MAX_IMAGE_SIZE, cfg.DATA_LOADER.NUM_WORKERS, cfg.DATA_LOADER.PIN_MEMORY,
-                          cfg.EXTRACT.FLOAT16, show_progress=place.rank == 0)
     summary = {}
     for job, shards in zip(jobs, pending):
         mine = shards[place.rank::place.world_size]

@@ -21,7 +21,6 @@ import torch
 
 from core.distributed import resolve_device
 from datasets.image_io import read_image
-from datasets.transforms import Normalizer
 from tools.extraction.on_demand import (
     LOCAL_ONLY_KEYS,
     RUN_KEYS,
@@ -31,13 +30,7 @@ from tools.extraction.on_demand import (
     local_reader,
     provenance_difference,
 )
-from tools.extraction.runner import (
-    Extractor,
-    build_extraction_model,
-    build_provenance,
-    build_settings,
-    checkpoint_digest,
-)
+from tools.extraction.runner import build_extractor
 from tools.extraction.sources import PathImages, PreparedImages
 from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification
 from tools.retrieval.gldv2_evaluation import GLDV2, STORE_NAMES
@@ -70,18 +63,12 @@ def extract_query(cfg, image_path, with_local=True):
     """Global descriptor (and local features) of one image file, as the extractor computes them."""
     query_cfg = cfg.clone()
     query_cfg.EXTRACT.GLOBAL, query_cfg.EXTRACT.LOCAL = True, bool(with_local)
-    settings = build_settings(query_cfg)
-    device = torch.device(resolve_device(cfg.DEVICE))
-    model = build_extraction_model(query_cfg, device)
-    normalizer = Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)
-    extractor = Extractor(model, device, settings, normalizer, cfg.EXTRACT.MAX_IMAGE_SIZE,
-                          float16=cfg.EXTRACT.FLOAT16, show_progress=False)
+    extractor, provenance = build_extractor(query_cfg, torch.device(resolve_device(cfg.DEVICE)), show_progress=False)
     name = os.path.splitext(os.path.basename(image_path))[0]
     item = PreparedImages(PathImages([name], [str(image_path)]), cfg.EXTRACT.MAX_IMAGE_SIZE)[0]
     if item["error"] is not None:
         raise ValueError(f"{image_path}: {item['error']}")
     features = extractor.extract_item(item)
-    provenance = build_provenance(query_cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings)
     return QueryFeatures(str(image_path), np.asarray(features["global"], np.float32), features["local"], provenance)
 
 

@@ -87,7 +87,7 @@ def _unit(values):
 def picture_for_image(cfg, image_path, out_path):
     """Extract with cfg's model and EXTRACT settings and draw the picture of one image file."""
     from datasets.image_io import read_image
-    from datasets.transforms import Normalizer, to_chw_tensor
+    from datasets.transforms import build_normalizer, to_chw_tensor
     from tools.extraction.runner import build_extraction_model, build_settings, init_distributed
     from tools.extraction.sources import prepare_image
 
@@ -98,7 +98,7 @@ def picture_for_image(cfg, image_path, out_path):
         raise ValueError("EXTRACT.LOCAL is False: there are no local features to draw")
     image = read_image(image_path)
     pixels = to_chw_tensor(prepare_image(image, cfg.EXTRACT.MAX_IMAGE_SIZE)).to(device)
-    normalised = Normalizer(cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.INPUT.CHANNEL_ORDER)(pixels)[None]
+    normalised = build_normalizer(cfg)(pixels)[None]
     attention, extent, features = attention_and_keypoints(model, normalised, image.shape[:2],
                                                           tuple(model.local_geometry), settings)
     title = f"{os.path.basename(image_path)}: {len(features['scores'])} keypoints"
