@@ -22,13 +22,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core import distributed as dist
-from core.checkpoint import load_weights
+from core.weights import load_weights
 from core.config import cfg, dump_cfg, load_cfg, merge_dict
 from core.data import make_train_loader
 from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
 from core.meters import TrainMeter, top1_errors
 from core.optimizer import build_lr_schedule, build_optimizer, set_lr
-from core.resume import (
+from core.checkpoint import (
     Position,
     capture_rng_state,
     config_differences,

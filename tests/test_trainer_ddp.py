@@ -9,7 +9,7 @@ import sys
 import time
 
 from core.logging import JSON_LOG_NAME, read_json_log
-from core.resume import list_checkpoints, read_training_checkpoint
+from core.checkpoint import list_checkpoints, read_training_checkpoint
 from tests.tiny import REPO, TINY_PRESET, generate_tiny_world, tiny_training_options
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from core import trainer
 from core.config import load_cfg
 from core.logging import JSON_LOG_NAME, read_json_log
-from core.resume import list_checkpoints, read_training_checkpoint
+from core.checkpoint import list_checkpoints, read_training_checkpoint
 from modeling import build_loss, build_model
 from tests.tiny import TINY_PRESET, generate_tiny_world, tiny_training_options
 

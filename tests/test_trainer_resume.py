@@ -11,7 +11,7 @@ import torch
 
 from core import trainer
 from core.config import load_cfg
-from core.resume import list_checkpoints, read_training_checkpoint
+from core.checkpoint import list_checkpoints, read_training_checkpoint
 from tests.tiny import TINY_PRESET, generate_tiny_world, tiny_training_options
 
 STOP_AT = 5  # mid-epoch: the tiny set gives 4 iterations per epoch at batch 8

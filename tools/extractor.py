@@ -15,7 +15,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import os  # noqa: E402
 
-from core.checkpoint import WeightsError  # noqa: E402
+from core.weights import WeightsError  # noqa: E402
 from core.config import ConfigError, load_cfg_or_exit, parse_args  # noqa: E402
 from core.distributed import LaunchError, place_from_environment  # noqa: E402
 from core.logging import setup_logging  # noqa: E402

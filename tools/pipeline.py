@@ -32,7 +32,7 @@ import torch
 
 from core.config import load_cfg
 from core.io import read_json, write_json
-from core.resume import config_differences, list_checkpoints
+from core.checkpoint import config_differences, list_checkpoints
 from datasets.revisitop import RevisitopDataset
 from datasets.synthetic import generate, make_spec
 from tools.revisitop.protocols import PROTOCOLS

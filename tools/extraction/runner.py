@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.checkpoint import load_weights
+from core.weights import load_weights
 from core.config import ConfigError
 from core.distributed import place_from_environment, resolve_backend, resolve_device
 from datasets.features import FORMAT_VERSION, open_store
