@@ -1,8 +1,8 @@
 """Train a DELG model: ``python train_delg.py --cfg FILE [KEY VALUE ...]`` (see docs/training.md).
 
-NUM_GPUS processes are started on this machine (CPU processes where there is no GPU); under torchrun or srun this
-process is one of the job's processes. Exit codes: 0 finished or preempted after a checkpoint, 2 config error,
-3 too many non-finite losses in a row, 4 too many unreadable images.
+NUM_GPUS processes are started on this machine (CPU processes where there is no GPU); under torchrun
+or srun this process is one of the job's processes. Exit codes: 0 finished or preempted after a
+checkpoint, 2 config error, 3 too many non-finite losses in a row, 4 too many unreadable images.
 """
 
 import sys
@@ -16,8 +16,15 @@ def main():
     args = parse_args("Train a DELG model (global and local features).")
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
     try:
-        code = distributed.launch(train_in_process, (cfg.dump(),), cfg.NUM_GPUS, cfg.HOST, cfg.PORT,
-                                  cfg.DIST_BACKEND, cfg.DEVICE)
+        code = distributed.launch(
+            train_in_process,
+            (cfg.dump(),),
+            cfg.NUM_GPUS,
+            cfg.HOST,
+            cfg.PORT,
+            cfg.DIST_BACKEND,
+            cfg.DEVICE,
+        )
     except distributed.LaunchError as error:
         print(f"launch error: {error}", file=sys.stderr)
         code = 2

@@ -1,8 +1,10 @@
-"""Training checkpoints: atomic save, rotation, newest-readable lookup and the state an exact resume needs.
+"""Training checkpoints: atomic save, rotation, newest-readable lookup and the state an exact resume
+needs.
 
-A checkpoint is OUT_DIR/checkpoints/checkpoint_<global iteration>.pth, written to a temporary file and renamed, so
-a crash leaves either the old set or the new file whole. It holds only tensors, numbers, strings, lists and dicts
-(RNG states are converted to tensors), so ``torch.load(weights_only=True)`` reads it: no pickled objects.
+A checkpoint is OUT_DIR/checkpoints/checkpoint_<global iteration>.pth, written to a temporary file
+and renamed, so a crash leaves either the old set or the new file whole. It holds only tensors,
+numbers, strings, lists and dicts (RNG states are converted to tensors), so
+``torch.load(weights_only=True)`` reads it: no pickled objects.
 """
 
 import os
@@ -24,21 +26,26 @@ _REQUIRED = ("format", "model", "optimizer", "position", "rng", "config")
 
 @dataclass(frozen=True)
 class Position:
-    """Where training stands: the epoch under way, the batches of it already consumed, and their global count."""
+    """Where training stands: the epoch under way, the batches of it already consumed, and their
+    global count."""
 
     epoch: int
     iter_in_epoch: int
     global_iter: int
 
     def as_dict(self):
-        return {"epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter}
+        return {
+            "epoch": self.epoch,
+            "iter_in_epoch": self.iter_in_epoch,
+            "global_iter": self.global_iter,
+        }
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-# ------------------------------------------------------------------------------------------------ files
+# -------------------------------------------------------------------------------------------- files
 def checkpoint_path(out_dir, global_iter):
     return os.path.join(out_dir, CHECKPOINT_DIR, f"checkpoint_{global_iter:09d}.pth")
 
@@ -48,12 +55,17 @@ def list_checkpoints(out_dir):
     folder = os.path.join(out_dir, CHECKPOINT_DIR)
     if not os.path.isdir(folder):
         return []
-    found = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder) if (m := _NAME.match(name))]
+    found = [
+        (int(m.group(1)), os.path.join(folder, name))
+        for name in os.listdir(folder)
+        if (m := _NAME.match(name))
+    ]
     return sorted(found)
 
 
 def save_checkpoint(out_dir, state, keep):
-    """Write state atomically as the checkpoint of its global iteration, keep the newest `keep`; return the path."""
+    """Write state atomically as the checkpoint of its global iteration, keep the newest `keep`;
+    return the path."""
     path = checkpoint_path(out_dir, state["position"]["global_iter"])
     torch_save(state, path)
     for _, old in list_checkpoints(out_dir)[: -max(keep, 1)]:
@@ -62,23 +74,30 @@ def save_checkpoint(out_dir, state, keep):
 
 
 def read_training_checkpoint(path):
-    """Load a training checkpoint (weights_only) and check it is complete; raise CheckpointError otherwise."""
+    """Load a training checkpoint (weights_only) and check it is complete; raise CheckpointError
+    otherwise."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, bad magic, unexpected types, I/O errors
         raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a training checkpoint of this framework (no format '{FORMAT}')")
+        raise CheckpointError(
+            f"{path}: not a training checkpoint of this framework (no format '{FORMAT}')"
+        )
     missing = [key for key in _REQUIRED if key not in state]
     if missing:
-        raise CheckpointError(f"{path}: incomplete training checkpoint, missing {', '.join(missing)}")
+        raise CheckpointError(
+            f"{path}: incomplete training checkpoint, missing {', '.join(missing)}"
+        )
     return state
 
 
 def newest_readable_checkpoint(out_dir, report):
-    """(path, state) of the newest checkpoint that reads back whole, or (None, None) when there is none.
+    """(path, state) of the newest checkpoint that reads back whole, or (None, None) when there is
+    none.
 
-    Unreadable newer files (a truncated copy, a disk error) are reported through report(message) and skipped.
+    Unreadable newer files (a truncated copy, a disk error) are reported through report(message) and
+    skipped.
     """
     for _, path in reversed(list_checkpoints(out_dir)):
         try:
@@ -88,9 +107,10 @@ def newest_readable_checkpoint(out_dir, report):
     return None, None
 
 
-# ------------------------------------------------------------------------------------------------ state
+# -------------------------------------------------------------------------------------------- state
 def training_state(model, optimizer, scaler, position, rng_states, class_ids, config_text):
-    """The dict written as a checkpoint; rng_states holds one capture_rng_state() per process, in rank order."""
+    """The dict written as a checkpoint; rng_states holds one capture_rng_state() per process, in
+    rank order."""
     return {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -103,21 +123,30 @@ def training_state(model, optimizer, scaler, position, rng_states, class_ids, co
     }
 
 
-def restore_training_state(state, model, optimizer, scaler, class_ids, epoch_iters, path="checkpoint"):
-    """Load model, optimiser and scaler from a checkpoint dict of the same run and return its Position.
+def restore_training_state(
+    state, model, optimizer, scaler, class_ids, epoch_iters, path="checkpoint"
+):
+    """Load model, optimiser and scaler from a checkpoint dict of the same run and return its
+    Position.
 
     The run must have the same classes and epoch length, or the position would mean other batches.
     """
     saved_ids = state["class_ids"].tolist()
     if saved_ids != list(class_ids):
-        raise CheckpointError(f"{path} was trained on {len(saved_ids)} classes that differ from the {len(class_ids)} "
-                              "classes of the current data; resume with the same data or start a new OUT_DIR")
+        raise CheckpointError(
+            f"{path} was trained on {len(saved_ids)} classes that differ from the {len(class_ids)} "
+            "classes of the current data; resume with the same data or start a new OUT_DIR"
+        )
     position = Position(**state["position"])
-    if position.iter_in_epoch >= epoch_iters or position.epoch * epoch_iters + position.iter_in_epoch != \
-            position.global_iter:
-        raise CheckpointError(f"{path} stopped at epoch {position.epoch + 1} iteration {position.iter_in_epoch} "
-                              f"(global {position.global_iter}), which does not fit epochs of {epoch_iters} "
-                              "iterations; resume with the same TRAIN.BATCH_SIZE, number of processes and data")
+    if (
+        position.iter_in_epoch >= epoch_iters
+        or position.epoch * epoch_iters + position.iter_in_epoch != position.global_iter
+    ):
+        raise CheckpointError(
+            f"{path} stopped at epoch {position.epoch + 1} iteration {position.iter_in_epoch} "
+            f"(global {position.global_iter}), which does not fit epochs of {epoch_iters} "
+            "iterations; resume with the same TRAIN.BATCH_SIZE, number of processes and data"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and scaler.is_enabled() and state.get("scaler"):
@@ -139,16 +168,20 @@ def capture_rng_state():
         "python_version": torch.tensor(py_version, dtype=torch.int64),
         "python_internal": torch.tensor(py_internal, dtype=torch.int64),
         "python_gauss_next": torch.tensor(
-            [py_gauss_next is not None, py_gauss_next or 0.0], dtype=torch.float64),
+            [py_gauss_next is not None, py_gauss_next or 0.0], dtype=torch.float64
+        ),
     }
 
 
 def restore_process_rng(rng_states, rank, world_size, report):
-    """Restore this process's RNG states from the per-process list of a checkpoint (process 0's when the number
-    of processes changed, which report(message) notes)."""
+    """Restore this process's RNG states from the per-process list of a checkpoint (process 0's when
+    the number of processes changed, which report(message) notes)."""
     if len(rng_states) != world_size:
-        report(f"the checkpoint holds RNG states of {len(rng_states)} processes, this run has {world_size}: all "
-               "take process 0's")
+        report(
+            f"the checkpoint holds RNG states of {len(rng_states)} processes, this run has "
+            f"{world_size}: all "
+            "take process 0's"
+        )
         rank = 0
     restore_rng_state(rng_states[rank])
 
@@ -165,7 +198,7 @@ def restore_rng_state(state):
     random.setstate((int(state["python_version"]), internal, gauss_next if has_next else None))
 
 
-# ------------------------------------------------------------------------------------------------ config changes
+# ----------------------------------------------------------------------------------- config changes
 def _flatten(node, prefix=""):
     for key, value in node.items():
         if isinstance(value, dict):
@@ -175,7 +208,8 @@ def _flatten(node, prefix=""):
 
 
 def config_differences(saved_text, current_text):
-    """[(key, saved value, current value)] for every key whose value differs between two dumped configs."""
+    """[(key, saved value, current value)] for every key whose value differs between two dumped
+    configs."""
     saved = dict(_flatten(yaml.safe_load(saved_text) or {}))
     current = dict(_flatten(yaml.safe_load(current_text) or {}))
     missing = "<absent>"

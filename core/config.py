@@ -1,7 +1,8 @@
 """The one configuration tree of the framework (yacs).
 
-Section and key names follow the seed project (pycls style) so that its YAML files merge unchanged; the base
-defaults are the DELG paper's. Only builders and scripts read ``cfg``; every module takes plain arguments.
+Section and key names follow the seed project (pycls style) so that its YAML files merge unchanged;
+the base defaults are the DELG paper's. Only builders and scripts read ``cfg``; every module takes
+plain arguments.
 """
 
 import argparse
@@ -17,64 +18,80 @@ from core.io import write_text
 _C = CfgNode()
 cfg = _C
 
-# ------------------------------------------------------------------------------------------------ model
+# -------------------------------------------------------------------------------------------- model
 _C.MODEL = CfgNode()
 _C.MODEL.TYPE = "resnet"  # backbone family; see modeling.registry for the registered names
 _C.MODEL.DEPTH = 50  # ResNet depth: 18, 34, 50, 101 or 152
 _C.MODEL.NUM_CLASSES = 81313  # classes of the margin head (GLDv2-clean); the data sets it when 0
-_C.MODEL.LOCAL_STRIDE = 32  # local-feature stride: 16 (block3 as is) or 32 (1x1 max-pool, stride 2, after block3)
+# local-feature stride: 16 (block3 as is) or 32 (1x1 max-pool, stride 2, after block3)
+_C.MODEL.LOCAL_STRIDE = 32
 _C.MODEL.FREEZE_BN = False  # keep BatchNorm statistics and affine parameters of the backbone fixed
 _C.MODEL.FREEZE_STEM = False  # keep the stem (conv1, bn1) fixed
 _C.MODEL.LOSS_FUN = "cross_entropy"  # seed key; DELG always uses cross-entropy on the margin logits
 
 _C.MODEL.HEADS = CfgNode()
-_C.MODEL.HEADS.IN_FEAT = 0  # block4 channels; 0 derives it from the backbone, a value is checked against it
+# block4 channels; 0 derives it from the backbone, a value is checked against it
+_C.MODEL.HEADS.IN_FEAT = 0
 _C.MODEL.HEADS.REDUCTION_DIM = 2048  # whitening FC output = global descriptor dimension (seed 512)
 _C.MODEL.HEADS.GEM_P = 3.0  # GeM pooling power
 _C.MODEL.HEADS.GEM_LEARNABLE = False  # learn the GeM power (seed) or keep it fixed (paper)
-_C.MODEL.HEADS.MARGIN_TYPE = "arcface"  # arcface (official), curricular_arcface (seed) or cosine (plain softmax)
+# arcface (official), curricular_arcface (seed) or cosine (plain softmax)
+_C.MODEL.HEADS.MARGIN_TYPE = "arcface"
 _C.MODEL.HEADS.MARGIN = 0.1  # angular margin m (seed 0.15)
 _C.MODEL.HEADS.SCALE = 45.25  # logit scale s (paper sqrt(2048); seed 30)
 
 _C.MODEL.LOCAL = CfgNode()
-_C.MODEL.LOCAL.TYPE = "autoencoder"  # autoencoder (paper: 1024 -> 128 -> 1024) or seed (512-d BN(conv1x1))
+# autoencoder (paper: 1024 -> 128 -> 1024) or seed (512-d BN(conv1x1))
+_C.MODEL.LOCAL.TYPE = "autoencoder"
 _C.MODEL.LOCAL.ATTENTION_DIM = 512  # hidden channels of the attention network
-_C.MODEL.LOCAL.DESCRIPTOR_DIM = 128  # local descriptor dimension (autoencoder bottleneck; 512 for seed)
+# what the attention network reads: decoder (the autoencoder's output, official TF2 DELG) or
+# block3 (the block3 features, TF1 DELF and the seed)
+_C.MODEL.LOCAL.ATTENTION_INPUT = "block3"
+# local descriptor dimension (autoencoder bottleneck; 512 for seed)
+_C.MODEL.LOCAL.DESCRIPTOR_DIM = 128
 
 _C.MODEL.LOSSES = CfgNode()
 _C.MODEL.LOSSES.GLOBAL_WEIGHT = 1.0  # weight of the global (margin) cross-entropy
 _C.MODEL.LOSSES.ATTENTION_WEIGHT = 1.0  # beta: weight of the attention classifier cross-entropy
 _C.MODEL.LOSSES.RECONSTRUCTION_WEIGHT = 10.0  # lambda: weight of the autoencoder reconstruction MSE
 
-# ------------------------------------------------------------------------------------------------ resnet
+# ------------------------------------------------------------------------------------------- resnet
 _C.RESNET = CfgNode()
-_C.RESNET.TRANS_FUN = "bottleneck_transform"  # seed key: basic_transform (R18/34) or bottleneck_transform
+# seed key: basic_transform (R18/34) or bottleneck_transform
+_C.RESNET.TRANS_FUN = "bottleneck_transform"
 _C.RESNET.NUM_GROUPS = 1  # groups of the 3x3 conv (1 = ResNet, >1 = ResNeXt)
 _C.RESNET.WIDTH_PER_GROUP = 64  # base width; 32 gives a half-width network (fast CPU presets)
-_C.RESNET.STRIDE_1X1 = True  # stride on the 1x1 conv (official Keras R50, rf 291) or the 3x3 (torchvision, seed)
+# stride on the 1x1 conv (official Keras R50, rf 291) or the 3x3 (torchvision, seed)
+_C.RESNET.STRIDE_1X1 = True
 
-# ------------------------------------------------------------------------------------------------ batch norm
+# stem: torchvision (conv1 padding 3, max-pool padding 1), keras (official TF2: conv1 TF 'same',
+# max-pool 'valid') or slim (tf-slim resnet_v1 of the TF1 releases: conv1 pad 3, pool1 TF 'SAME')
+_C.RESNET.STEM = "torchvision"
+
+# --------------------------------------------------------------------------------------- batch norm
 _C.BN = CfgNode()
 _C.BN.EPS = 1e-5  # BatchNorm epsilon
 _C.BN.MOM = 0.1  # BatchNorm momentum
 _C.BN.ZERO_INIT_FINAL_GAMMA = False  # zero-init the last BN gamma of each residual block
 _C.BN.SYNC = False  # convert BatchNorm to SyncBatchNorm under DDP
 
-# ------------------------------------------------------------------------------------------------ input
+# -------------------------------------------------------------------------------------------- input
 _C.INPUT = CfgNode()
 _C.INPUT.CHANNEL_ORDER = "RGB"  # RGB (torchvision weights) or BGR (seed weights, read with OpenCV)
 _C.INPUT.MEAN = [0.485, 0.456, 0.406]  # per-channel mean on [0, 1] pixels, in CHANNEL_ORDER
 _C.INPUT.STD = [0.229, 0.224, 0.225]  # per-channel std on [0, 1] pixels, in CHANNEL_ORDER
 
-# ------------------------------------------------------------------------------------------------ optimisation
+# ------------------------------------------------------------------------------------- optimisation
 _C.OPTIM = CfgNode()
 _C.OPTIM.OPTIMIZER = "sgd"  # sgd or adamw
 _C.OPTIM.BASE_LR = 0.01  # learning rate for the whole batch (official 0.01)
 _C.OPTIM.LR_POLICY = "lin"  # lin (linear to zero, official), cos (seed) or steps
-_C.OPTIM.STEPS = []  # epochs at which the steps policy multiplies the LR by LR_MULT (first entry 0 as in pycls)
+# epochs at which the steps policy multiplies the LR by LR_MULT (first entry 0 as in pycls)
+_C.OPTIM.STEPS = []
 _C.OPTIM.LR_MULT = 0.1  # multiplier of the steps policy
 _C.OPTIM.MAX_EPOCH = 100  # training length in epochs
-_C.OPTIM.MAX_ITER = 0  # when > 0, training length in iterations (overrides MAX_EPOCH; fixed-budget runs)
+# when > 0, training length in iterations (overrides MAX_EPOCH; fixed-budget runs)
+_C.OPTIM.MAX_ITER = 0
 _C.OPTIM.MOMENTUM = 0.9  # SGD momentum
 _C.OPTIM.NESTEROV = False  # Nesterov momentum (seed True)
 _C.OPTIM.DAMPENING = 0.0  # SGD dampening
@@ -85,13 +102,17 @@ _C.OPTIM.WARMUP_FACTOR = 0.1  # LR multiplier at the start of the warm-up
 _C.OPTIM.CLIP_GRAD_NORM = 10.0  # clip gradients to this global norm (official 10); 0 disables
 _C.OPTIM.BETAS = [0.9, 0.999]  # AdamW betas
 
-# ------------------------------------------------------------------------------------------------ training
+# ----------------------------------------------------------------------------------------- training
 _C.TRAIN = CfgNode()
-_C.TRAIN.DATASET = "gldv2"  # dataset name; its folder is DATA_ROOT, or datasets/data/<DATASET> when empty
+# dataset name; its folder is DATA_ROOT, or datasets/data/<DATASET> when empty
+_C.TRAIN.DATASET = "gldv2"
 _C.TRAIN.DATA_ROOT = ""  # dataset root folder (images and the SPLIT file)
-_C.TRAIN.SPLIT = "train_clean.csv"  # GLDv2 csv (train_clean.csv / train.csv) or a list file (path label)
-_C.TRAIN.FORMAT = "auto"  # gldv2, list or auto (by the SPLIT file's extension: .csv gldv2, else list)
-_C.TRAIN.VAL_FRACTION = 0.2  # fraction of each class held out for validation (paper 20%); 0 uses all
+# GLDv2 csv (train_clean.csv / train.csv) or a list file (path label)
+_C.TRAIN.SPLIT = "train_clean.csv"
+# gldv2, list or auto (by the SPLIT file's extension: .csv gldv2, else list)
+_C.TRAIN.FORMAT = "auto"
+# fraction of each class held out for validation (paper 20%); 0 uses all
+_C.TRAIN.VAL_FRACTION = 0.2
 _C.TRAIN.SPLIT_SEED = 0  # seed of the deterministic train/validation split
 _C.TRAIN.BATCH_SIZE = 256  # total batch over all processes (official 256)
 _C.TRAIN.IM_SIZE = 512  # square training crop size (paper 512)
@@ -105,19 +126,21 @@ _C.TRAIN.WEIGHTS = ""  # initial weights: ImageNet ResNet .pth, seed checkpoint 
 _C.TRAIN.AMP = "off"  # mixed precision on GPU: off, bf16 or fp16 (with a grad scaler)
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format on GPU
 _C.TRAIN.MAX_BAD_IMAGE_FRACTION = 0.01  # stop when more than this fraction of images fail to decode
-_C.TRAIN.MAX_NONFINITE_STEPS = 5  # stop after this many non-finite losses in a row (each is skipped)
+# stop after this many non-finite losses in a row (each is skipped)
+_C.TRAIN.MAX_NONFINITE_STEPS = 5
 _C.TRAIN.RETRIEVAL_EVAL = False  # evaluate retrieval mAP (EVAL.* dataset) every EVAL_PERIOD epochs
 
-# ------------------------------------------------------------------------------------------------ validation
+# --------------------------------------------------------------------------------------- validation
 _C.TEST = CfgNode()
-_C.TEST.DATASET = "gldv2"  # seed key, kept so its configs merge; the format follows TEST.SPLIT's extension
+# seed key, kept so its configs merge; the format follows TEST.SPLIT's extension
+_C.TEST.DATASET = "gldv2"
 _C.TEST.DATA_ROOT = ""  # its root ("" = the training root)
 _C.TEST.SPLIT = ""  # validation list file or GLDv2 csv ("" = the held-out fraction of TRAIN.SPLIT)
 _C.TEST.BATCH_SIZE = 256  # total validation batch
 _C.TEST.IM_SIZE = 512  # validation image size (centre crop after resizing the short side)
 _C.TEST.WEIGHTS = ""  # checkpoint for testing and extraction
 
-# ------------------------------------------------------------------------------------------------ data loader
+# -------------------------------------------------------------------------------------- data loader
 _C.DATA_LOADER = CfgNode()
 _C.DATA_LOADER.NUM_WORKERS = 4  # decoding worker processes per training process
 _C.DATA_LOADER.PIN_MEMORY = True  # pin host memory for faster GPU copies
@@ -125,9 +148,10 @@ _C.DATA_LOADER.PIN_MEMORY = True  # pin host memory for faster GPU copies
 _C.CUDNN = CfgNode()
 _C.CUDNN.BENCHMARK = True  # let cuDNN pick the fastest kernels (fixed input sizes)
 
-# ------------------------------------------------------------------------------------------------ extraction
+# --------------------------------------------------------------------------------------- extraction
 _C.EXTRACT = CfgNode()  # no batch size: images differ in size, so each image is one pyramid pass
-_C.EXTRACT.DATASET = "roxford5k"  # roxford5k, rparis6k, synth (revisitop layout), or a folder / list / csv name
+# roxford5k, rparis6k, synth (revisitop layout), or a folder / list / csv name
+_C.EXTRACT.DATASET = "roxford5k"
 _C.EXTRACT.DATA_ROOT = ""  # dataset folder (revisitop: holds gnd_<name>.pkl and jpg/)
 _C.EXTRACT.FORMAT = "revisitop"  # revisitop, folder, list or gldv2
 _C.EXTRACT.SPLIT = ""  # list or csv file for the list / gldv2 formats
@@ -135,7 +159,14 @@ _C.EXTRACT.OUTPUT_DIR = ""  # where the feature stores go ("" = OUT_DIR/features
 _C.EXTRACT.GLOBAL = True  # extract global descriptors
 _C.EXTRACT.LOCAL = True  # extract local features (False for distractor sets such as revisitop1m)
 _C.EXTRACT.GLOBAL_SCALES = [0.7071, 1.0, 1.4142]  # pyramid scales of the global descriptor
-_C.EXTRACT.LOCAL_SCALES = [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]  # pyramid scales of local features
+# pyramid scales of local features
+_C.EXTRACT.LOCAL_SCALES = [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]  # fmt: skip
+# pyramid resizing: antialias (ours: bilinear with antialiasing), bilinear (no antialiasing,
+# half-pixel centres: TF2 tf.image.resize) or bilinear_legacy (TF1 resize_bilinear without
+# half-pixel centres); the official releases use one of the last two
+_C.EXTRACT.RESIZE = "antialias"
+# rounding of a pyramid level's side: half_up (ours) or half_even (official tf.round)
+_C.EXTRACT.SIZE_ROUNDING = "half_up"
 _C.EXTRACT.MAX_IMAGE_SIZE = 1024  # longest image side before the pyramid
 _C.EXTRACT.ATTENTION_THRESHOLD = 454.6  # keep local features scoring above this (R50 GLDv2-clean)
 _C.EXTRACT.MAX_FEATURES = 1000  # top-K local features by attention across all scales
@@ -146,9 +177,10 @@ _C.EXTRACT.DISTRACTORS = ""  # revisitop1m image list to add to the database (""
 _C.EXTRACT.DISTRACTOR_ROOT = ""  # folder holding the distractor images
 _C.EXTRACT.SHARD_SIZE = 1000  # images per shard (the unit of resuming)
 
-# ------------------------------------------------------------------------------------------------ spatial verification
+# ----------------------------------------------------------------------------- spatial verification
 _C.SV = CfgNode()
-_C.SV.METHOD = "degensac"  # degensac (homography, pydegensac), affine (official RANSAC) or magsac (OpenCV USAC)
+# degensac (homography, pydegensac), affine (official RANSAC) or magsac (OpenCV USAC)
+_C.SV.METHOD = "degensac"
 _C.SV.SHORTLIST = 100  # re-rank this many top images per protocol (junk excluded)
 _C.SV.MATCH_THRESHOLD = 1.0  # nearest-neighbour descriptor distance bound (official 1.0, seed 0.99)
 _C.SV.RATIO_TEST = 0.0  # Lowe ratio test threshold; 0 disables
@@ -159,7 +191,7 @@ _C.SV.MAX_ITERS = 1000  # RANSAC iterations
 _C.SV.NUM_WORKERS = 0  # worker processes for geometry fitting (0 = in process)
 _C.SV.SEED = 0  # RANSAC seed, so that results repeat
 
-# ------------------------------------------------------------------------------------------------ ASMK
+# --------------------------------------------------------------------------------------------- ASMK
 _C.ASMK = CfgNode()
 _C.ASMK.CODEBOOK_SIZE = 65536  # visual words (65536 for real data)
 _C.ASMK.TRAIN_FEATURES = 1000000  # at most this many database descriptors train the codebook
@@ -171,20 +203,22 @@ _C.ASMK.SIMILARITY_THRESHOLD = 0.0  # selectivity threshold
 _C.ASMK.SEED = 0  # codebook k-means seed
 _C.ASMK.CACHE_DIR = ""  # where the codebook and inverted file are kept ("" = OUT_DIR/asmk)
 
-# ------------------------------------------------------------------------------------------------ evaluation
+# --------------------------------------------------------------------------------------- evaluation
 _C.EVAL = CfgNode()
 _C.EVAL.DATASET = "roxford5k"  # roxford5k, rparis6k, synth, (+1m variants: roxford5k+1m), gldv2
 _C.EVAL.DATA_ROOT = ""  # folder of the ground truth
 _C.EVAL.FEATURES_DIR = ""  # feature stores ("" = EXTRACT.OUTPUT_DIR or OUT_DIR/features)
 _C.EVAL.METHODS = ["global", "sv"]  # global, sv, asmk, asmk_rerank
 _C.EVAL.KAPPAS = [1, 5, 10]  # k of mP@k
-_C.EVAL.SEARCH_TOPK = 1000  # global search keeps this many per query (all when the database is smaller)
+# global search keeps this many per query (all when the database is smaller)
+_C.EVAL.SEARCH_TOPK = 1000
 _C.EVAL.CHUNK_SIZE = 65536  # database rows scored at a time
-_C.EVAL.USE_FAISS = False  # faiss for the global search of search.py and gldv2 (revisitop scores all chunks anyway)
+# faiss for the global search of search.py and gldv2 (revisitop scores all chunks anyway)
+_C.EVAL.USE_FAISS = False
 _C.EVAL.DEVICE = "auto"  # auto, cpu or cuda
 _C.EVAL.SOLUTION_FILE = ""  # GLDv2 retrieval_solution_v2.1.csv
 
-# ------------------------------------------------------------------------------------------------ misc
+# --------------------------------------------------------------------------------------------- misc
 _C.NUM_GPUS = 1  # processes per machine (GPUs; CPU processes where there is no GPU)
 _C.OUT_DIR = "./output"  # output directory of the run
 _C.RNG_SEED = 1  # random seed
@@ -253,7 +287,9 @@ def _coerce(full_key, value, default):
     else:
         return value
     expected = "list" if isinstance(default, (list, tuple)) else type(default).__name__
-    raise ConfigError(f"config key {full_key} expects {expected}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(
+        f"config key {full_key} expects {expected}, got {value!r} ({type(value).__name__})"
+    )
 
 
 def _set(node, full_key, value):
@@ -264,7 +300,8 @@ def _set(node, full_key, value):
 
 
 def merge_dict(config, values, source):
-    """Merge a nested dict into config, checking every key and type; source names the origin in errors."""
+    """Merge a nested dict into config, checking every key and type; source names the origin in
+    errors."""
     for full_key, value in _flatten(values):
         try:
             _set(config, full_key, _coerce(full_key, value, _lookup(full_key)))
@@ -319,7 +356,9 @@ def parse_args(description, extra=None, argv=None):
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     if extra is not None:
         extra(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OUT_DIR ./output")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OUT_DIR ./output"
+    )
     return parser.parse_args(argv)
 
 

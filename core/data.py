@@ -1,10 +1,14 @@
 """The training loader, whose batches depend only on (seed, epoch, position), never on global state.
 
 Exact resume needs three things from the data side, all here:
-- the order: each epoch is a permutation drawn from (seed, epoch), cut into equal shares per process;
-- resuming mid-epoch skips the consumed batches by starting the sampler at an offset, without decoding them;
-- the augmentation: every sample's random crop is drawn from RNGs seeded with (seed, epoch, position in the
-  epoch), so it is the same whichever worker decodes it, however many workers there are, and after a resume.
+- the order: each epoch is a permutation drawn from (seed, epoch), cut into equal shares per
+  process;
+- resuming mid-epoch skips the consumed batches by starting the sampler at an offset, without
+  decoding them;
+- the augmentation: every sample's random crop is drawn from RNGs seeded with (seed, epoch, position
+  in the
+  epoch), so it is the same whichever worker decodes it, however many workers there are, and after a
+  resume.
 """
 
 import contextlib
@@ -19,8 +23,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 class ResumableDistributedSampler(Sampler):
     """Per epoch, a seeded permutation of range(num_samples) cut to whole batches for every process.
 
-    Yields (dataset index, epoch, position) with position the sample's place in the epoch's permutation (unique
-    over processes). set_epoch(epoch, start_batch) selects the epoch and skips its first start_batch batches.
+    Yields (dataset index, epoch, position) with position the sample's place in the epoch's
+    permutation (unique over processes). set_epoch(epoch, start_batch) selects the epoch and skips
+    its first start_batch batches.
     """
 
     def __init__(self, num_samples, batch_size, num_replicas=1, rank=0, seed=0, shuffle=True):
@@ -33,7 +38,8 @@ class ResumableDistributedSampler(Sampler):
         self.batches_per_epoch = num_samples // (batch_size * num_replicas)
         if self.batches_per_epoch == 0:
             raise ValueError(
-                f"the training set has {num_samples} images, fewer than one batch of {batch_size} images for each "
+                f"the training set has {num_samples} images, fewer than one batch of {batch_size} "
+                "images for each "
                 f"of {num_replicas} processes; lower TRAIN.BATCH_SIZE"
             )
         self.epoch = 0
@@ -41,7 +47,9 @@ class ResumableDistributedSampler(Sampler):
 
     def set_epoch(self, epoch, start_batch=0):
         if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start batch {start_batch} is outside the epoch's {self.batches_per_epoch} batches")
+            raise ValueError(
+                f"start batch {start_batch} is outside the epoch's {self.batches_per_epoch} batches"
+            )
         self.epoch = epoch
         self.start_batch = start_batch
 
@@ -63,7 +71,8 @@ class ResumableDistributedSampler(Sampler):
 
 
 class SeededSamples(Dataset):
-    """Wraps a dataset so that item (index, epoch, position) is produced under RNGs seeded from those numbers."""
+    """Wraps a dataset so that item (index, epoch, position) is produced under RNGs seeded from
+    those numbers."""
 
     def __init__(self, dataset, seed):
         self.dataset = dataset
@@ -94,7 +103,8 @@ def seeded_rngs(seed):
 
 
 def _mix(*numbers):
-    """A 63-bit seed from a few integers (SplitMix64-style), so nearby inputs give unrelated streams."""
+    """A 63-bit seed from a few integers (SplitMix64-style), so nearby inputs give unrelated
+    streams."""
     value = 0
     for number in numbers:
         value = (value ^ (number & 0xFFFFFFFFFFFFFFFF)) + 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
@@ -105,20 +115,29 @@ def _mix(*numbers):
 
 
 def _worker_init(_worker_id):
-    # Preemption signals are for the training process, which checkpoints and then shuts the workers down; a
-    # worker killed by them first would turn a clean stop into a DataLoader error.
+    # Preemption signals are for the training process, which checkpoints and then shuts the workers
+    # down; a worker killed by them first would turn a clean stop into a DataLoader error.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def make_train_loader(dataset, batch_size, num_workers, collate_fn, seed, rank=0, world_size=1, pin_memory=False):
-    """DataLoader over the dataset with the resumable sampler; call loader.sampler.set_epoch before each epoch."""
+def make_train_loader(
+    dataset, batch_size, num_workers, collate_fn, seed, rank=0, world_size=1, pin_memory=False
+):
+    """DataLoader over the dataset with the resumable sampler; call loader.sampler.set_epoch before
+    each epoch."""
     sampler = ResumableDistributedSampler(len(dataset), batch_size, world_size, rank, seed)
     generator = torch.Generator()  # so building workers draws no number from the global RNG
     generator.manual_seed(_mix(seed, rank, 0x10AD))
     return DataLoader(
-        SeededSamples(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_fn, pin_memory=pin_memory, drop_last=True, worker_init_fn=_worker_init,
-        generator=generator, persistent_workers=num_workers > 0,
+        SeededSamples(dataset, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        drop_last=True,
+        worker_init_fn=_worker_init,
+        generator=generator,
+        persistent_workers=num_workers > 0,
     )
-

@@ -1,13 +1,14 @@
 """Process groups for the three ways a training run starts, and the rank helpers the trainer uses.
 
-- spawn: ``python train_delg.py ... NUM_GPUS N`` starts N processes on this machine (rendezvous on HOST:PORT);
-  without GPUs they are N CPU processes, which is how the tests run DDP.
-- torchrun (or any env:// launcher): one process per GPU on any number of nodes; RANK, WORLD_SIZE, LOCAL_RANK,
-  MASTER_ADDR and MASTER_PORT come from the environment.
-- SLURM: ``srun`` with one task per GPU; SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID are mapped onto the same, and
-  MASTER_ADDR defaults to the first host of SLURM_JOB_NODELIST.
+- spawn: ``python train_delg.py ... NUM_GPUS N`` starts N processes on this machine (rendezvous on
+  HOST:PORT); without GPUs they are N CPU processes, which is how the tests run DDP.
+- torchrun (or any env:// launcher): one process per GPU on any number of nodes; RANK, WORLD_SIZE,
+  LOCAL_RANK, MASTER_ADDR and MASTER_PORT come from the environment.
+- SLURM: ``srun`` with one task per GPU; SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID are mapped onto
+  the same, and MASTER_ADDR defaults to the first host of SLURM_JOB_NODELIST.
 
-The launcher forwards SIGTERM and SIGUSR1 to spawned processes so that a preempted run checkpoints and exits.
+The launcher forwards SIGTERM and SIGUSR1 to spawned processes so that a preempted run checkpoints
+and exits.
 """
 
 import contextlib
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 
 class LaunchError(RuntimeError):
-    """The launch environment cannot start the requested run; the message says which setting to change."""
+    """The launch environment cannot start the requested run; the message says which setting to
+    change."""
 
 
 @dataclass(frozen=True)
@@ -74,26 +76,40 @@ def first_slurm_host(nodelist):
 
 
 def place_from_environment(environ, default_port):
-    """The process's place under torchrun or srun, or None when neither launched it (then we spawn)."""
+    """The process's place under torchrun or srun, or None when neither launched it (then we
+    spawn)."""
     if "RANK" in environ and "WORLD_SIZE" in environ:
         world = int(environ["WORLD_SIZE"])
         local_world = int(environ.get("LOCAL_WORLD_SIZE", world))
-        return ProcessPlace(int(environ["RANK"]), world, int(environ.get("LOCAL_RANK", 0)), local_world, "env://")
+        return ProcessPlace(
+            int(environ["RANK"]), world, int(environ.get("LOCAL_RANK", 0)), local_world, "env://"
+        )
     if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
-        environ.setdefault("MASTER_ADDR", first_slurm_host(environ.get("SLURM_JOB_NODELIST", "localhost")))
+        environ.setdefault(
+            "MASTER_ADDR", first_slurm_host(environ.get("SLURM_JOB_NODELIST", "localhost"))
+        )
         environ.setdefault("MASTER_PORT", str(default_port))
         world = int(environ["SLURM_NTASKS"])
         local_world = int(environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
-        environ.update(RANK=environ["SLURM_PROCID"], WORLD_SIZE=str(world), LOCAL_RANK=environ["SLURM_LOCALID"])
-        return ProcessPlace(int(environ["SLURM_PROCID"]), world, int(environ["SLURM_LOCALID"]), local_world, "env://")
+        environ.update(
+            RANK=environ["SLURM_PROCID"], WORLD_SIZE=str(world), LOCAL_RANK=environ["SLURM_LOCALID"]
+        )
+        return ProcessPlace(
+            int(environ["SLURM_PROCID"]),
+            world,
+            int(environ["SLURM_LOCALID"]),
+            local_world,
+            "env://",
+        )
     return None
 
 
 def launch(fn, args, num_procs, host, port, backend="auto", device="auto"):
     """Run ``fn(*args)`` in every training process of the job and return the job's exit code.
 
-    fn must be a module-level function (spawned processes import it). Under torchrun or srun this process is one
-    of the job's processes and runs fn itself; otherwise NUM_GPUS (num_procs) processes are spawned here.
+    fn must be a module-level function (spawned processes import it). Under torchrun or srun this
+    process is one of the job's processes and runs fn itself; otherwise NUM_GPUS (num_procs)
+    processes are spawned here.
     """
     device = resolve_device(device)
     backend = resolve_backend(backend, device)
@@ -103,7 +119,9 @@ def launch(fn, args, num_procs, host, port, backend="auto", device="auto"):
     if num_procs < 1:
         raise LaunchError(f"NUM_GPUS must be at least 1, got {num_procs}")
     if device == "cuda" and num_procs > torch.cuda.device_count():
-        raise LaunchError(f"NUM_GPUS {num_procs} but only {torch.cuda.device_count()} GPUs are visible")
+        raise LaunchError(
+            f"NUM_GPUS {num_procs} but only {torch.cuda.device_count()} GPUs are visible"
+        )
     if num_procs == 1:
         return _run_in_process(ProcessPlace(0, 1, 0, 1, ""), backend, device, fn, args)
     return _spawn(num_procs, f"tcp://{host}:{port}", backend, device, fn, args)
@@ -111,7 +129,10 @@ def launch(fn, args, num_procs, host, port, backend="auto", device="auto"):
 
 def _spawn(num_procs, init_method, backend, device, fn, args):
     context = mp.start_processes(
-        _spawned_entry, args=(num_procs, init_method, backend, device, fn, args), nprocs=num_procs, join=False,
+        _spawned_entry,
+        args=(num_procs, init_method, backend, device, fn, args),
+        nprocs=num_procs,
+        join=False,
         start_method="spawn",
     )
 
@@ -146,10 +167,13 @@ def _run_in_process(place, backend, device, fn, args):
     if device == "cuda":
         torch.cuda.set_device(place.local_rank)
     elif place.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
-        # CPU processes on one machine share its cores; unchecked, each would start one thread per core.
+        # CPU processes on one machine share its cores; unchecked, each would start one thread per
+        # core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.local_world_size))
     if place.world_size > 1:
-        dist.init_process_group(backend, init_method=place.init_method, rank=place.rank, world_size=place.world_size)
+        dist.init_process_group(
+            backend, init_method=place.init_method, rank=place.rank, world_size=place.world_size
+        )
     try:
         return fn(*args) or 0
     finally:
@@ -157,16 +181,19 @@ def _run_in_process(place, backend, device, fn, args):
             dist.destroy_process_group()
 
 
-# ------------------------------------------------------------------------------------------------ preemption
+# --------------------------------------------------------------------------------------- preemption
 class PreemptionFlag:
-    """Set by SIGTERM / SIGUSR1; the loop checks it at iteration boundaries (a handler must not checkpoint)."""
+    """Set by SIGTERM / SIGUSR1; the loop checks it at iteration boundaries (a handler must not
+    checkpoint)."""
 
     def __init__(self):
         self.requested = False
 
     @contextlib.contextmanager
     def installed(self):
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)
+        }
         try:
             yield self
         finally:
@@ -175,10 +202,12 @@ class PreemptionFlag:
 
     def _handle(self, signum, _frame):
         self.requested = True
-        logger.warning("received %s: checkpointing at the next iteration boundary", signal.Signals(signum).name)
+        logger.warning(
+            "received %s: checkpointing at the next iteration boundary", signal.Signals(signum).name
+        )
 
 
-# ------------------------------------------------------------------------------------------------ rank helpers
+# ------------------------------------------------------------------------------------- rank helpers
 def get_rank():
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -10,7 +10,8 @@ import simplejson
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error
+    removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -30,9 +31,12 @@ def write_text(path, text):
 
 
 def write_json(path, obj, indent=2):
-    """JSON (simplejson: numpy scalars and NaN handled the same way everywhere), written atomically."""
+    """JSON (simplejson: numpy scalars and NaN handled the same way everywhere), written
+    atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        simplejson.dump(obj, handle, indent=indent, ignore_nan=True, for_json=True, default=_to_builtin)
+        simplejson.dump(
+            obj, handle, indent=indent, ignore_nan=True, for_json=True, default=_to_builtin
+        )
 
 
 def read_json(path):

@@ -1,8 +1,10 @@
-"""Training logs: a human line every LOG_PERIOD iterations and the same records as JSON lines in OUT_DIR.
+"""Training logs: a human line every LOG_PERIOD iterations and the same records as JSON lines in
+OUT_DIR.
 
-Only the main process logs at INFO; the others log warnings and errors, so a multi-GPU run prints each line once.
-The JSON lines file is appended one whole line per write (a record is never split by a crash except possibly the
-last line, which readers skip); a resumed run appends to it, and readers keep the newest record per iteration.
+Only the main process logs at INFO; the others log warnings and errors, so a multi-GPU run prints
+each line once. The JSON lines file is appended one whole line per write (a record is never split by
+a crash except possibly the last line, which readers skip); a resumed run appends to it, and readers
+keep the newest record per iteration.
 """
 
 import logging
@@ -18,13 +20,18 @@ _FORMAT = "[%(asctime)s %(filename)s:%(lineno)d] %(message)s"
 
 
 def setup_logging(out_dir, is_main, to_file=False):
-    """Configure the root logger for this process; to_file also writes OUT_DIR/stdout.log (main process)."""
+    """Configure the root logger for this process; to_file also writes OUT_DIR/stdout.log (main
+    process)."""
     handlers = [logging.StreamHandler(sys.stdout)]
     if to_file and is_main:
         os.makedirs(out_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(out_dir, "stdout.log")))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format=_FORMAT, handlers=handlers,
-                        force=True)
+    logging.basicConfig(
+        level=logging.INFO if is_main else logging.WARNING,
+        format=_FORMAT,
+        handlers=handlers,
+        force=True,
+    )
 
 
 def get_logger(name):
@@ -49,8 +56,9 @@ class JsonLog:
 
 
 def read_json_log(path):
-    """Records of a JSON lines log, keeping only the newest per (type, iteration): a resumed run re-logs the
-    iterations after its checkpoint. Unparsable lines (a crash mid-write) are skipped."""
+    """Records of a JSON lines log, keeping only the newest per (type, iteration): a resumed run
+    re-logs the iterations after its checkpoint. Unparsable lines (a crash mid-write) are
+    skipped."""
     newest = {}
     with open(path) as handle:
         for line in handle:
@@ -75,16 +83,23 @@ def format_eta(seconds):
         return "?"
     seconds = int(seconds)
     days, rest = divmod(seconds, 86400)
-    return (f"{days}d " if days else "") + f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return (
+        f"{days}d " if days else ""
+    ) + f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
 def train_line(record):
     """The human-readable form of a training record."""
-    losses = " ".join(f"{name}={value:.4f}" for name, value in record.items() if name.startswith("loss_"))
+    losses = " ".join(
+        f"{name}={value:.4f}" for name, value in record.items() if name.startswith("loss_")
+    )
     return (
-        f"epoch {record['epoch'] + 1}/{record['max_epoch']} iter {record['iter_in_epoch']}/{record['epoch_iters']}"
+        f"epoch {record['epoch'] + 1}/{record['max_epoch']} iter "
+        f"{record['iter_in_epoch']}/{record['epoch_iters']}"
         f" (total {record['iter']}/{record['max_iter']}) loss={record['loss']:.4f} {losses}"
-        f" top1_err global={record['global_top1_err']:.2f}% attention={record['attention_top1_err']:.2f}%"
-        f" lr={record['lr']:.3e} {record['images_per_sec']:.1f} im/s eta {format_eta(record['eta_seconds'])}"
+        f" top1_err global={record['global_top1_err']:.2f}% "
+        f"attention={record['attention_top1_err']:.2f}%"
+        f" lr={record['lr']:.3e} {record['images_per_sec']:.1f} im/s eta "
+        f"{format_eta(record['eta_seconds'])}"
         f" mem {record['peak_mem_mb']:.0f}MB"
     )

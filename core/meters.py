@@ -8,12 +8,14 @@ import torch
 
 
 def top1_errors(logits, labels):
-    """Number of samples whose arg-max logit is not the label (a tensor, so it can be summed over processes)."""
+    """Number of samples whose arg-max logit is not the label (a tensor, so it can be summed over
+    processes)."""
     return (logits.argmax(dim=1) != labels).sum()
 
 
 class WindowMeter:
-    """Median over the last `window` values (what the log line shows) and the mean since the last reset."""
+    """Median over the last `window` values (what the log line shows) and the mean since the last
+    reset."""
 
     def __init__(self, window):
         self.values = deque(maxlen=window)
@@ -35,7 +37,8 @@ class WindowMeter:
 class TrainMeter:
     """Per-iteration loss parts and top-1 errors (already averaged over processes), with timing.
 
-    Statistics are named by the keys of the dict given to ``update``; iteration time is measured between updates.
+    Statistics are named by the keys of the dict given to ``update``; iteration time is measured
+    between updates.
     """
 
     def __init__(self, window=20):
@@ -63,7 +66,9 @@ class TrainMeter:
         return sum(self.images.values) / seconds if seconds > 0 else float("nan")
 
     def eta_seconds(self, remaining_iters):
-        return self.iter_times.median() * remaining_iters if self.iter_times.values else float("nan")
+        return (
+            self.iter_times.median() * remaining_iters if self.iter_times.values else float("nan")
+        )
 
     def medians(self):
         return {name: meter.median() for name, meter in self.stats.items()}
@@ -77,7 +82,9 @@ class ErrorCounter:
 
     def __init__(self, names, device="cpu"):
         self.names = list(names)
-        self.counts = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=device)  # errors..., samples
+        self.counts = torch.zeros(
+            len(self.names) + 1, dtype=torch.float64, device=device
+        )  # errors..., samples
 
     def add(self, logits_by_name, labels):
         for i, name in enumerate(self.names):
@@ -85,7 +92,8 @@ class ErrorCounter:
         self.counts[-1] += labels.numel()
 
     def errors_percent(self, counts=None):
-        """Top-1 error in percent per classifier; counts defaults to this meter's (pass all-reduced counts)."""
+        """Top-1 error in percent per classifier; counts defaults to this meter's (pass all-reduced
+        counts)."""
         counts = (self.counts if counts is None else counts).cpu()
         total = max(float(counts[-1]), 1.0)
         return {name: 100.0 * float(counts[i]) / total for i, name in enumerate(self.names)}

@@ -1,8 +1,9 @@
 """Optimiser construction and the per-iteration learning-rate schedule.
 
-Weight decay is left off normalisation layers and one-dimensional parameters (biases, a learnable GeM power) when
-NO_BN_BIAS_DECAY is set: decaying them only shrinks scales the network needs. The learning rate is set every
-iteration from the iteration counter alone, so a resumed run continues the schedule exactly.
+Weight decay is left off normalisation layers and one-dimensional parameters (biases, a learnable
+GeM power) when NO_BN_BIAS_DECAY is set: decaying them only shrinks scales the network needs. The
+learning rate is set every iteration from the iteration counter alone, so a resumed run continues
+the schedule exactly.
 """
 
 import math
@@ -10,12 +11,18 @@ import math
 import torch
 from torch import nn
 
-_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_NORM_LAYERS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 POLICIES = ("lin", "cos", "steps")
 
 
 def parameter_groups(model, weight_decay, no_bn_bias_decay):
-    """Trainable parameters split into a decayed group and (by option) an undecayed one for norms and biases."""
+    """Trainable parameters split into a decayed group and (by option) an undecayed one for norms
+    and biases."""
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
         is_norm = isinstance(module, _NORM_LAYERS)
@@ -30,12 +37,23 @@ def parameter_groups(model, weight_decay, no_bn_bias_decay):
     return groups
 
 
-def construct_optimizer(model, name, lr, weight_decay, no_bn_bias_decay=True, momentum=0.9, nesterov=False,
-                        dampening=0.0, betas=(0.9, 0.999)):
+def construct_optimizer(
+    model,
+    name,
+    lr,
+    weight_decay,
+    no_bn_bias_decay=True,
+    momentum=0.9,
+    nesterov=False,
+    dampening=0.0,
+    betas=(0.9, 0.999),
+):
     """SGD (momentum, optionally Nesterov) or AdamW over the model's trainable parameters."""
     groups = parameter_groups(model, weight_decay, no_bn_bias_decay)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening)
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening
+        )
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
     raise ValueError(f"OPTIM.OPTIMIZER must be sgd or adamw, got {name!r}")
@@ -46,18 +64,36 @@ def build_optimizer(model, cfg):
     if optim.NESTEROV and (optim.MOMENTUM <= 0 or optim.DAMPENING != 0):
         raise ValueError("OPTIM.NESTEROV needs OPTIM.MOMENTUM > 0 and OPTIM.DAMPENING 0")
     return construct_optimizer(
-        model, optim.OPTIMIZER, optim.BASE_LR, optim.WEIGHT_DECAY, optim.NO_BN_BIAS_DECAY, optim.MOMENTUM,
-        optim.NESTEROV, optim.DAMPENING, optim.BETAS,
+        model,
+        optim.OPTIMIZER,
+        optim.BASE_LR,
+        optim.WEIGHT_DECAY,
+        optim.NO_BN_BIAS_DECAY,
+        optim.MOMENTUM,
+        optim.NESTEROV,
+        optim.DAMPENING,
+        optim.BETAS,
     )
 
 
 class LRSchedule:
-    """Learning rate as a function of the global iteration: linear warm-up, then lin / cos / steps."""
+    """Learning rate as a function of the global iteration: linear warm-up, then lin / cos /
+    steps."""
 
-    def __init__(self, base_lr, total_iters, policy="lin", warmup_iters=0, warmup_factor=0.1, step_iters=(),
-                 lr_mult=0.1):
+    def __init__(
+        self,
+        base_lr,
+        total_iters,
+        policy="lin",
+        warmup_iters=0,
+        warmup_factor=0.1,
+        step_iters=(),
+        lr_mult=0.1,
+    ):
         if policy not in POLICIES:
-            raise ValueError(f"OPTIM.LR_POLICY must be one of {', '.join(POLICIES)}, got {policy!r}")
+            raise ValueError(
+                f"OPTIM.LR_POLICY must be one of {', '.join(POLICIES)}, got {policy!r}"
+            )
         if total_iters <= 0:
             raise ValueError(f"the training length must be positive, got {total_iters} iterations")
         self.base_lr = base_lr
@@ -86,8 +122,13 @@ def build_lr_schedule(cfg, iters_per_epoch, total_iters):
     """The schedule of cfg.OPTIM; epochs (warm-up, steps) are converted with iters_per_epoch."""
     optim = cfg.OPTIM
     return LRSchedule(
-        optim.BASE_LR, total_iters, optim.LR_POLICY, round(optim.WARMUP_EPOCHS * iters_per_epoch),
-        optim.WARMUP_FACTOR, [round(s * iters_per_epoch) for s in optim.STEPS], optim.LR_MULT,
+        optim.BASE_LR,
+        total_iters,
+        optim.LR_POLICY,
+        round(optim.WARMUP_EPOCHS * iters_per_epoch),
+        optim.WARMUP_FACTOR,
+        [round(s * iters_per_epoch) for s in optim.STEPS],
+        optim.LR_MULT,
     )
 
 

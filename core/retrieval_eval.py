@@ -1,13 +1,14 @@
 """Retrieval-in-the-loop validation: the mAP of the model being trained on a revisitop-format set.
 
-With TRAIN.RETRIEVAL_EVAL True the trainer calls the validator every TRAIN.EVAL_PERIOD epochs and at the end. The
-main process extracts the global descriptors of EVAL.DATASET (queries cropped to their boxes, EXTRACT.GLOBAL_SCALES
-and EXTRACT.MAX_IMAGE_SIZE, exactly as tools/extractor.py does), scores every query against the whole database and
-computes mAP and mP@k for Easy / Medium / Hard with the evaluation's metrics. Only global search: it shows the
-training working on the task the model is for, at the cost of one global-only extraction of the set.
+With TRAIN.RETRIEVAL_EVAL True the trainer calls the validator every TRAIN.EVAL_PERIOD epochs and at
+the end. The main process extracts the global descriptors of EVAL.DATASET (queries cropped to their
+boxes, EXTRACT.GLOBAL_SCALES and EXTRACT.MAX_IMAGE_SIZE, exactly as tools/extractor.py does), scores
+every query against the whole database and computes mAP and mP@k for Easy / Medium / Hard with the
+evaluation's metrics. Only global search: it shows the training working on the task the model is
+for, at the cost of one global-only extraction of the set.
 
     validator = build_retrieval_validator(cfg)       # None when TRAIN.RETRIEVAL_EVAL is False
-    table = validator(model, device)                 # {"E": {"mAP": %, "mP@1": %, ...}, "M": ..., "H": ...}
+    table = validator(model, device)  # {"E": {"mAP": %, "mP@1": %, ...}, "M": ..., "H": ...}
 """
 
 import os
@@ -24,9 +25,12 @@ from tools.revisitop.metrics import protocol_results_from_scores, summarize
 
 
 class RetrievalValidator:
-    """Global-search mAP of a model on one revisitop dataset; the images are read again at every call."""
+    """Global-search mAP of a model on one revisitop dataset; the images are read again at every
+    call."""
 
-    def __init__(self, dataset, global_scales, max_image_size, normalizer, kappas=(1, 5, 10), num_workers=0):
+    def __init__(
+        self, dataset, global_scales, max_image_size, normalizer, kappas=(1, 5, 10), num_workers=0
+    ):
         self.dataset = dataset
         self.settings = ExtractionSettings(global_scales=tuple(global_scales), local_scales=())
         self.max_image_size = max_image_size
@@ -36,13 +40,18 @@ class RetrievalValidator:
 
     @property
     def title(self):
-        return f"{self.dataset.name}: {len(self.dataset.query_names)} queries, " \
-               f"{len(self.dataset.database_names)} database images"
+        return (
+            f"{self.dataset.name}: {len(self.dataset.query_names)} queries, "
+            f"{len(self.dataset.database_names)} database images"
+        )
 
     def descriptors(self, model, device, part):
-        """[n, D] float32 L2-normalised global descriptors of the queries or the database, in dataset order."""
+        """[n, D] float32 L2-normalised global descriptors of the queries or the database, in
+        dataset order."""
         images = PreparedImages(RevisitopPart(self.dataset, part), self.max_image_size)
-        loader = DataLoader(images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item)
+        loader = DataLoader(
+            images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item
+        )
         rows = []
         for item in loader:
             if item["error"] is not None:
@@ -53,7 +62,8 @@ class RetrievalValidator:
         return np.stack(rows).astype(np.float32)
 
     def __call__(self, model, device):
-        """{protocol: {"mAP": %, "mP@k": %}}; the model is put in eval mode and back in its former mode."""
+        """{protocol: {"mAP": %, "mP@k": %}}; the model is put in eval mode and back in its former
+        mode."""
         was_training = model.training
         model.eval()
         try:
@@ -62,32 +72,49 @@ class RetrievalValidator:
         finally:
             model.train(was_training)
         scores = database @ queries.T  # [n_db, n_queries], the benchmark's layout
-        return summarize(protocol_results_from_scores(scores, self.dataset.gnd, self.kappas), self.kappas)
+        return summarize(
+            protocol_results_from_scores(scores, self.dataset.gnd, self.kappas), self.kappas
+        )
 
 
 def build_retrieval_validator(cfg):
-    """The validator of the EVAL.* dataset, or None when TRAIN.RETRIEVAL_EVAL is False; a missing set is an error
-    naming the keys to set."""
+    """The validator of the EVAL.* dataset, or None when TRAIN.RETRIEVAL_EVAL is False; a missing
+    set is an error naming the keys to set."""
     if not cfg.TRAIN.RETRIEVAL_EVAL:
         return None
     name = cfg.EVAL.DATASET
     if name == "gldv2" or "+" in name:
-        raise ValueError(f"TRAIN.RETRIEVAL_EVAL needs a revisitop-format EVAL.DATASET without distractors "
-                         f"(roxford5k, rparis6k, synth), got {name!r}")
+        raise ValueError(
+            f"TRAIN.RETRIEVAL_EVAL needs a revisitop-format EVAL.DATASET without distractors "
+            f"(roxford5k, rparis6k, synth), got {name!r}"
+        )
     if not os.path.isfile(gnd_path(cfg.EVAL.DATA_ROOT, name)):
-        raise FileNotFoundError(f"TRAIN.RETRIEVAL_EVAL: no ground truth {gnd_path(cfg.EVAL.DATA_ROOT, name)} "
-                                f"(set EVAL.DATASET and EVAL.DATA_ROOT, or TRAIN.RETRIEVAL_EVAL False)")
+        raise FileNotFoundError(
+            f"TRAIN.RETRIEVAL_EVAL: no ground truth {gnd_path(cfg.EVAL.DATA_ROOT, name)} "
+            f"(set EVAL.DATASET and EVAL.DATA_ROOT, or TRAIN.RETRIEVAL_EVAL False)"
+        )
     dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, name, crop_queries=cfg.EXTRACT.CROP_QUERIES)
     normalizer = build_normalizer(cfg)
-    return RetrievalValidator(dataset, cfg.EXTRACT.GLOBAL_SCALES, cfg.EXTRACT.MAX_IMAGE_SIZE, normalizer,
-                              cfg.EVAL.KAPPAS, cfg.DATA_LOADER.NUM_WORKERS)
+    return RetrievalValidator(
+        dataset,
+        cfg.EXTRACT.GLOBAL_SCALES,
+        cfg.EXTRACT.MAX_IMAGE_SIZE,
+        normalizer,
+        cfg.EVAL.KAPPAS,
+        cfg.DATA_LOADER.NUM_WORKERS,
+    )
 
 
 @torch.no_grad()
 def retrieval_record(validator, model, device, epoch, global_iter):
     """Run the validator; the JSON-lines record ("type": "retrieval", mAP and mP@k per protocol)."""
     table = validator(model, device)
-    record = {"type": "retrieval", "epoch": epoch, "iter": global_iter, "dataset": validator.dataset.name}
+    record = {
+        "type": "retrieval",
+        "epoch": epoch,
+        "iter": global_iter,
+        "dataset": validator.dataset.name,
+    }
     for protocol, row in table.items():
         record.update({f"{metric}_{protocol}": value for metric, value in row.items()})
     return record

@@ -1,14 +1,17 @@
 """The DELG training loop, read top to bottom.
 
-train_model(): set up the process, build data, model and optimiser, resume (or load initial weights), then for
-each epoch for each batch take one step; checkpoint every TRAIN.CHECKPOINT_ITERS iterations and every
-TRAIN.CHECKPOINT_PERIOD epochs; validate both classifiers every TRAIN.EVAL_PERIOD epochs, and with
-TRAIN.RETRIEVAL_EVAL also the retrieval mAP on EVAL.DATASET (core/validation.py, core/retrieval_eval.py).
+train_model(): set up the process, build data, model and optimiser, resume (or load initial
+weights), then for
+each epoch for each batch take one step; checkpoint every TRAIN.CHECKPOINT_ITERS iterations and
+every TRAIN.CHECKPOINT_PERIOD epochs; validate both classifiers every TRAIN.EVAL_PERIOD epochs, and
+with TRAIN.RETRIEVAL_EVAL also the retrieval mAP on EVAL.DATASET (core/validation.py,
+core/retrieval_eval.py).
 
-One step is one forward and one backward for the whole loss (global CE + attention CE + reconstruction; the model
-stops the gradient between backbone and local head). After the backward, one all-reduce per iteration carries the
-batch statistics of every process together with two flags every process must agree on: "some loss was not finite"
-(then nobody steps) and "a preemption signal arrived" (then everybody checkpoints and exits).
+One step is one forward and one backward for the whole loss (global CE + attention CE +
+reconstruction; the model stops the gradient between backbone and local head). After the backward,
+one all-reduce per iteration carries the batch statistics of every process together with two flags
+every process must agree on: "some loss was not finite" (then nobody steps) and "a preemption signal
+arrived" (then everybody checkpoints and exits).
 """
 
 import math
@@ -22,12 +25,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core import distributed as dist
-from core.weights import load_weights
-from core.config import cfg, dump_cfg, load_cfg, merge_dict
-from core.data import make_train_loader
-from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
-from core.meters import TrainMeter, top1_errors
-from core.optimizer import build_lr_schedule, build_optimizer, set_lr
 from core.checkpoint import (
     Position,
     capture_rng_state,
@@ -39,8 +36,14 @@ from core.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from core.config import cfg, dump_cfg, load_cfg, merge_dict
+from core.data import make_train_loader
+from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
+from core.meters import TrainMeter, top1_errors
+from core.optimizer import build_lr_schedule, build_optimizer, set_lr
 from core.retrieval_eval import build_retrieval_validator
 from core.validation import validate, validate_retrieval
+from core.weights import load_weights
 from datasets.loader import (
     FailureBudget,
     TooManyBadImagesError,
@@ -57,7 +60,16 @@ logger = get_logger(__name__)
 EXIT_CONFIG = 2  # a config key, data file or checkpoint that does not fit (the message says which)
 EXIT_NONFINITE = 3  # the run stopped after TRAIN.MAX_NONFINITE_STEPS non-finite losses in a row
 EXIT_BAD_IMAGES = 4  # more images failed to decode than TRAIN.MAX_BAD_IMAGE_FRACTION allows
-_STAT_NAMES = ("preempt", "images", "failed", "nonfinite", "loss", "global_err", "attention_err", "grad_norm")
+_STAT_NAMES = (
+    "preempt",
+    "images",
+    "failed",
+    "nonfinite",
+    "loss",
+    "global_err",
+    "attention_err",
+    "grad_norm",
+)
 _CONTROL = ("preempt", "images", "failed", "nonfinite")  # step outputs that are not statistics
 _LOSS_PARTS = ("global", "attention", "reconstruction")
 
@@ -78,7 +90,9 @@ class Run:
     schedule: object
     loader: torch.utils.data.DataLoader
     val_loader: object
-    retrieval: object  # core.retrieval_eval.RetrievalValidator, or None without TRAIN.RETRIEVAL_EVAL
+    retrieval: (
+        object  # core.retrieval_eval.RetrievalValidator, or None without TRAIN.RETRIEVAL_EVAL
+    )
     device: torch.device
     amp_dtype: object  # torch.bfloat16, torch.float16 or None
     channels_last: bool
@@ -93,14 +107,18 @@ class Run:
     nonfinite_total: int = 0
 
 
-# ------------------------------------------------------------------------------------------------ entry points
+# ------------------------------------------------------------------------------------- entry points
 def train_in_process(cfg_text):
-    """Entry of every training process (spawned, torchrun, srun or the only one): load the config, train."""
+    """Entry of every training process (spawned, torchrun, srun or the only one): load the config,
+    train."""
     load_cfg()
     merge_dict(cfg, yaml.safe_load(cfg_text), "the launcher's config")
     try:
         return train_model()
-    except (ValueError, FileNotFoundError) as error:  # config, data or checkpoint that does not fit: no traceback
+    except (
+        ValueError,
+        FileNotFoundError,
+    ) as error:  # config, data or checkpoint that does not fit: no traceback
         logger.error("%s: %s", type(error).__name__, error)
         return EXIT_CONFIG
     except TrainingStopped as error:
@@ -112,7 +130,8 @@ def train_in_process(cfg_text):
 
 
 def train_model():
-    """Train with the global cfg in this process; return 0 when finished or preempted after a checkpoint."""
+    """Train with the global cfg in this process; return 0 when finished or preempted after a
+    checkpoint."""
     device = setup_process()
     run = build_run(device)
     position = resume_or_initialise(run)
@@ -123,18 +142,26 @@ def train_model():
         return train(run, position)
 
 
-# ------------------------------------------------------------------------------------------------ setup
+# -------------------------------------------------------------------------------------------- setup
 def setup_process():
     setup_logging(cfg.OUT_DIR, dist.is_main_process(), to_file=cfg.LOG_DEST == "file")
     device_kind = dist.resolve_device(cfg.DEVICE)
-    device = torch.device("cuda", dist.get_local_rank()) if device_kind == "cuda" else torch.device("cpu")
-    # Every process draws the same initial weights; the data order and augmentation have their own seeds.
+    device = (
+        torch.device("cuda", dist.get_local_rank())
+        if device_kind == "cuda"
+        else torch.device("cpu")
+    )
+    # Every process draws the same initial weights; the data order and augmentation have their own
+    # seeds.
     torch.manual_seed(cfg.RNG_SEED)
     np.random.seed(cfg.RNG_SEED)
     torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK
     if device.type == "cpu" and (cfg.TRAIN.AMP != "off" or cfg.TRAIN.CHANNELS_LAST):
-        logger.info("TRAIN.AMP %s and TRAIN.CHANNELS_LAST %s are GPU options; ignored on CPU",
-                    cfg.TRAIN.AMP, cfg.TRAIN.CHANNELS_LAST)
+        logger.info(
+            "TRAIN.AMP %s and TRAIN.CHANNELS_LAST %s are GPU options; ignored on CPU",
+            cfg.TRAIN.AMP,
+            cfg.TRAIN.CHANNELS_LAST,
+        )
     logger.info("process %d of %d on %s", dist.get_rank(), dist.get_world_size(), device)
     return device
 
@@ -143,20 +170,34 @@ def build_run(device):
     """Data, model, loss, optimiser, scaler, schedule and loaders, from cfg."""
     for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
         if cfg.TRAIN[key] < 1:
-            raise ValueError(f"TRAIN.{key} {cfg.TRAIN[key]}: expected a number of epochs, at least 1")
+            raise ValueError(
+                f"TRAIN.{key} {cfg.TRAIN[key]}: expected a number of epochs, at least 1"
+            )
     rank, world = dist.get_rank(), dist.get_world_size()
     train_set, mapping = build_train_dataset(cfg)
     set_num_classes(mapping.num_classes)
     if dist.is_main_process():
         mapping.save(os.path.join(cfg.OUT_DIR, "class_mapping.json"))
     if cfg.TRAIN.BATCH_SIZE % world:
-        raise ValueError(f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is not divisible by the {world} processes")
+        raise ValueError(
+            f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is not divisible by the {world} processes"
+        )
     pin = cfg.DATA_LOADER.PIN_MEMORY and device.type == "cuda"
-    loader = make_train_loader(train_set, cfg.TRAIN.BATCH_SIZE // world, cfg.DATA_LOADER.NUM_WORKERS,
-                               collate_skip_failures, cfg.RNG_SEED, rank, world, pin)
+    loader = make_train_loader(
+        train_set,
+        cfg.TRAIN.BATCH_SIZE // world,
+        cfg.DATA_LOADER.NUM_WORKERS,
+        collate_skip_failures,
+        cfg.RNG_SEED,
+        rank,
+        world,
+        pin,
+    )
     val_set, _ = build_val_dataset(cfg)
     val_loader = build_val_loader(cfg, val_set, rank, world, pin) if val_set is not None else None
-    retrieval = build_retrieval_validator(cfg)  # on every process, so that a missing set stops them all
+    retrieval = build_retrieval_validator(
+        cfg
+    )  # on every process, so that a missing set stops them all
 
     model = build_model(cfg).to(device)
     logger.info("model: %s", format_parameters(count_parameters(model)))
@@ -173,30 +214,55 @@ def build_run(device):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     epoch_iters = loader.sampler.batches_per_epoch
-    total_iters = cfg.OPTIM.MAX_ITER if cfg.OPTIM.MAX_ITER > 0 else cfg.OPTIM.MAX_EPOCH * epoch_iters
-    logger.info("%d iterations of %d images per epoch, %d iterations in all", epoch_iters, cfg.TRAIN.BATCH_SIZE,
-                total_iters)
+    total_iters = (
+        cfg.OPTIM.MAX_ITER if cfg.OPTIM.MAX_ITER > 0 else cfg.OPTIM.MAX_EPOCH * epoch_iters
+    )
+    logger.info(
+        "%d iterations of %d images per epoch, %d iterations in all",
+        epoch_iters,
+        cfg.TRAIN.BATCH_SIZE,
+        total_iters,
+    )
     return Run(
-        model=model, net=model, loss_fn=build_loss(cfg), optimizer=optimizer, scaler=scaler,
-        schedule=build_lr_schedule(cfg, epoch_iters, total_iters), loader=loader, val_loader=val_loader,
-        retrieval=retrieval, device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+        model=model,
+        net=model,
+        loss_fn=build_loss(cfg),
+        optimizer=optimizer,
+        scaler=scaler,
+        schedule=build_lr_schedule(cfg, epoch_iters, total_iters),
+        loader=loader,
+        val_loader=val_loader,
+        retrieval=retrieval,
+        device=device,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
         class_ids=list(mapping.landmark_ids),
-        epoch_iters=epoch_iters, total_iters=total_iters, max_epoch=math.ceil(total_iters / epoch_iters),
-        json_log=JsonLog(cfg.OUT_DIR, enabled=dist.is_main_process()), preemption=dist.PreemptionFlag(),
+        epoch_iters=epoch_iters,
+        total_iters=total_iters,
+        max_epoch=math.ceil(total_iters / epoch_iters),
+        json_log=JsonLog(cfg.OUT_DIR, enabled=dist.is_main_process()),
+        preemption=dist.PreemptionFlag(),
         bad_images=FailureBudget(cfg.TRAIN.MAX_BAD_IMAGE_FRACTION),
     )
 
 
 def set_num_classes(num_classes):
-    """MODEL.NUM_CLASSES 0 takes the data's class count; a head smaller than the data is an error."""
+    """MODEL.NUM_CLASSES 0 takes the data's class count; a head smaller than the data is an
+    error."""
     if cfg.MODEL.NUM_CLASSES == 0:
         cfg.MODEL.NUM_CLASSES = num_classes
     elif cfg.MODEL.NUM_CLASSES < num_classes:
-        raise ValueError(f"MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES} is smaller than the {num_classes} classes of "
-                         "the training data; set it to 0 to take the data's count")
+        raise ValueError(
+            f"MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES} is smaller than the {num_classes} classes "
+            "of "
+            "the training data; set it to 0 to take the data's count"
+        )
     elif cfg.MODEL.NUM_CLASSES > num_classes:
-        logger.warning("MODEL.NUM_CLASSES %d but the training data has %d classes", cfg.MODEL.NUM_CLASSES,
-                       num_classes)
+        logger.warning(
+            "MODEL.NUM_CLASSES %d but the training data has %d classes",
+            cfg.MODEL.NUM_CLASSES,
+            num_classes,
+        )
 
 
 def amp_dtype_of(name):
@@ -213,21 +279,27 @@ def wrap_for_distributed(model, device):
     return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
 
-# ------------------------------------------------------------------------------------------------ resume
+# ------------------------------------------------------------------------------------------- resume
 def resume_or_initialise(run):
-    """Continue from the newest readable checkpoint (TRAIN.AUTO_RESUME), else load TRAIN.WEIGHTS; return the
-    position to start from."""
+    """Continue from the newest readable checkpoint (TRAIN.AUTO_RESUME), else load TRAIN.WEIGHTS;
+    return the position to start from."""
     if cfg.TRAIN.AUTO_RESUME:
         path, state = newest_readable_checkpoint(cfg.OUT_DIR, report=logger.warning)
         if state is not None:
             return resume_from(run, path, state)
-        logger.info("TRAIN.AUTO_RESUME: no checkpoint in %s, starting from the beginning", cfg.OUT_DIR)
+        logger.info(
+            "TRAIN.AUTO_RESUME: no checkpoint in %s, starting from the beginning", cfg.OUT_DIR
+        )
     elif earlier := list_checkpoints(cfg.OUT_DIR):
-        # Starting afresh beside them would mix two runs: rotation keeps the highest iterations, so the new run's
-        # first checkpoints would be the ones deleted, and a later resume would continue the old run.
-        raise ValueError(f"OUT_DIR {cfg.OUT_DIR} holds checkpoints of an earlier run (the newest at iteration "
-                         f"{earlier[-1][0]}): set TRAIN.AUTO_RESUME True to continue it, or choose another OUT_DIR (or "
-                         f"remove {os.path.join(cfg.OUT_DIR, 'checkpoints')}) to start afresh")
+        # Starting afresh beside them would mix two runs: rotation keeps the highest iterations, so
+        # the new run's first checkpoints would be the ones deleted, and a later resume would
+        # continue the old run.
+        raise ValueError(
+            f"OUT_DIR {cfg.OUT_DIR} holds checkpoints of an earlier run (the newest at iteration "
+            f"{earlier[-1][0]}): set TRAIN.AUTO_RESUME True to continue it, or choose another "
+            "OUT_DIR (or "
+            f"remove {os.path.join(cfg.OUT_DIR, 'checkpoints')}) to start afresh"
+        )
     if cfg.TRAIN.WEIGHTS:
         load_weights(run.model, cfg.TRAIN.WEIGHTS, log=logger.info)
         logger.info("initial weights from %s", cfg.TRAIN.WEIGHTS)
@@ -237,31 +309,43 @@ def resume_or_initialise(run):
 def resume_from(run, path, state):
     for key, saved, current in config_differences(state["config"], cfg.dump()):
         logger.info("config changed since the checkpoint: %s %s -> %s", key, saved, current)
-    position = restore_training_state(state, run.model, run.optimizer, run.scaler, run.class_ids, run.epoch_iters,
-                                      path)
+    position = restore_training_state(
+        state, run.model, run.optimizer, run.scaler, run.class_ids, run.epoch_iters, path
+    )
     restore_process_rng(state["rng"], dist.get_rank(), dist.get_world_size(), logger.warning)
     counters = state.get("counters", {})
     run.nonfinite_total = int(counters.get("nonfinite_total", 0))
     run.bad_images.load_state_dict(counters.get("bad_images", {"seen": 0, "failed": 0}))
-    logger.info("resumed from %s: epoch %d, iteration %d of it, global iteration %d", path, position.epoch + 1,
-                position.iter_in_epoch, position.global_iter)
+    logger.info(
+        "resumed from %s: epoch %d, iteration %d of it, global iteration %d",
+        path,
+        position.epoch + 1,
+        position.iter_in_epoch,
+        position.global_iter,
+    )
     return position
 
 
 def write_checkpoint(run, position):
-    """Collective: every process hands in its RNG state; the main process writes. Returns the path (main) or None."""
+    """Collective: every process hands in its RNG state; the main process writes. Returns the path
+    (main) or None."""
     rng_states = dist.all_gather_objects(capture_rng_state())
     path = None
     if dist.is_main_process():
-        state = training_state(run.model, run.optimizer, run.scaler, position, rng_states, run.class_ids, cfg.dump())
-        state["counters"] = {"nonfinite_total": run.nonfinite_total, "bad_images": run.bad_images.state_dict()}
+        state = training_state(
+            run.model, run.optimizer, run.scaler, position, rng_states, run.class_ids, cfg.dump()
+        )
+        state["counters"] = {
+            "nonfinite_total": run.nonfinite_total,
+            "bad_images": run.bad_images.state_dict(),
+        }
         path = save_checkpoint(cfg.OUT_DIR, state, cfg.TRAIN.KEEP_CHECKPOINTS)
         logger.info("checkpoint %s", path)
     dist.barrier()
     return path
 
 
-# ------------------------------------------------------------------------------------------------ the loop
+# ----------------------------------------------------------------------------------------- the loop
 def train(run, position):
     if position.global_iter >= run.total_iters:
         logger.info("nothing to do: the run already finished its %d iterations", run.total_iters)
@@ -272,12 +356,20 @@ def train(run, position):
         epoch_done = position.iter_in_epoch == 0
         if outcome == "preempted":
             write_checkpoint(run, position)
-            logger.info("preempted: stopped at global iteration %d after a checkpoint; run again with "
-                        "TRAIN.AUTO_RESUME True to continue", position.global_iter)
+            logger.info(
+                "preempted: stopped at global iteration %d after a checkpoint; run again with "
+                "TRAIN.AUTO_RESUME True to continue",
+                position.global_iter,
+            )
             return 0
         finished = position.global_iter >= run.total_iters
-        saved_by_iter = cfg.TRAIN.CHECKPOINT_ITERS > 0 and position.global_iter % cfg.TRAIN.CHECKPOINT_ITERS == 0
-        if (finished or (epoch_done and (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0)) and not saved_by_iter:
+        saved_by_iter = (
+            cfg.TRAIN.CHECKPOINT_ITERS > 0
+            and position.global_iter % cfg.TRAIN.CHECKPOINT_ITERS == 0
+        )
+        if (
+            finished or (epoch_done and (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0)
+        ) and not saved_by_iter:
             write_checkpoint(run, position)
         if finished or (epoch_done and (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0):
             validate(run, epoch, position.global_iter)
@@ -302,17 +394,24 @@ def train_epoch(run, epoch, start_batch):
         position = advance(position, run.epoch_iters)
         count_faults(run, stats, position.global_iter)
         if not stats["nonfinite"]:
-            meter.update({"lr": lr, **{k: v for k, v in stats.items() if k not in _CONTROL}}, stats["images"])
+            meter.update(
+                {"lr": lr, **{k: v for k, v in stats.items() if k not in _CONTROL}}, stats["images"]
+            )
         if position.global_iter % max(cfg.LOG_PERIOD, 1) == 0:
             log_iteration(run, meter, epoch, position)
         stop_after_nonfinite_run(run)
         if stats["preempt"]:
             return position, "preempted"
-        if cfg.TRAIN.CHECKPOINT_ITERS > 0 and position.global_iter % cfg.TRAIN.CHECKPOINT_ITERS == 0:
+        if (
+            cfg.TRAIN.CHECKPOINT_ITERS > 0
+            and position.global_iter % cfg.TRAIN.CHECKPOINT_ITERS == 0
+        ):
             write_checkpoint(run, position)
         if position.global_iter >= run.total_iters:
             break
-    run.json_log.write({"type": "train_epoch", "epoch": epoch, "iter": position.global_iter, **meter.means()})
+    run.json_log.write(
+        {"type": "train_epoch", "epoch": epoch, "iter": position.global_iter, **meter.means()}
+    )
     return position, "done"
 
 
@@ -324,16 +423,25 @@ def advance(position, epoch_iters):
 
 
 def train_step(run, images, labels, num_failed):
-    """One forward, one backward, and (unless some process saw a non-finite loss) one optimiser step.
+    """One forward, one backward, and (unless some process saw a non-finite loss) one optimiser
+    step.
 
     Returns the batch statistics averaged over all processes, and the agreed flags.
     """
     if labels.numel() == 0:
-        # Every image of the batch failed to decode: a single process skips it, but under DDP the others are
-        # already waiting in the backward's all-reduce, so the run cannot skip consistently.
+        # Every image of the batch failed to decode: a single process skips it, but under DDP the
+        # others are already waiting in the backward's all-reduce, so the run cannot skip
+        # consistently.
         if dist.get_world_size() > 1:
-            raise TooManyBadImagesError(f"all {num_failed} images of a batch on process {dist.get_rank()} failed")
-        return {"nonfinite": 0.0, "preempt": float(run.preemption.requested), "images": 0.0, "failed": num_failed}
+            raise TooManyBadImagesError(
+                f"all {num_failed} images of a batch on process {dist.get_rank()} failed"
+            )
+        return {
+            "nonfinite": 0.0,
+            "preempt": float(run.preemption.requested),
+            "images": 0.0,
+            "failed": num_failed,
+        }
     images = images.to(run.device, non_blocking=True)
     labels = labels.to(run.device, non_blocking=True)
     if run.channels_last:
@@ -348,16 +456,30 @@ def train_step(run, images, labels, num_failed):
     grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
 
     nonfinite = ~torch.isfinite(loss.detach())
-    if not run.scaler.is_enabled():  # fp16 overflows are the scaler's business; otherwise a NaN gradient is ours
+    if (
+        not run.scaler.is_enabled()
+    ):  # fp16 overflows are the scaler's business; otherwise a NaN gradient is ours
         nonfinite |= ~torch.isfinite(grad_norm)
     batch = float(labels.numel())
-    counts = torch.tensor([float(run.preemption.requested), batch, float(num_failed)], device=run.device)
-    measured = torch.stack([
-        nonfinite.float(), loss.detach().float() * batch, top1_errors(outputs["global_logits"], labels).float(),
-        top1_errors(outputs["attention_logits"], labels).float(), grad_norm.detach().float(),
-        *[torch.as_tensor(parts[name], dtype=torch.float32, device=run.device) * batch for name in _LOSS_PARTS],
-    ])
-    summed = dict(zip(_STAT_NAMES + _LOSS_PARTS, dist.all_reduce_sum(torch.cat([counts, measured])).tolist()))
+    counts = torch.tensor(
+        [float(run.preemption.requested), batch, float(num_failed)], device=run.device
+    )
+    measured = torch.stack(
+        [
+            nonfinite.float(),
+            loss.detach().float() * batch,
+            top1_errors(outputs["global_logits"], labels).float(),
+            top1_errors(outputs["attention_logits"], labels).float(),
+            grad_norm.detach().float(),
+            *[
+                torch.as_tensor(parts[name], dtype=torch.float32, device=run.device) * batch
+                for name in _LOSS_PARTS
+            ],
+        ]
+    )
+    summed = dict(
+        zip(_STAT_NAMES + _LOSS_PARTS, dist.all_reduce_sum(torch.cat([counts, measured])).tolist())
+    )
     if summed["nonfinite"] > 0:
         run.optimizer.zero_grad(set_to_none=True)
         if run.scaler.is_enabled():
@@ -367,8 +489,11 @@ def train_step(run, images, labels, num_failed):
         run.scaler.update()
     images_total = max(summed["images"], 1.0)
     return {
-        "nonfinite": summed["nonfinite"], "preempt": summed["preempt"], "images": summed["images"],
-        "failed": summed["failed"], "loss": summed["loss"] / images_total,
+        "nonfinite": summed["nonfinite"],
+        "preempt": summed["preempt"],
+        "images": summed["images"],
+        "failed": summed["failed"],
+        "loss": summed["loss"] / images_total,
         **{f"loss_{name}": summed[name] / images_total for name in _LOSS_PARTS},
         "top1_err_global": 100.0 * summed["global_err"] / images_total,
         "top1_err_attention": 100.0 * summed["attention_err"] / images_total,
@@ -377,41 +502,68 @@ def train_step(run, images, labels, num_failed):
 
 
 def count_faults(run, stats, iteration):
-    """Count decoding failures (stopping when they pass TRAIN.MAX_BAD_IMAGE_FRACTION) and non-finite losses."""
+    """Count decoding failures (stopping when they pass TRAIN.MAX_BAD_IMAGE_FRACTION) and non-finite
+    losses."""
     run.bad_images.update(stats["images"] + stats["failed"], stats["failed"])
     if not stats["nonfinite"]:
         run.nonfinite_in_row = 0
         return
     run.nonfinite_in_row += 1
     run.nonfinite_total += 1
-    logger.warning("non-finite loss: step skipped (%d in a row, %d in all)", run.nonfinite_in_row,
-                   run.nonfinite_total)
-    run.json_log.write({"type": "nonfinite", "iter": iteration, "count_in_row": run.nonfinite_in_row,
-                        "total": run.nonfinite_total})
+    logger.warning(
+        "non-finite loss: step skipped (%d in a row, %d in all)",
+        run.nonfinite_in_row,
+        run.nonfinite_total,
+    )
+    run.json_log.write(
+        {
+            "type": "nonfinite",
+            "iter": iteration,
+            "count_in_row": run.nonfinite_in_row,
+            "total": run.nonfinite_total,
+        }
+    )
 
 
 def stop_after_nonfinite_run(run):
     limit = max(cfg.TRAIN.MAX_NONFINITE_STEPS, 1)
     if run.nonfinite_in_row >= limit:
         raise TrainingStopped(
-            f"stopping: {run.nonfinite_in_row} non-finite losses in a row (TRAIN.MAX_NONFINITE_STEPS = {limit}); "
-            "the weights of the last checkpoint are finite: lower OPTIM.BASE_LR, raise OPTIM.WARMUP_EPOCHS or "
+            f"stopping: {run.nonfinite_in_row} non-finite losses in a row "
+            f"(TRAIN.MAX_NONFINITE_STEPS = {limit}); "
+            "the weights of the last checkpoint are finite: lower OPTIM.BASE_LR, raise "
+            "OPTIM.WARMUP_EPOCHS or "
             "check the data, then resume with TRAIN.AUTO_RESUME True"
         )
 
 
 def log_iteration(run, meter, epoch, position):
-    stats = {"loss": math.nan, "grad_norm": math.nan, "top1_err_global": math.nan, "top1_err_attention": math.nan,
-             **{f"loss_{name}": math.nan for name in _LOSS_PARTS}, **meter.medians()}
+    stats = {
+        "loss": math.nan,
+        "grad_norm": math.nan,
+        "top1_err_global": math.nan,
+        "top1_err_attention": math.nan,
+        **{f"loss_{name}": math.nan for name in _LOSS_PARTS},
+        **meter.medians(),
+    }
     record = {
-        "type": "train_iter", "epoch": epoch, "max_epoch": run.max_epoch,
-        "iter_in_epoch": position.iter_in_epoch or run.epoch_iters, "epoch_iters": run.epoch_iters,
-        "iter": position.global_iter, "max_iter": run.total_iters, "loss": stats["loss"],
+        "type": "train_iter",
+        "epoch": epoch,
+        "max_epoch": run.max_epoch,
+        "iter_in_epoch": position.iter_in_epoch or run.epoch_iters,
+        "epoch_iters": run.epoch_iters,
+        "iter": position.global_iter,
+        "max_iter": run.total_iters,
+        "loss": stats["loss"],
         **{f"loss_{name}": stats[f"loss_{name}"] for name in _LOSS_PARTS},
-        "global_top1_err": stats["top1_err_global"], "attention_top1_err": stats["top1_err_attention"],
-        "grad_norm": stats["grad_norm"], "lr": stats["lr"], "images_per_sec": meter.images_per_second(),
+        "global_top1_err": stats["top1_err_global"],
+        "attention_top1_err": stats["top1_err_attention"],
+        "grad_norm": stats["grad_norm"],
+        "lr": stats["lr"],
+        "images_per_sec": meter.images_per_second(),
         "eta_seconds": meter.eta_seconds(run.total_iters - position.global_iter),
-        "peak_mem_mb": peak_memory_mb(run.device), "nonfinite_steps": run.nonfinite_total,
+        "peak_mem_mb": peak_memory_mb(run.device),
+        "nonfinite_steps": run.nonfinite_total,
         "bad_images": run.bad_images.failed,
     }
     logger.info("%s", train_line(record))

@@ -1,14 +1,17 @@
-"""Model weights from files: ImageNet ResNets (torchvision or pycls), seed DELG checkpoints and our own.
+"""Model weights from files: ImageNet ResNets (torchvision or pycls), seed DELG checkpoints and our
+own.
 
-Every file is read with ``torch.load(weights_only=True)``: a checkpoint can hold tensors, numbers and strings but
-can never run code. Each format has an explicit conversion to this framework's parameter names (see
-modeling/delg.py: backbone.*, pool.p, whiten.*, margin.*, local_head.*, attention_classifier.*), and every load
-logs a report: loaded, dropped by the conversion, classifier left out, missing, unexpected.
+Every file is read with ``torch.load(weights_only=True)``: a checkpoint can hold tensors, numbers
+and strings but can never run code. Each format has an explicit conversion to this framework's
+parameter names (see modeling/delg.py: backbone.*, pool.p, whiten.*, margin.*, local_head.*,
+attention_classifier.*), and every load logs a report: loaded, dropped by the conversion, classifier
+left out, missing, unexpected.
 
-Rules: a shape mismatch is an error (the file does not fit the config), except for the classifier layers when only
-the number of classes differs (fine-tuning on another dataset): those are left out with a line. Missing or
-unexpected backbone tensors are an error too (wrong depth or width); missing head tensors are expected when the
-file is an ImageNet backbone and are reported.
+Rules: a shape mismatch is an error (the file does not fit the config), except for the classifier
+layers when only
+the number of classes differs (fine-tuning on another dataset): those are left out with a line.
+Missing or unexpected backbone tensors are an error too (wrong depth or width); missing head tensors
+are expected when the file is an ImageNet backbone and are reported.
 """
 
 import os
@@ -27,10 +30,11 @@ FORMAT_NAMES = {
 
 
 class WeightsError(ValueError):
-    """A weights file that cannot be read or does not fit the model; the message names the file and the keys."""
+    """A weights file that cannot be read or does not fit the model; the message names the file and
+    the keys."""
 
 
-# ------------------------------------------------------------------------------------------------ reading
+# ------------------------------------------------------------------------------------------ reading
 def read_checkpoint(path):
     """The object stored in path, loaded on the CPU with weights_only=True."""
     if not os.path.isfile(path):
@@ -39,16 +43,23 @@ def read_checkpoint(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
-        raise WeightsError(f"{path}: refused by torch.load(weights_only=True): not a PyTorch weights file, or one that "
-                           f"stores Python objects which could run code ({detail})") from None
+        raise WeightsError(
+            f"{path}: refused by torch.load(weights_only=True): not a PyTorch weights file, or one "
+            "that "
+            f"stores Python objects which could run code ({detail})"
+        ) from None
     except Exception as error:  # truncated zip, wrong magic number, I/O errors
-        raise WeightsError(f"{path}: unreadable as a PyTorch file ({type(error).__name__}: {error})") from None
+        raise WeightsError(
+            f"{path}: unreadable as a PyTorch file ({type(error).__name__}: {error})"
+        ) from None
 
 
 def state_dict_of(checkpoint, path="checkpoint"):
-    """The parameter dict inside a checkpoint: ours ("model"), pycls/seed ("model_state"), "state_dict", or bare.
+    """The parameter dict inside a checkpoint: ours ("model"), pycls/seed ("model_state"),
+    "state_dict", or bare.
 
-    Wrapper prefixes of DistributedDataParallel ("module.") and torch.compile ("_orig_mod.") are removed.
+    Wrapper prefixes of DistributedDataParallel ("module.") and torch.compile ("_orig_mod.") are
+    removed.
     """
     if not isinstance(checkpoint, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, found {type(checkpoint).__name__}")
@@ -59,13 +70,15 @@ def state_dict_of(checkpoint, path="checkpoint"):
     state = {}
     for key, value in checkpoint.items():
         if not torch.is_tensor(value):
-            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; not a state dict")
+            raise WeightsError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; not a state dict"
+            )
         state[re.sub(r"^(module\.|_orig_mod\.)+", "", key)] = value
     return state
 
 
 def detect_format(state):
-    """"ours", "seed", "torchvision", "pycls", or None, from the key names."""
+    """ "ours", "seed", "torchvision", "pycls", or None, from the key names."""
     keys = state.keys()
     if any(key.startswith("backbone.") for key in keys):
         return "ours"
@@ -78,7 +91,7 @@ def detect_format(state):
     return None
 
 
-# ------------------------------------------------------------------------------------------------ conversions
+# -------------------------------------------------------------------------------------- conversions
 # Each returns (converted state dict, {dropped key: reason}).
 def convert_ours(state):
     return dict(state), {}
@@ -97,21 +110,30 @@ def convert_torchvision_resnet(state):
 
 _PYCLS_STEM = {"stem.conv.": "conv1.", "stem.bn.": "bn1."}
 _PYCLS_BLOCK = re.compile(r"^s(\d+)\.b(\d+)\.(.+)$")
-_PYCLS_BLOCK_PARTS = {"proj.": "downsample.0.", "bn.": "downsample.1.", "f.a.": "conv1.", "f.a_bn.": "bn1.",
-                      "f.b.": "conv2.", "f.b_bn.": "bn2.", "f.c.": "conv3.", "f.c_bn.": "bn3."}
+_PYCLS_BLOCK_PARTS = {
+    "proj.": "downsample.0.",
+    "bn.": "downsample.1.",
+    "f.a.": "conv1.",
+    "f.a_bn.": "bn1.",
+    "f.b.": "conv2.",
+    "f.b_bn.": "bn2.",
+    "f.c.": "conv3.",
+    "f.c_bn.": "bn3.",
+}
 
 
 def pycls_backbone_key(key):
-    """Our backbone name for a pycls ResNet key (stem.conv -> conv1, s3.b2.f.a_bn -> layer3.1.bn1, ...), or None."""
+    """Our backbone name for a pycls ResNet key (stem.conv -> conv1, s3.b2.f.a_bn -> layer3.1.bn1,
+    ...), or None."""
     for old, new in _PYCLS_STEM.items():
         if key.startswith(old):
-            return "backbone." + new + key[len(old):]
+            return "backbone." + new + key[len(old) :]
     match = _PYCLS_BLOCK.match(key)
     if match:
         stage, block, rest = match.groups()
         for old, new in _PYCLS_BLOCK_PARTS.items():
             if rest.startswith(old):
-                return f"backbone.layer{stage}.{int(block) - 1}.{new}{rest[len(old):]}"
+                return f"backbone.layer{stage}.{int(block) - 1}.{new}{rest[len(old) :]}"
     return None
 
 
@@ -131,29 +153,39 @@ def convert_pycls_resnet(state):
 
 # seed module -> ours: Delg.globalmodel (pycls ResNet + GlobalHead), desc_cls (Arcface), localmodel
 # (SpatialAttention2d), att_cls (ResHead: avg-pool + fc)
-_SEED_HEADS = {"globalmodel.head.pool.": "pool.", "globalmodel.head.fc.": "whiten.", "desc_cls.": "margin.",
-               "localmodel.": "local_head.attention.", "att_cls.fc.": "attention_classifier."}
+_SEED_HEADS = {
+    "globalmodel.head.pool.": "pool.",
+    "globalmodel.head.fc.": "whiten.",
+    "desc_cls.": "margin.",
+    "localmodel.": "local_head.attention.",
+    "att_cls.fc.": "attention_classifier.",
+}
 
 
 def convert_seed_checkpoint(state):
-    """Seed DELG checkpoint -> ours, every key renamed explicitly; unknown keys are kept (reported as unexpected)."""
+    """Seed DELG checkpoint -> ours, every key renamed explicitly; unknown keys are kept (reported
+    as unexpected)."""
     converted = {}
     for key, value in state.items():
         new = None
         if key.startswith("globalmodel.") and not key.startswith("globalmodel.head."):
-            new = pycls_backbone_key(key[len("globalmodel."):])
+            new = pycls_backbone_key(key[len("globalmodel.") :])
         for old, replacement in _SEED_HEADS.items():
             if key.startswith(old):
-                new = replacement + key[len(old):]
+                new = replacement + key[len(old) :]
         converted[new or key] = value
     return converted, {}
 
 
-CONVERTERS = {"ours": convert_ours, "seed": convert_seed_checkpoint, "torchvision": convert_torchvision_resnet,
-              "pycls": convert_pycls_resnet}
+CONVERTERS = {
+    "ours": convert_ours,
+    "seed": convert_seed_checkpoint,
+    "torchvision": convert_torchvision_resnet,
+    "pycls": convert_pycls_resnet,
+}
 
 
-# ------------------------------------------------------------------------------------------------ loading
+# ------------------------------------------------------------------------------------------ loading
 @dataclass
 class LoadReport:
     path: str
@@ -166,23 +198,34 @@ class LoadReport:
     total: int = 0
 
     def lines(self):
-        lines = [f"weights {self.path} ({FORMAT_NAMES[self.source]}): loaded {len(self.loaded)} of {self.total} "
-                 f"model tensors"]
+        lines = [
+            f"weights {self.path} ({FORMAT_NAMES[self.source]}): loaded {len(self.loaded)} of "
+            f"{self.total} "
+            f"model tensors"
+        ]
         if self.dropped:
             reasons = sorted(set(self.dropped.values()))
-            lines.append(f"  dropped by the conversion: {_summary(self.dropped)} ({'; '.join(reasons)})")
+            lines.append(
+                f"  dropped by the conversion: {_summary(self.dropped)} ({'; '.join(reasons)})"
+            )
         for key, file_shape, model_shape in self.skipped_classifier:
-            lines.append(f"  classifier left out: {key} is {file_shape} in the file, {model_shape} in the model "
-                         f"(another number of classes); it keeps its initialisation")
+            lines.append(
+                f"  classifier left out: {key} is {file_shape} in the file, {model_shape} in the "
+                "model "
+                f"(another number of classes); it keeps its initialisation"
+            )
         if self.missing:
-            lines.append(f"  missing from the file, left at initialisation: {_summary(self.missing)}")
+            lines.append(
+                f"  missing from the file, left at initialisation: {_summary(self.missing)}"
+            )
         if self.unexpected:
             lines.append(f"  unexpected in the file, ignored: {_summary(self.unexpected)}")
         return lines
 
 
 def _summary(keys, shown=6):
-    """"N tensors: a, b" or, for long lists, "N tensors (backbone.layer1 10, pool 1, ...): the first few, ..."."""
+    """ "N tensors: a, b" or, for long lists, "N tensors (backbone.layer1 10, pool 1, ...): the
+    first few, ..."."""
     keys = sorted(keys)
     if len(keys) <= shown:
         return f"{len(keys)} tensors: {', '.join(keys)}"
@@ -204,14 +247,18 @@ def _is_backbone(key):
 
 
 def _counts(key):
-    return not key.endswith("num_batches_tracked")  # absent from old checkpoints; harmless to keep at zero
+    return not key.endswith(
+        "num_batches_tracked"
+    )  # absent from old checkpoints; harmless to keep at zero
 
 
 def load_weights(model, path, log=print, strict=False):
-    """Load a weights file of any supported format into model, log the report, and return it (LoadReport).
+    """Load a weights file of any supported format into model, log the report, and return it
+    (LoadReport).
 
-    Raises WeightsError for shape mismatches (other than the classifier's class count) and for missing or
-    unexpected backbone tensors; with strict=True also for missing or unexpected head tensors (extraction).
+    Raises WeightsError for shape mismatches (other than the classifier's class count) and for
+    missing or unexpected backbone tensors; with strict=True also for missing or unexpected head
+    tensors (extraction).
     """
     model = getattr(model, "module", model)  # DistributedDataParallel
     model = getattr(model, "_orig_mod", model)  # torch.compile
@@ -219,9 +266,12 @@ def load_weights(model, path, log=print, strict=False):
     source = detect_format(state)
     if source is None:
         first = ", ".join(list(state)[:5])
-        raise WeightsError(f"{path}: unrecognised parameter names (first: {first}); expected this framework's "
-                           f"(backbone.*), the seed's (globalmodel.*), torchvision's (conv1.*, layer1.*) or pycls' "
-                           f"(stem.*, s1.*)")
+        raise WeightsError(
+            f"{path}: unrecognised parameter names (first: {first}); expected this framework's "
+            "(backbone.*), the seed's (globalmodel.*), torchvision's (conv1.*, layer1.*) or "
+            "pycls' "
+            f"(stem.*, s1.*)"
+        )
     converted, dropped = CONVERTERS[source](state)
     target = model.state_dict()
     classifier_keys = set(getattr(model, "classifier_keys", ()))
@@ -235,7 +285,9 @@ def load_weights(model, path, log=print, strict=False):
         elif key in classifier_keys and value.shape[1:] == target[key].shape[1:]:
             report.skipped_classifier.append((key, _shape(value), _shape(target[key])))
         else:
-            mismatched.append(f"{key}: {_shape(value)} in the file, {_shape(target[key])} in the model")
+            mismatched.append(
+                f"{key}: {_shape(value)} in the file, {_shape(target[key])} in the model"
+            )
     skipped = {key for key, _, _ in report.skipped_classifier}
     report.missing = [key for key in target if key not in to_load and key not in skipped]
     report.loaded = sorted(to_load)
@@ -244,21 +296,32 @@ def load_weights(model, path, log=print, strict=False):
     for line in report.lines():
         log(line)
     if source == "torchvision" and getattr(getattr(model, "backbone", None), "stride_1x1", False):
-        log("note: torchvision ResNets stride on the 3x3 conv; this model strides on the 1x1 (RESNET.STRIDE_1X1 True, "
-            "the official layout): the weights fit and fine-tuning adapts them; set RESNET.STRIDE_1X1 False to keep "
-            "torchvision's layout")
+        log(
+            "note: torchvision ResNets stride on the 3x3 conv; this model strides on the 1x1 "
+            "(RESNET.STRIDE_1X1 True, "
+            "the official layout): the weights fit and fine-tuning adapts them; set "
+            "RESNET.STRIDE_1X1 False to keep "
+            "torchvision's layout"
+        )
     return report
 
 
 def _check(report, mismatched, path, strict):
-    hint = "check MODEL.DEPTH, RESNET.WIDTH_PER_GROUP, RESNET.NUM_GROUPS, MODEL.HEADS.REDUCTION_DIM and MODEL.LOCAL.*"
+    hint = (
+        "check MODEL.DEPTH, RESNET.WIDTH_PER_GROUP, RESNET.NUM_GROUPS, MODEL.HEADS.REDUCTION_DIM "
+        "and MODEL.LOCAL.*"
+    )
     if mismatched:
-        raise WeightsError(f"{path}: {len(mismatched)} tensors do not fit the model ({hint}):\n  "
-                           + "\n  ".join(mismatched))
+        raise WeightsError(
+            f"{path}: {len(mismatched)} tensors do not fit the model ({hint}):\n  "
+            + "\n  ".join(mismatched)
+        )
     missing = [key for key in report.missing if _counts(key) and (strict or _is_backbone(key))]
     unexpected = [key for key in report.unexpected if strict or _is_backbone(key)]
     if missing or unexpected:
         what = [f"missing {_summary(missing)}"] if missing else []
         what += [f"unexpected {_summary(unexpected)}"] if unexpected else []
-        raise WeightsError(f"{path} ({FORMAT_NAMES[report.source]}) does not fit the model ({hint}): "
-                           + "; ".join(what))
+        raise WeightsError(
+            f"{path} ({FORMAT_NAMES[report.source]}) does not fit the model ({hint}): "
+            + "; ".join(what)
+        )

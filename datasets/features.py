@@ -1,8 +1,8 @@
 """The feature store: global and local features of one image set, as a folder of NumPy arrays.
 
-No pickles: every array is a ``.npy`` file opened memory-mapped, so reading one image's local features touches only
-its rows, and the layout is documented in docs/architecture.md. ``meta.json`` is written last, so a folder without
-it is an incomplete store.
+No pickles: every array is a ``.npy`` file opened memory-mapped, so reading one image's local
+features touches only its rows, and the layout is documented in docs/architecture.md. ``meta.json``
+is written last, so a folder without it is an incomplete store.
 """
 
 import os
@@ -20,23 +20,39 @@ class FeatureStoreError(ValueError):
     """A store that is missing, incomplete or inconsistent; the message names the folder."""
 
 
-def write_store(folder, names, global_descriptors=None, local_features=None, provenance=None, crop_boxes=None,
-                float16=True):
+def write_store(
+    folder,
+    names,
+    global_descriptors=None,
+    local_features=None,
+    provenance=None,
+    crop_boxes=None,
+    float16=True,
+):
     """Write a store atomically file by file (meta.json last).
 
-    local_features: a list (one entry per name) of dicts with the LOCAL_FIELDS arrays; descriptors are stored as
-    float16 when float16 is True.
+    local_features: a list (one entry per name) of dicts with the LOCAL_FIELDS arrays; descriptors
+    are stored as float16 when float16 is True.
     """
     names = [str(name) for name in names]
     if global_descriptors is None and local_features is None:
         raise FeatureStoreError(f"{folder}: nothing to write (no global and no local features)")
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
-    if os.path.isfile(meta_path):  # rewriting a store: it must not open while old and new arrays are mixed
+    if os.path.isfile(
+        meta_path
+    ):  # rewriting a store: it must not open while old and new arrays are mixed
         os.remove(meta_path)
-    meta = {"format_version": FORMAT_VERSION, "names": names, "provenance": provenance or {},
-            "crop_boxes": crop_boxes or {}, "has_global": global_descriptors is not None,
-            "has_local": local_features is not None, "global_dim": 0, "local_dim": 0}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "names": names,
+        "provenance": provenance or {},
+        "crop_boxes": crop_boxes or {},
+        "has_global": global_descriptors is not None,
+        "has_local": local_features is not None,
+        "global_dim": 0,
+        "local_dim": 0,
+    }
     if global_descriptors is not None:
         global_descriptors = np.asarray(global_descriptors, dtype=np.float32)
         _check_rows(folder, "global descriptors", len(global_descriptors), len(names))
@@ -77,28 +93,46 @@ def _write_local(folder, local_features, float16):
 def concatenate_stores(folder, stores, provenance=None, crop_boxes=None):
     """Join opened stores, in order, into a new store in folder, array by array through memory maps.
 
-    Memory stays at one chunk whatever the size (a million global descriptors, local features of many shards).
+    Memory stays at one chunk whatever the size (a million global descriptors, local features of
+    many shards).
     """
     if not stores:
         raise FeatureStoreError(f"{folder}: no stores to join")
     kinds = {(store.has_global, store.has_local) for store in stores}
     if len(kinds) > 1:
-        raise FeatureStoreError(f"{folder}: cannot join stores with and without global or local features")
+        raise FeatureStoreError(
+            f"{folder}: cannot join stores with and without global or local features"
+        )
     has_global, has_local = kinds.pop()
     os.makedirs(folder, exist_ok=True)
     names = [name for store in stores for name in store.names]
-    meta = {"format_version": FORMAT_VERSION, "names": names, "provenance": provenance or {},
-            "crop_boxes": crop_boxes or {}, "has_global": has_global, "has_local": has_local,
-            "global_dim": max(store.meta["global_dim"] for store in stores),
-            "local_dim": max(store.meta["local_dim"] for store in stores)}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "names": names,
+        "provenance": provenance or {},
+        "crop_boxes": crop_boxes or {},
+        "has_global": has_global,
+        "has_local": has_local,
+        "global_dim": max(store.meta["global_dim"] for store in stores),
+        "local_dim": max(store.meta["local_dim"] for store in stores),
+    }
     if has_global:
-        _concatenate_arrays(os.path.join(folder, "global.npy"), [store._array("global") for store in stores])
+        _concatenate_arrays(
+            os.path.join(folder, "global.npy"), [store._array("global") for store in stores]
+        )
     if has_local:
-        counts = np.concatenate([np.diff(np.asarray(store._array("local_offsets"))) for store in stores])
-        write_npy(os.path.join(folder, "local_offsets.npy"), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        counts = np.concatenate(
+            [np.diff(np.asarray(store._array("local_offsets"))) for store in stores]
+        )
+        write_npy(
+            os.path.join(folder, "local_offsets.npy"),
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        )
         for field in LOCAL_FIELDS:
-            _concatenate_arrays(os.path.join(folder, f"local_{field}.npy"),
-                                [store._array(f"local_{field}") for store in stores])
+            _concatenate_arrays(
+                os.path.join(folder, f"local_{field}.npy"),
+                [store._array(f"local_{field}") for store in stores],
+            )
     write_json(os.path.join(folder, "meta.json"), meta)
     return meta
 
@@ -111,8 +145,8 @@ def _concatenate_arrays(path, arrays, chunk_rows=65536):
         row = 0
         for array in filled:
             for start in range(0, len(array), chunk_rows):
-                block = array[start:start + chunk_rows]
-                out[row:row + len(block)] = block
+                block = array[start : start + chunk_rows]
+                out[row : row + len(block)] = block
                 row += len(block)
         out.flush()
         del out
@@ -125,11 +159,15 @@ class FeatureStore:
         self.folder = folder
         meta_path = os.path.join(folder, "meta.json")
         if not os.path.isfile(meta_path):
-            raise FeatureStoreError(f"{folder}: not a feature store (no meta.json; extraction incomplete?)")
+            raise FeatureStoreError(
+                f"{folder}: not a feature store (no meta.json; extraction incomplete?)"
+            )
         self.meta = read_json(meta_path)
         if self.meta.get("format_version") != FORMAT_VERSION:
-            raise FeatureStoreError(f"{folder}: format version {self.meta.get('format_version')} is not "
-                                    f"{FORMAT_VERSION}")
+            raise FeatureStoreError(
+                f"{folder}: format version {self.meta.get('format_version')} is not "
+                f"{FORMAT_VERSION}"
+            )
         self.names = list(self.meta["names"])
         self._index = {name: i for i, name in enumerate(self.names)}
         self._arrays = {}
@@ -174,21 +212,31 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.folder}: no image named {name!r}") from None
 
     def local(self, name):
-        """One image's local features: locations [n, 2] (x, y), scales [n], scores [n], descriptors [n, d]."""
+        """One image's local features: locations [n, 2] (x, y), scales [n], scores [n], descriptors
+        [n, d]."""
         return self.local_at(self.index_of(name))
 
     def local_at(self, index):
         if not self.has_local:
-            raise FeatureStoreError(f"{self.folder}: store has no local features (extracted global-only)")
+            raise FeatureStoreError(
+                f"{self.folder}: store has no local features (extracted global-only)"
+            )
         offsets = self._array("local_offsets")
         start, end = int(offsets[index]), int(offsets[index + 1])
-        return {field: np.asarray(self._array(f"local_{field}")[start:end]) for field in LOCAL_FIELDS}
+        return {
+            field: np.asarray(self._array(f"local_{field}")[start:end]) for field in LOCAL_FIELDS
+        }
 
     def local_rows(self):
-        """All local features at once, memory-mapped: (dict of LOCAL_FIELDS arrays [M, ...], offsets [N + 1])."""
+        """All local features at once, memory-mapped: (dict of LOCAL_FIELDS arrays [M, ...], offsets
+        [N + 1])."""
         if not self.has_local:
-            raise FeatureStoreError(f"{self.folder}: store has no local features (extracted global-only)")
-        return {field: self._array(f"local_{field}") for field in LOCAL_FIELDS}, self._array("local_offsets")
+            raise FeatureStoreError(
+                f"{self.folder}: store has no local features (extracted global-only)"
+            )
+        return {field: self._array(f"local_{field}") for field in LOCAL_FIELDS}, self._array(
+            "local_offsets"
+        )
 
     def num_local(self, index):
         offsets = self._array("local_offsets")
@@ -196,8 +244,11 @@ class FeatureStore:
 
     def bytes_per_image(self):
         """Average bytes on disk per image, over all arrays of the store."""
-        total = sum(os.path.getsize(os.path.join(self.folder, entry)) for entry in os.listdir(self.folder)
-                    if entry.endswith(".npy"))
+        total = sum(
+            os.path.getsize(os.path.join(self.folder, entry))
+            for entry in os.listdir(self.folder)
+            if entry.endswith(".npy")
+        )
         return total / max(len(self.names), 1)
 
 

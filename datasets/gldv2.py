@@ -1,13 +1,15 @@
-"""Google Landmarks v2 training lists, the landmark-id -> class-index mapping and the train/validation split.
+"""Google Landmarks v2 training lists, the landmark-id -> class-index mapping and the
+train/validation split.
 
 Two CSV layouts exist, told apart by their header line:
   ``train_clean.csv``: ``landmark_id,images``, the images being space-separated ids;
   ``train.csv``:       ``id,url,landmark_id``, one image per line.
 Image ``abcdef...`` lives at ``train/a/b/c/abcdef....jpg`` under the dataset root.
 
-Landmark ids are sparse (0..203093 for 81313 classes); the classifier needs 0..C-1, so ids are mapped to class
-indices in ascending id order; the trainer saves the mapping as OUT_DIR/class_mapping.json, so that a class index
-(for example a classifier's prediction) can be turned back into a landmark id (ClassMapping.load, landmark_id).
+Landmark ids are sparse (0..203093 for 81313 classes); the classifier needs 0..C-1, so ids are
+mapped to class indices in ascending id order; the trainer saves the mapping as
+OUT_DIR/class_mapping.json, so that a class index (for example a classifier's prediction) can be
+turned back into a landmark id (ClassMapping.load, landmark_id).
 """
 
 import csv
@@ -29,7 +31,8 @@ def gldv2_image_path(image_id, image_folder="train"):
 
 
 def read_gldv2_csv(path):
-    """Return {landmark id: [image ids]} from train_clean.csv or train.csv (detected by the header)."""
+    """Return {landmark id: [image ids]} from train_clean.csv or train.csv (detected by the
+    header)."""
     with open(path, newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)
         header = next(rows, None)
@@ -39,7 +42,12 @@ def read_gldv2_csv(path):
         if header == FULL_HEADER:
             return _read_full_rows(path, rows)
     shown = ",".join(header)
-    raise ParseError(path, 1, f"expected the header '{','.join(CLEAN_HEADER)}' or '{','.join(FULL_HEADER)}'", shown)
+    raise ParseError(
+        path,
+        1,
+        f"expected the header '{','.join(CLEAN_HEADER)}' or '{','.join(FULL_HEADER)}'",
+        shown,
+    )
 
 
 def _read_clean_rows(path, rows):
@@ -48,11 +56,15 @@ def _read_clean_rows(path, rows):
         if not row:
             continue
         if len(row) != 2:
-            raise ParseError(path, rows.line_num, "expected 'landmark_id,image_id image_id ...'", ",".join(row))
+            raise ParseError(
+                path, rows.line_num, "expected 'landmark_id,image_id image_id ...'", ",".join(row)
+            )
         landmark_id = _parse_landmark_id(path, rows.line_num, row[0], row)
         ids = row[1].split()
         if not ids:
-            raise ParseError(path, rows.line_num, "expected at least one image id after the comma", ",".join(row))
+            raise ParseError(
+                path, rows.line_num, "expected at least one image id after the comma", ",".join(row)
+            )
         for image_id in ids:
             _check_image_id(path, rows.line_num, image_id, row)
         images.setdefault(landmark_id, []).extend(ids)
@@ -64,7 +76,9 @@ def _read_full_rows(path, rows):
     for row in rows:
         if not row:
             continue
-        if len(row) < 3:  # URLs may hold commas, so the id is the first field and the landmark the last
+        if (
+            len(row) < 3
+        ):  # URLs may hold commas, so the id is the first field and the landmark the last
             raise ParseError(path, rows.line_num, "expected 'id,url,landmark_id'", ",".join(row))
         image_id = row[0].strip()
         _check_image_id(path, rows.line_num, image_id, row)
@@ -79,7 +93,12 @@ def _parse_landmark_id(path, line_number, text, row):
     except ValueError:
         value = -1
     if value < 0:
-        raise ParseError(path, line_number, f"expected a non-negative integer landmark id, not {text!r}", ",".join(row))
+        raise ParseError(
+            path,
+            line_number,
+            f"expected a non-negative integer landmark id, not {text!r}",
+            ",".join(row),
+        )
     return value
 
 
@@ -90,7 +109,8 @@ def _check_image_id(path, line_number, image_id, row):
 
 
 class ClassMapping:
-    """Sparse dataset labels (landmark ids) <-> contiguous class indices, in ascending label order."""
+    """Sparse dataset labels (landmark ids) <-> contiguous class indices, in ascending label
+    order."""
 
     def __init__(self, landmark_ids):
         self.landmark_ids = sorted({int(label) for label in landmark_ids})
@@ -115,31 +135,42 @@ class ClassMapping:
         try:
             return self._index[landmark_id]
         except KeyError:
-            raise KeyError(f"label {landmark_id} is not one of the {self.num_classes} training classes") from None
+            raise KeyError(
+                f"label {landmark_id} is not one of the {self.num_classes} training classes"
+            ) from None
 
     def landmark_id(self, class_index):
         return self.landmark_ids[class_index]
 
     def save(self, path):
-        write_json(path, {"format": _MAPPING_FORMAT, "landmark_ids": self.landmark_ids}, indent=None)
+        write_json(
+            path, {"format": _MAPPING_FORMAT, "landmark_ids": self.landmark_ids}, indent=None
+        )
 
     @classmethod
     def load(cls, path):
         data = read_json(path)
         if not isinstance(data, dict) or data.get("format") != _MAPPING_FORMAT:
-            raise ValueError(f"{path}: not a class mapping (expected a JSON object with format '{_MAPPING_FORMAT}')")
+            raise ValueError(
+                f"{path}: not a class mapping (expected a JSON object with format "
+                f"'{_MAPPING_FORMAT}')"
+            )
         ids = data.get("landmark_ids")
         valid = isinstance(ids, list) and all(type(label) is int for label in ids)
         if not valid or any(a >= b for a, b in zip(ids, ids[1:])):
-            raise ValueError(f"{path}: 'landmark_ids' must be a list of integers in strictly ascending order")
+            raise ValueError(
+                f"{path}: 'landmark_ids' must be a list of integers in strictly ascending order"
+            )
         return cls(ids)
 
 
 def split_train_val(items_by_class, val_fraction, seed):
-    """Hold out round(val_fraction * n) items of each class (at least one stays in train); return (train, val).
+    """Hold out round(val_fraction * n) items of each class (at least one stays in train); return
+    (train, val).
 
-    Which items go to validation depends only on (seed, item) through a hash, not on the file order or on the
-    other classes, so the split is the same on every machine and survives reordering of the CSV.
+    Which items go to validation depends only on (seed, item) through a hash, not on the file order
+    or on the other classes, so the split is the same on every machine and survives reordering of
+    the CSV.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"the validation fraction must be in [0, 1), got {val_fraction}")
@@ -161,7 +192,8 @@ def _split_key(seed, item):
 
 
 def to_samples(items_by_class, mapping, item_to_path=lambda item: item):
-    """Flatten {label: [items]} into [(relative image path, class index)] in ascending label order."""
+    """Flatten {label: [items]} into [(relative image path, class index)] in ascending label
+    order."""
     samples = []
     for label in sorted(items_by_class):
         class_index = mapping.index(label)
@@ -170,7 +202,8 @@ def to_samples(items_by_class, mapping, item_to_path=lambda item: item):
 
 
 def load_gldv2_split(csv_path, val_fraction, seed, image_folder="train"):
-    """Read a GLDv2 CSV; return (train samples, val samples, ClassMapping) with samples (relative path, class)."""
+    """Read a GLDv2 CSV; return (train samples, val samples, ClassMapping) with samples (relative
+    path, class)."""
     images = read_gldv2_csv(csv_path)
     if not images:
         raise ValueError(f"{csv_path}: no images listed")

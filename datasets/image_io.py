@@ -1,9 +1,10 @@
 """Decode any image file the datasets may hold into one uint8 RGB array.
 
-Every reader in the framework goes through ``read_image`` so that training, extraction and the pictures all see
-the same pixels: EXIF orientation applied (phone photos are often stored sideways), grayscale / palette / CMYK /
-16-bit converted, and alpha composited on white (a transparent background becomes white, as a browser shows it,
-rather than whatever colour happened to be stored under alpha 0). Colour profiles (ICC) are not applied.
+Every reader in the framework goes through ``read_image`` so that training, extraction and the
+pictures all see the same pixels: EXIF orientation applied (phone photos are often stored sideways),
+grayscale / palette / CMYK / 16-bit converted, and alpha composited on white (a transparent
+background becomes white, as a browser shows it, rather than whatever colour happened to be stored
+under alpha 0). Colour profiles (ICC) are not applied.
 """
 
 import logging
@@ -31,7 +32,8 @@ class ImageReadError(ValueError):
 
 
 def read_image(path):
-    """Return the image at ``path`` as a uint8 array [H, W, 3] in RGB order; raise ImageReadError otherwise."""
+    """Return the image at ``path`` as a uint8 array [H, W, 3] in RGB order; raise ImageReadError
+    otherwise."""
     _check_file(path)
     try:
         with Image.open(path) as image:
@@ -44,7 +46,9 @@ def read_image(path):
         raise ImageReadError(path, f"too many pixels ({error})") from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(path, "not an image format PIL recognises") from None
-    except Exception as error:  # PIL decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+    except (
+        Exception
+    ) as error:  # PIL decoders raise OSError, SyntaxError, ValueError, struct.error, ...
         reason = str(error) or type(error).__name__
         raise ImageReadError(path, f"undecodable ({reason})") from None
 
@@ -81,7 +85,8 @@ def _to_rgb_array(image, path):
 
 
 def _high_depth_to_uint8(values, mode):
-    """Map 16-bit (or 32-bit int / float) grayscale to 0..255 instead of clipping as PIL's convert does."""
+    """Map 16-bit (or 32-bit int / float) grayscale to 0..255 instead of clipping as PIL's convert
+    does."""
     values = values.astype(np.float64)
     if mode in _SIXTEEN_BIT_MODES:
         scaled = values / 257.0

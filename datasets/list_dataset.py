@@ -1,15 +1,17 @@
 """The seed project's image lists: one ``relative/path.jpg label`` per line.
 
-Blank lines and lines starting with ``#`` are skipped. The label is the last whitespace-separated token, so paths
-may contain spaces. Labels are class indices already (the seed trains on them as they are), so the class mapping
-of a list dataset is the identity over 0..max label.
+Blank lines and lines starting with ``#`` are skipped. The label is the last whitespace-separated
+token, so paths may contain spaces. Labels are class indices already (the seed trains on them as
+they are), so the class mapping of a list dataset is the identity over 0..max label.
 """
 
-_MAX_SHOWN = 200  # characters of an offending line quoted in an error (GLDv2 lines can hold thousands of ids)
+# characters of an offending line quoted in an error (GLDv2 lines can hold thousands of ids)
+_MAX_SHOWN = 200
 
 
 class ParseError(ValueError):
-    """A malformed line of a dataset file; the message reads ``file:line: expected ..., got '<text>'``."""
+    """A malformed line of a dataset file; the message reads ``file:line: expected ..., got
+    '<text>'``."""
 
     def __init__(self, path, line_number, expected, text):
         self.path = str(path)
@@ -38,7 +40,9 @@ def read_image_list(path):
         try:
             label = int(label)
         except ValueError:
-            raise ParseError(path, line_number, "expected an integer label after the image path", text) from None
+            raise ParseError(
+                path, line_number, "expected an integer label after the image path", text
+            ) from None
         if label < 0:
             raise ParseError(path, line_number, "expected a non-negative integer label", text)
         samples.append((image_path, label))

@@ -1,8 +1,9 @@
 """Training and validation datasets and loaders; unreadable images are skipped, logged and counted.
 
-A bad image does not stop training by itself: the dataset returns None for it (the path and the reason go to
-the log), ``collate_skip_failures`` drops it and reports how many were dropped, and the trainer feeds the counts
-to a ``FailureBudget``, which stops the run once failures pass TRAIN.MAX_BAD_IMAGE_FRACTION.
+A bad image does not stop training by itself: the dataset returns None for it (the path and the
+reason go to the log), ``collate_skip_failures`` drops it and reports how many were dropped, and the
+trainer feeds the counts to a ``FailureBudget``, which stops the run once failures pass
+TRAIN.MAX_BAD_IMAGE_FRACTION.
 """
 
 import functools
@@ -33,12 +34,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ImageClassificationDataset(Dataset):
-    """(relative image path, class index) samples under ``root``; items (image tensor, label) or None."""
+    """(relative image path, class index) samples under ``root``; items (image tensor, label) or
+    None."""
 
     def __init__(self, root, samples, transform, reader=read_image):
         self.root = str(root)
-        # numpy arrays rather than a list of tuples: worker processes forked from this one then share the pages
-        # instead of copying them as Python's reference counting touches every object
+        # numpy arrays rather than a list of tuples: worker processes forked from this one then
+        # share the pages instead of copying them as Python's reference counting touches every
+        # object
         self.paths = np.array([path.encode("utf-8") for path, _ in samples], dtype=np.bytes_)
         self.labels = np.array([label for _, label in samples], dtype=np.int64)
         self.transform = transform
@@ -60,7 +63,8 @@ class ImageClassificationDataset(Dataset):
 
 
 def collate_skip_failures(batch):
-    """Stack the readable items; return (images [B, 3, H, W], labels [B] int64, number of dropped items).
+    """Stack the readable items; return (images [B, 3, H, W], labels [B] int64, number of dropped
+    items).
 
     When every item failed, images and labels are empty tensors (the trainer skips the step).
     """
@@ -80,8 +84,8 @@ class TooManyBadImagesError(RuntimeError):
 class FailureBudget:
     """Counts (seen, failed) images and raises once failed > max_fraction * max(seen, min_images).
 
-    ``min_images`` keeps a few unlucky failures in the first batches from stopping a run: until that many images
-    were seen, the allowance is max_fraction * min_images failures.
+    ``min_images`` keeps a few unlucky failures in the first batches from stopping a run: until that
+    many images were seen, the allowance is max_fraction * min_images failures.
     """
 
     def __init__(self, max_fraction, min_images=1000, setting="TRAIN.MAX_BAD_IMAGE_FRACTION"):
@@ -98,13 +102,16 @@ class FailureBudget:
         return self.failed / self.seen if self.seen else 0.0
 
     def update(self, seen, failed):
-        """Add counts (seen includes the failed ones); raise TooManyBadImagesError when over the budget."""
+        """Add counts (seen includes the failed ones); raise TooManyBadImagesError when over the
+        budget."""
         self.seen += int(seen)
         self.failed += int(failed)
         if self.failed > self.max_fraction * max(self.seen, self.min_images):
             raise TooManyBadImagesError(
-                f"{self.failed} of {self.seen} images ({100 * self.fraction:.2f}%) could not be read, more than "
-                f"{self.setting} = {self.max_fraction} allows; the log names each file and the reason"
+                f"{self.failed} of {self.seen} images ({100 * self.fraction:.2f}%) could not be "
+                "read, more than "
+                f"{self.setting} = {self.max_fraction} allows; the log names each file and the "
+                "reason"
             )
 
     def state_dict(self):
@@ -114,7 +121,7 @@ class FailureBudget:
         self.seen, self.failed = int(state["seen"]), int(state["failed"])
 
 
-# ------------------------------------------------------------------------------------------------ builders
+# ----------------------------------------------------------------------------------------- builders
 def train_data_root(cfg):
     """TRAIN.DATA_ROOT, or datasets/data/<TRAIN.DATASET> in the repository when it is empty."""
     return cfg.TRAIN.DATA_ROOT or str(REPO_ROOT / "datasets" / "data" / cfg.TRAIN.DATASET)
@@ -144,7 +151,9 @@ def load_training_split(cfg):
         raise ValueError(f"TRAIN.VAL_FRACTION must be in [0, 1), got {cfg.TRAIN.VAL_FRACTION}")
     fmt = _split_format(cfg, path)
     stamp = os.stat(path).st_mtime_ns  # re-read when the file changes
-    train, val, mapping = _cached_split(path, fmt, cfg.TRAIN.VAL_FRACTION, cfg.TRAIN.SPLIT_SEED, stamp)
+    train, val, mapping = _cached_split(
+        path, fmt, cfg.TRAIN.VAL_FRACTION, cfg.TRAIN.SPLIT_SEED, stamp
+    )
     return root, train, val, mapping
 
 
@@ -165,15 +174,19 @@ def build_train_dataset(cfg):
     """Return (ImageClassificationDataset with the training augmentation, ClassMapping)."""
     root, train, _, mapping = load_training_split(cfg)
     transform = TrainTransform(cfg.TRAIN.IM_SIZE, build_normalizer(cfg), flip=cfg.TRAIN.FLIP)
-    logger.info("training set: %d images of %d classes under %s", len(train), mapping.num_classes, root)
+    logger.info(
+        "training set: %d images of %d classes under %s", len(train), mapping.num_classes, root
+    )
     return ImageClassificationDataset(root, train, transform), mapping
 
 
 def build_val_dataset(cfg):
-    """Return (validation ImageClassificationDataset or None when there is none, ClassMapping of training).
+    """Return (validation ImageClassificationDataset or None when there is none, ClassMapping of
+    training).
 
-    TEST.SPLIT names a list or GLDv2 csv under TEST.DATA_ROOT (default: the training root) whose labels are
-    mapped through the training classes; when empty, the held-out TRAIN.VAL_FRACTION of the training split.
+    TEST.SPLIT names a list or GLDv2 csv under TEST.DATA_ROOT (default: the training root) whose
+    labels are mapped through the training classes; when empty, the held-out TRAIN.VAL_FRACTION of
+    the training split.
     """
     root, _, val, mapping = load_training_split(cfg)
     if cfg.TEST.SPLIT:
@@ -189,7 +202,9 @@ def build_val_dataset(cfg):
 def _read_test_split(path, mapping):
     if path.lower().endswith(".csv"):
         images = read_gldv2_csv(path)
-        labelled = [(gldv2_image_path(image_id), label) for label, ids in images.items() for image_id in ids]
+        labelled = [
+            (gldv2_image_path(image_id), label) for label, ids in images.items() for image_id in ids
+        ]
     else:
         labelled = read_image_list(path)
     try:
@@ -198,7 +213,7 @@ def _read_test_split(path, mapping):
         raise ValueError(f"TEST.SPLIT {path}: {error.args[0]}") from None
 
 
-# ------------------------------------------------------------------------------------------------ loaders
+# ------------------------------------------------------------------------------------------ loaders
 def seed_worker(worker_id):
     """Seed numpy and random in a worker from the per-worker seed torch already derived."""
     seed = torch.initial_seed() % 2**32

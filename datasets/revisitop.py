@@ -1,11 +1,14 @@
-"""Revisited Oxford / Paris (revisitop): ground truth, database and query images, query crops, +1M distractors.
+"""Revisited Oxford / Paris (revisitop): ground truth, database and query images, query crops, +1M
+distractors.
 
-Layout of a dataset folder ``<root>``: ``gnd_<name>.pkl`` and ``jpg/<image name>.jpg``. The ground truth is a
-dict with ``imlist`` (database names), ``qimlist`` (query names) and ``gnd`` (one dict per query: ``bbx``
+Layout of a dataset folder ``<root>``: ``gnd_<name>.pkl`` and ``jpg/<image name>.jpg``. The ground
+truth is a dict with ``imlist`` (database names), ``qimlist`` (query names) and ``gnd`` (one dict
+per query: ``bbx``
 [x1, y1, x2, y2] floats, ``easy`` / ``hard`` / ``junk`` indices into imlist).
 
-Queries are cropped to their box by default: the benchmark's protocol, whose own example crops with PIL, i.e.
-each coordinate rounded with Python's round(). Extracting whole query images inflates the results.
+Queries are cropped to their box by default: the benchmark's protocol, whose own example crops with
+PIL, i.e. each coordinate rounded with Python's round(). Extracting whole query images inflates the
+results.
 """
 
 import logging
@@ -23,7 +26,8 @@ _INDEX_KEYS = ("easy", "hard", "junk")
 
 
 class GroundTruthError(ValueError):
-    """A ground-truth file that does not have the revisitop structure; the message names the file and entry."""
+    """A ground-truth file that does not have the revisitop structure; the message names the file
+    and entry."""
 
 
 def gnd_path(root, name):
@@ -31,18 +35,27 @@ def gnd_path(root, name):
 
 
 def load_ground_truth(path):
-    """Read a gnd_<name>.pkl through the restricted unpickler and check its structure; return the dict."""
+    """Read a gnd_<name>.pkl through the restricted unpickler and check its structure; return the
+    dict."""
     gnd = safe_load_pickle(path)
     if not isinstance(gnd, dict):
-        raise GroundTruthError(f"{path}: expected a dict with imlist, qimlist and gnd, got {type(gnd).__name__}")
+        raise GroundTruthError(
+            f"{path}: expected a dict with imlist, qimlist and gnd, got {type(gnd).__name__}"
+        )
     missing = [key for key in ("imlist", "qimlist", "gnd") if key not in gnd]
     if missing:
-        raise GroundTruthError(f"{path}: missing key(s) {', '.join(missing)} (expected imlist, qimlist and gnd)")
+        raise GroundTruthError(
+            f"{path}: missing key(s) {', '.join(missing)} (expected imlist, qimlist and gnd)"
+        )
     for key in ("imlist", "qimlist"):
-        if not isinstance(gnd[key], (list, tuple)) or not all(isinstance(name, str) for name in gnd[key]):
+        if not isinstance(gnd[key], (list, tuple)) or not all(
+            isinstance(name, str) for name in gnd[key]
+        ):
             raise GroundTruthError(f"{path}: '{key}' must be a list of image names (strings)")
     if not isinstance(gnd["gnd"], (list, tuple)) or len(gnd["gnd"]) != len(gnd["qimlist"]):
-        raise GroundTruthError(f"{path}: 'gnd' must be a list with one entry per query ({len(gnd['qimlist'])})")
+        raise GroundTruthError(
+            f"{path}: 'gnd' must be a list with one entry per query ({len(gnd['qimlist'])})"
+        )
     for query_index, entry in enumerate(gnd["gnd"]):
         _check_entry(path, query_index, entry, len(gnd["imlist"]))
     return gnd
@@ -54,18 +67,31 @@ def _check_entry(path, query_index, entry, database_size):
         raise GroundTruthError(f"{where} must be a dict with bbx, easy, hard and junk")
     missing = [key for key in ("bbx", *_INDEX_KEYS) if key not in entry]
     if missing:
-        raise GroundTruthError(f"{where} lacks {', '.join(missing)} (expected bbx, easy, hard and junk)")
+        raise GroundTruthError(
+            f"{where} lacks {', '.join(missing)} (expected bbx, easy, hard and junk)"
+        )
     box = np.asarray(entry["bbx"], dtype=np.float64).ravel() if _is_numeric(entry["bbx"]) else None
-    if box is None or box.size != 4 or not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-        raise GroundTruthError(f"{where}['bbx'] must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2, got {entry['bbx']}")
+    if (
+        box is None
+        or box.size != 4
+        or not np.all(np.isfinite(box))
+        or box[2] <= box[0]
+        or box[3] <= box[1]
+    ):
+        raise GroundTruthError(
+            f"{where}['bbx'] must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2, got {entry['bbx']}"
+        )
     for key in _INDEX_KEYS:
         indices = np.asarray(entry[key]).ravel()
         if indices.size and not np.issubdtype(indices.dtype, np.integer):
-            raise GroundTruthError(f"{where}['{key}'] must hold integer indices into imlist, got {indices.dtype}")
+            raise GroundTruthError(
+                f"{where}['{key}'] must hold integer indices into imlist, got {indices.dtype}"
+            )
         outside = indices[(indices < 0) | (indices >= database_size)]
         if outside.size:
             raise GroundTruthError(
-                f"{where}['{key}'] holds index {int(outside[0])}, outside imlist (0..{database_size - 1})"
+                f"{where}['{key}'] holds index {int(outside[0])}, outside imlist "
+                f"(0..{database_size - 1})"
             )
 
 
@@ -78,14 +104,20 @@ def _is_numeric(value):
 
 
 def round_box(box):
-    """[x1, y1, x2, y2] floats -> ints rounded with Python's round(), exactly as PIL's Image.crop does."""
+    """[x1, y1, x2, y2] floats -> ints rounded with Python's round(), exactly as PIL's Image.crop
+    does."""
     return [int(round(float(value))) for value in box]
 
 
 def clip_box(box, width, height):
     """Clip an integer box to the image; raise ValueError when nothing is left."""
     x1, y1, x2, y2 = box
-    clipped = [min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height)]
+    clipped = [
+        min(max(x1, 0), width),
+        min(max(y1, 0), height),
+        min(max(x2, 0), width),
+        min(max(y2, 0), height),
+    ]
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         raise ValueError(f"crop box {box} lies outside the {width}x{height} image")
     return clipped
@@ -99,9 +131,18 @@ def read_distractor_list(path):
 
 
 class RevisitopDataset:
-    """One revisitop dataset (roxford5k, rparis6k, synth, ...), optionally with distractors in the database."""
+    """One revisitop dataset (roxford5k, rparis6k, synth, ...), optionally with distractors in the
+    database."""
 
-    def __init__(self, root, name, crop_queries=True, distractors=None, distractor_root=None, reader=read_image):
+    def __init__(
+        self,
+        root,
+        name,
+        crop_queries=True,
+        distractors=None,
+        distractor_root=None,
+        reader=read_image,
+    ):
         self.root = str(root)
         self.name = name
         self.crop_queries = crop_queries
@@ -117,27 +158,37 @@ class RevisitopDataset:
             self._add_distractors(distractors, distractor_root)
         if not crop_queries:
             logger.warning(
-                "%s: queries are NOT cropped to their bounding boxes; the benchmark's protocol crops them and "
+                "%s: queries are NOT cropped to their bounding boxes; the benchmark's protocol "
+                "crops them and "
                 "results on full query images are not comparable to published numbers",
                 name,
             )
 
     def _add_distractors(self, list_path, distractor_root):
-        folder = str(distractor_root) if distractor_root else os.path.dirname(os.path.abspath(list_path))
+        folder = (
+            str(distractor_root) if distractor_root else os.path.dirname(os.path.abspath(list_path))
+        )
         names = read_distractor_list(list_path)
         clashes = set(names) & (set(self.database_names) | set(self.query_names))
         if clashes:
-            raise ValueError(f"{list_path}: distractor names clash with {self.name} images, e.g. {min(clashes)!r}")
+            raise ValueError(
+                f"{list_path}: distractor names clash with {self.name} images, e.g. "
+                f"{min(clashes)!r}"
+            )
         self._distractor_paths = {name: os.path.join(folder, name) for name in names}
         self.database_names.extend(names)
 
     def image_path(self, name):
-        """jpg/<name>.jpg under root for benchmark images; distractors live under their own folder."""
+        """jpg/<name>.jpg under root for benchmark images; distractors live under their own
+        folder."""
         distractor = self._distractor_paths.get(name)
-        return distractor if distractor is not None else os.path.join(self.root, "jpg", f"{name}.jpg")
+        return (
+            distractor if distractor is not None else os.path.join(self.root, "jpg", f"{name}.jpg")
+        )
 
     def read_query(self, index):
-        """Return (uint8 HxWx3 image, crop box [x1, y1, x2, y2] applied, or None when not cropping)."""
+        """Return (uint8 HxWx3 image, crop box [x1, y1, x2, y2] applied, or None when not
+        cropping)."""
         image = self.reader(self.image_path(self.query_names[index]))
         if not self.crop_queries:
             return image, None
@@ -145,7 +196,9 @@ class RevisitopDataset:
         try:
             x1, y1, x2, y2 = clip_box(self.query_boxes[index], width, height)
         except ValueError as error:
-            raise ValueError(f"{self.name} query {index} ({self.query_names[index]}): {error}") from None
+            raise ValueError(
+                f"{self.name} query {index} ({self.query_names[index]}): {error}"
+            ) from None
         return np.ascontiguousarray(image[y1:y2, x1:x2]), [x1, y1, x2, y2]
 
     def read_database(self, index):
@@ -153,7 +206,8 @@ class RevisitopDataset:
 
 
 class RevisitopImages(Dataset):
-    """Torch Dataset over the queries or the database; items (uint8 HxWx3 image, name, crop box or None)."""
+    """Torch Dataset over the queries or the database; items (uint8 HxWx3 image, name, crop box or
+    None)."""
 
     def __init__(self, dataset, part):
         if part not in ("query", "database"):

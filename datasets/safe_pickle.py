@@ -1,9 +1,10 @@
 """Read the benchmark's pickle files without letting them run code.
 
-A pickle can name any importable callable (``os.system``, ``subprocess.Popen``, ...) and have it called while
-loading. The revisitop ground-truth files only need plain containers and, in files other tools wrote, numpy
-arrays, so the unpickler below resolves exactly those globals and refuses everything else before it is called.
-The real gnd_roxford5k.pkl / gnd_rparis6k.pkl reference no global at all (lists, dicts, str, int, float only).
+A pickle can name any importable callable (``os.system``, ``subprocess.Popen``, ...) and have it
+called while loading. The revisitop ground-truth files only need plain containers and, in files
+other tools wrote, numpy arrays, so the unpickler below resolves exactly those globals and refuses
+everything else before it is called. The real gnd_roxford5k.pkl / gnd_rparis6k.pkl reference no
+global at all (lists, dicts, str, int, float only).
 """
 
 import codecs
@@ -22,7 +23,8 @@ class PickleReadError(ValueError):
 
 
 def _numpy_core(submodule):
-    """numpy >= 2 keeps the pickled helpers in numpy._core; files written by numpy 1 say numpy.core."""
+    """numpy >= 2 keeps the pickled helpers in numpy._core; files written by numpy 1 say
+    numpy.core."""
     try:
         return importlib.import_module(f"numpy._core.{submodule}")
     except ImportError:
@@ -30,10 +32,11 @@ def _numpy_core(submodule):
 
 
 class _NdarrayType:
-    """Stands for ``numpy.ndarray`` in a pickle: only ``_reconstruct`` may use it, nobody may call it.
+    """Stands for ``numpy.ndarray`` in a pickle: only ``_reconstruct`` may use it, nobody may call
+    it.
 
-    Calling ``numpy.ndarray(shape, dtype=object, buffer=...)`` directly would turn raw bytes into object pointers
-    (a crash, or worse), so the real class is never handed to the pickle.
+    Calling ``numpy.ndarray(shape, dtype=object, buffer=...)`` directly would turn raw bytes into
+    object pointers (a crash, or worse), so the real class is never handed to the pickle.
     """
 
 
@@ -43,12 +46,18 @@ def _allowed_globals(source):
 
     def reconstruct(subtype, shape, dtype):
         if subtype is not _NdarrayType:
-            raise UnsafePickleError(f"{source}: _reconstruct is only allowed for numpy.ndarray, got {subtype!r}")
+            raise UnsafePickleError(
+                f"{source}: _reconstruct is only allowed for numpy.ndarray, got {subtype!r}"
+            )
         return multiarray._reconstruct(np.ndarray, shape, dtype)
 
     def latin1_encode(text, encoding="latin1"):
-        # protocol-2 pickles store raw bytes (numpy buffers) as _codecs.encode(str, 'latin1'); nothing else
-        if not isinstance(text, str) or str(encoding).replace("-", "").lower() not in ("latin1", "iso88591"):
+        # protocol-2 pickles store raw bytes (numpy buffers) as _codecs.encode(str, 'latin1');
+        # nothing else
+        if not isinstance(text, str) or str(encoding).replace("-", "").lower() not in (
+            "latin1",
+            "iso88591",
+        ):
             raise UnsafePickleError(f"{source}: _codecs.encode is only allowed as (str, 'latin1')")
         return codecs.encode(text, "latin1")
 
@@ -81,7 +90,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return self._allowed[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self.source}: refusing to load global {module}.{name}; this reader only accepts lists, dicts, "
+                f"{self.source}: refusing to load global {module}.{name}; this reader only accepts "
+                "lists, dicts, "
                 f"numbers, strings and numpy arrays"
             ) from None
 
@@ -90,7 +100,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load_pickle(path):
-    """Load ``path`` with RestrictedUnpickler; raise UnsafePickleError or PickleReadError naming the file."""
+    """Load ``path`` with RestrictedUnpickler; raise UnsafePickleError or PickleReadError naming the
+    file."""
     try:
         with open(path, "rb") as handle:
             return RestrictedUnpickler(handle, source=str(path)).load()
@@ -98,6 +109,14 @@ def safe_load_pickle(path):
         raise
     except FileNotFoundError:
         raise PickleReadError(f"{path}: file does not exist") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, OSError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        OSError,
+    ) as error:
         reason = str(error) or type(error).__name__
         raise PickleReadError(f"{path}: not a readable pickle ({reason})") from None

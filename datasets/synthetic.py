@@ -1,15 +1,16 @@
 """The embedded synthetic landmark world, written in the real formats.
 
-Each landmark is a chain of textured planar panels (datasets/synthetic_scenes.py draws them); each photo is a
-pinhole-camera view of it (datasets/synthetic_render.py: one homography per panel) over background clutter, with
-occluders, lighting changes, blur, noise and JPEG compression. The training set is a GLDv2-layout folder, the test
-set a revisitop-layout folder whose easy / hard / junk labels are measured, not assumed: the landmark's surface
-carries a grid of sample points, and a database view is labelled against each query by how much of the query's
-visible surface it shows, from how different a viewpoint, scale and rotation. Distractors in the database share a
-family (palette, layout) with a test landmark, so that a global descriptor alone confuses them.
+Each landmark is a chain of textured planar panels (datasets/synthetic_scenes.py draws them); each
+photo is a pinhole-camera view of it (datasets/synthetic_render.py: one homography per panel) over
+background clutter, with occluders, lighting changes, blur, noise and JPEG compression. The training
+set is a GLDv2-layout folder, the test set a revisitop-layout folder whose easy / hard / junk labels
+are measured, not assumed: the landmark's surface carries a grid of sample points, and a database
+view is labelled against each query by how much of the query's visible surface it shows, from how
+different a viewpoint, scale and rotation. Distractors in the database share a family (palette,
+layout) with a test landmark, so that a global descriptor alone confuses them.
 
-Every image has its own seeded numpy Generator (no global RNG, no clock), so a seed gives byte-identical files,
-with or without the process pool.
+Every image has its own seeded numpy Generator (no global RNG, no clock), so a seed gives
+byte-identical files, with or without the process pool.
 """
 
 import dataclasses
@@ -32,10 +33,44 @@ from datasets.synthetic_scenes import sample_family
 FORMAT_VERSION = 1
 GND_NAME = "gnd_synth.pkl"
 # random-stream domains: the first key after the seed, so that no two images ever share a stream
-TRAIN_FAMILY, TRAIN_LANDMARK, TRAIN_VIEW, TEST_FAMILY, TEST_LANDMARK, TEST_VIEW, DISTRACTOR, IDS, ORDER = range(9)
-TRAIN_CYCLE = ("easy", "hard_angle", "easy", "hard_zoom", "query", "hard_far", "easy", "hard_roll", "hard_occluded")
-TEST_CYCLE = ("easy", "hard_angle", "easy", "hard_zoom", "junk_tiny", "easy", "hard_far", "hard_roll", "easy",
-              "hard_occluded", "junk_edge", "easy", "hard_zoom", "hard_angle")
+(
+    TRAIN_FAMILY,
+    TRAIN_LANDMARK,
+    TRAIN_VIEW,
+    TEST_FAMILY,
+    TEST_LANDMARK,
+    TEST_VIEW,
+    DISTRACTOR,
+    IDS,
+    ORDER,
+) = range(9)
+TRAIN_CYCLE = (
+    "easy",
+    "hard_angle",
+    "easy",
+    "hard_zoom",
+    "query",
+    "hard_far",
+    "easy",
+    "hard_roll",
+    "hard_occluded",
+)
+TEST_CYCLE = (
+    "easy",
+    "hard_angle",
+    "easy",
+    "hard_zoom",
+    "junk_tiny",
+    "easy",
+    "hard_far",
+    "hard_roll",
+    "easy",
+    "hard_occluded",
+    "junk_edge",
+    "easy",
+    "hard_zoom",
+    "hard_angle",
+)
 DISTRACTOR_CYCLE = ("easy", "easy", "hard_angle", "easy", "hard_zoom")
 MAX_ATTEMPTS = 8
 
@@ -52,7 +87,8 @@ class SyntheticSpec:
     queries_per_landmark: int = 2  # test queries per test landmark
     distractors_per_landmark: int = 2  # look-alike landmarks (same family) per test landmark
     distractor_fraction: float = 0.3  # share of the database showing distractors
-    family_size: int = 2  # training landmarks sharing one family, so training also needs local detail
+    # training landmarks sharing one family, so training also needs local detail
+    family_size: int = 2
     jpeg_quality: int = 90
 
 
@@ -63,7 +99,8 @@ SIZES = {
 
 
 def make_spec(size="default", **overrides):
-    """The named size with ``overrides`` applied; unknown names and impossible sizes raise ValueError."""
+    """The named size with ``overrides`` applied; unknown names and impossible sizes raise
+    ValueError."""
     if size not in SIZES:
         raise ValueError(f"synthetic size {size!r} is unknown; expected one of {sorted(SIZES)}")
     fields = [f.name for f in dataclasses.fields(SyntheticSpec)]
@@ -78,12 +115,16 @@ def make_spec(size="default", **overrides):
     if not 0 <= spec.distractor_fraction < 1:
         raise ValueError(f"distractor_fraction must lie in [0, 1), got {spec.distractor_fraction}")
     if not 64 <= spec.image_size <= 1024 or spec.train_per_class < 2 or spec.jpeg_quality > 100:
-        raise ValueError("synthetic sizes need 64 <= image_size <= 1024, train_per_class >= 2 and "
-                         f"jpeg_quality <= 100, got {spec}")
+        raise ValueError(
+            "synthetic sizes need 64 <= image_size <= 1024, train_per_class >= 2 and "
+            f"jpeg_quality <= 100, got {spec}"
+        )
     plan = plan_test_set(spec)
     if min(plan["views"]) < 4:
-        raise ValueError(f"database={spec.database} leaves fewer than 4 views per test landmark "
-                         f"({len(plan['views'])} landmarks for queries={spec.queries}); raise database")
+        raise ValueError(
+            f"database={spec.database} leaves fewer than 4 views per test landmark "
+            f"({len(plan['views'])} landmarks for queries={spec.queries}); raise database"
+        )
     return spec
 
 
@@ -119,7 +160,9 @@ def _train_job(seed, spec, index):
     images = []
     for view in range(spec.train_per_class):
         profile = PROFILES[TRAIN_CYCLE[view % len(TRAIN_CYCLE)]]
-        image, _ = render_view(landmark, profile, _rng(seed, TRAIN_VIEW, index, view), spec.image_size)
+        image, _ = render_view(
+            landmark, profile, _rng(seed, TRAIN_VIEW, index, view), spec.image_size
+        )
         images.append(encode_jpeg(image, spec.jpeg_quality))
     return images
 
@@ -129,32 +172,57 @@ def _box_ok(bbx, min_side=8):
 
 
 def _test_job(seed, spec, index, n_queries, n_views, distractor_views):
-    """One test landmark: its queries (image, bbx), its database views with labels, and its distractors' views."""
+    """One test landmark: its queries (image, bbx), its database views with labels, and its
+    distractors' views."""
     family = sample_family(_rng(seed, TEST_FAMILY, index))
     floor = _floor_height(spec)
     landmark = build_landmark(family, _rng(seed, TEST_LANDMARK, index), floor)
     for attempt in range(MAX_ATTEMPTS):
-        queries = [render_view(landmark, PROFILES["query"], _rng(seed, TEST_VIEW, index, attempt, 0, q),
-                               spec.image_size) for q in range(n_queries)]
-        views = [render_view(landmark, PROFILES[TEST_CYCLE[v % len(TEST_CYCLE)]],
-                             _rng(seed, TEST_VIEW, index, attempt, 1, v), spec.image_size) for v in range(n_views)]
+        queries = [
+            render_view(
+                landmark,
+                PROFILES["query"],
+                _rng(seed, TEST_VIEW, index, attempt, 0, q),
+                spec.image_size,
+            )
+            for q in range(n_queries)
+        ]
+        views = [
+            render_view(
+                landmark,
+                PROFILES[TEST_CYCLE[v % len(TEST_CYCLE)]],
+                _rng(seed, TEST_VIEW, index, attempt, 1, v),
+                spec.image_size,
+            )
+            for v in range(n_views)
+        ]
         labels = [[label_view(landmark, query[1], view[1]) for view in views] for query in queries]
         boxes_ok = all(_box_ok(observation["bbx"]) for _, observation in queries)
         if boxes_ok and all("easy" in row and "hard" in row for row in labels):
             break
     else:
-        raise RuntimeError(f"test landmark {index}: no query set with easy and hard views after {MAX_ATTEMPTS} tries")
+        raise RuntimeError(
+            f"test landmark {index}: no query set with easy and hard views after {MAX_ATTEMPTS} "
+            "tries"
+        )
     distractors = []
     for k, count in enumerate(distractor_views):
         if not count:
             continue
         look_alike = build_landmark(family, _rng(seed, DISTRACTOR, index, k), floor)
         for v in range(count):
-            image, _ = render_view(look_alike, PROFILES[DISTRACTOR_CYCLE[v % len(DISTRACTOR_CYCLE)]],
-                                   _rng(seed, DISTRACTOR, index, k, v), spec.image_size)
+            image, _ = render_view(
+                look_alike,
+                PROFILES[DISTRACTOR_CYCLE[v % len(DISTRACTOR_CYCLE)]],
+                _rng(seed, DISTRACTOR, index, k, v),
+                spec.image_size,
+            )
             distractors.append(encode_jpeg(image, spec.jpeg_quality))
     return {
-        "queries": [(encode_jpeg(image, spec.jpeg_quality), observation["bbx"]) for image, observation in queries],
+        "queries": [
+            (encode_jpeg(image, spec.jpeg_quality), observation["bbx"])
+            for image, observation in queries
+        ],
         "views": [encode_jpeg(image, spec.jpeg_quality) for image, _ in views],
         "labels": labels,
         "distractors": distractors,
@@ -162,14 +230,17 @@ def _test_job(seed, spec, index, n_queries, n_views, distractor_views):
 
 
 def _call(job):
-    cv2.setNumThreads(1)  # per-process; results do not depend on it, but two busy workers should not oversubscribe
+    cv2.setNumThreads(
+        1
+    )  # per-process; results do not depend on it, but two busy workers should not oversubscribe
     function, args = job
     return function(*args)
 
 
 @contextmanager
 def _mapper(workers):
-    """``map`` over jobs in order: in this process for one worker, else a spawn pool (safe beside torch threads)."""
+    """``map`` over jobs in order: in this process for one worker, else a spawn pool (safe beside
+    torch threads)."""
     if workers <= 1:
         threads = cv2.getNumThreads()
         try:
@@ -209,7 +280,8 @@ def _write_train(root, seed, spec, images_per_class):
 
 
 def _write_test(root, seed, spec, results):
-    database = []  # (image bytes, test landmark index or None, index of the view within its landmark)
+    # (image bytes, test landmark index or None, index of the view within its landmark)
+    database = []
     for index, result in enumerate(results):
         database += [(data, index, v) for v, data in enumerate(result["views"])]
         database += [(data, None, 0) for data in result["distractors"]]
@@ -230,7 +302,9 @@ def _write_test(root, seed, spec, results):
             entry = {"bbx": [float(c) for c in bbx], "easy": [], "hard": [], "junk": []}
             for view, label in enumerate(labels):
                 entry[label].append(position[index, view])
-            gnd.append({key: sorted(value) if key != "bbx" else value for key, value in entry.items()})
+            gnd.append(
+                {key: sorted(value) if key != "bbx" else value for key, value in entry.items()}
+            )
     with atomic_path(str(root / GND_NAME)) as tmp, open(tmp, "wb") as handle:
         pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, handle, protocol=4)
     return {key: sum(len(g[key]) for g in gnd) for key in ("easy", "hard", "junk")}
@@ -241,14 +315,18 @@ def _staging(out_dir, overwrite):
     """A fresh folder beside ``out_dir`` that replaces it only when everything was written."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; remove it or pass overwrite=True (--overwrite)")
+        raise FileExistsError(
+            f"{out_dir} exists and is not empty; remove it or pass overwrite=True (--overwrite)"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         yield staging
         staging.chmod(0o755)
         if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            retired = Path(
+                tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent)
+            )
             os.replace(out_dir, retired / "data")
             os.replace(staging, out_dir)
             shutil.rmtree(retired)
@@ -260,14 +338,23 @@ def _staging(out_dir, overwrite):
 
 
 def default_workers():
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(
+        1,
+        min(
+            8,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1,
+        ),
+    )
 
 
 def generate(out_dir, seed=0, size="default", workers=None, overwrite=False, **overrides):
-    """Write the synthetic world to ``out_dir`` and return a summary dict (also saved as ``out_dir/info.json``).
+    """Write the synthetic world to ``out_dir`` and return a summary dict (also saved as
+    ``out_dir/info.json``).
 
-    ``size`` names a preset of :data:`SIZES`; ``overrides`` are :class:`SyntheticSpec` fields. Same arguments,
-    byte-identical files, whatever ``workers`` is.
+    ``size`` names a preset of :data:`SIZES`; ``overrides`` are :class:`SyntheticSpec` fields. Same
+    arguments, byte-identical files, whatever ``workers`` is.
     """
     spec = make_spec(size, **overrides)
     if int(seed) != seed or seed < 0:
@@ -276,9 +363,20 @@ def generate(out_dir, seed=0, size="default", workers=None, overwrite=False, **o
     plan = plan_test_set(spec)
     per_landmark = spec.distractors_per_landmark
     train_jobs = [(_train_job, (seed, spec, c)) for c in range(spec.classes)]
-    test_jobs = [(_test_job, (seed, spec, i, plan["queries"][i], plan["views"][i],
-                              plan["distractor_views"][i * per_landmark:(i + 1) * per_landmark]))
-                 for i in range(len(plan["queries"]))]
+    test_jobs = [
+        (
+            _test_job,
+            (
+                seed,
+                spec,
+                i,
+                plan["queries"][i],
+                plan["views"][i],
+                plan["distractor_views"][i * per_landmark : (i + 1) * per_landmark],
+            ),
+        )
+        for i in range(len(plan["queries"]))
+    ]
     with _staging(out_dir, overwrite) as root, _mapper(workers or default_workers()) as run:
         _write_train(root / "train", seed, spec, run(train_jobs))
         labels = _write_test(root / "test", seed, spec, run(test_jobs))
@@ -287,11 +385,19 @@ def generate(out_dir, seed=0, size="default", workers=None, overwrite=False, **o
             "seed": seed,
             "size": size,
             "spec": dataclasses.asdict(spec),
-            "train": {"csv": "train/train_clean.csv", "classes": spec.classes,
-                      "images": spec.classes * spec.train_per_class},
-            "test": {"gnd": f"test/{GND_NAME}", "queries": spec.queries, "database": spec.database,
-                     "test_landmarks": len(plan["queries"]),
-                     "distractor_landmarks": len(plan["distractor_views"]), "labels": labels},
+            "train": {
+                "csv": "train/train_clean.csv",
+                "classes": spec.classes,
+                "images": spec.classes * spec.train_per_class,
+            },
+            "test": {
+                "gnd": f"test/{GND_NAME}",
+                "queries": spec.queries,
+                "database": spec.database,
+                "test_landmarks": len(plan["queries"]),
+                "distractor_landmarks": len(plan["distractor_views"]),
+                "labels": labels,
+            },
         }
         write_json(str(root / "info.json"), summary)
     return {**summary, "out_dir": str(out_dir)}

@@ -1,10 +1,12 @@
-"""Procedural landmark scenes for datasets/synthetic.py: facade textures, background clutter and occluders.
+"""Procedural landmark scenes for datasets/synthetic.py: facade textures, background clutter and
+occluders.
 
-A landmark is a chain of planar panels, like a facade folded at vertical edges. Its *family* fixes the global look
-(palette, wall pattern, silhouette, window grid, panel sizes and folds); the landmark's own random stream fixes the
-local structure (window designs, cornice motif, signs with text, crests, clocks, murals). Distractor landmarks share
-a family with a test landmark: alike at a glance, different in the details that local features match.
-Drawing is OpenCV primitives and numpy array arithmetic; loops run over drawn elements, never over pixels.
+A landmark is a chain of planar panels, like a facade folded at vertical edges. Its *family* fixes
+the global look (palette, wall pattern, silhouette, window grid, panel sizes and folds); the
+landmark's own random stream fixes the local structure (window designs, cornice motif, signs with
+text, crests, clocks, murals). Distractor landmarks share a family with a test landmark: alike at a
+glance, different in the details that local features match. Drawing is OpenCV primitives and numpy
+array arithmetic; loops run over drawn elements, never over pixels.
 """
 
 import colorsys
@@ -14,7 +16,12 @@ import cv2
 import numpy as np
 
 AA = cv2.LINE_AA
-FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX)
+FONTS = (
+    cv2.FONT_HERSHEY_SIMPLEX,
+    cv2.FONT_HERSHEY_DUPLEX,
+    cv2.FONT_HERSHEY_COMPLEX,
+    cv2.FONT_HERSHEY_TRIPLEX,
+)
 LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
 UNIQUE_KINDS = ("sign", "crest", "rosette", "clock", "mural", "star", "banner", "graffiti")
 UNIQUE_WEIGHTS = (0.2, 0.14, 0.12, 0.06, 0.16, 0.1, 0.12, 0.1)
@@ -22,7 +29,10 @@ UNIQUE_WEIGHTS = (0.2, 0.14, 0.12, 0.06, 0.16, 0.1, 0.12, 0.1)
 
 def hsv_colour(hue, saturation, value):
     """An RGB tuple in 0..255 floats, as OpenCV drawing calls take it."""
-    return tuple(255.0 * c for c in colorsys.hsv_to_rgb(hue % 1.0, min(max(saturation, 0), 1), min(max(value, 0), 1)))
+    return tuple(
+        255.0 * c
+        for c in colorsys.hsv_to_rgb(hue % 1.0, min(max(saturation, 0), 1), min(max(value, 0), 1))
+    )
 
 
 @dataclass(frozen=True)
@@ -48,10 +58,14 @@ class Family:
 def sample_family(rng):
     hue = rng.uniform()
     n_panels = int(rng.choice([1, 2, 3], p=[0.2, 0.4, 0.4]))
-    folds = np.concatenate([[0.0], rng.choice([-1, 1], n_panels - 1) * rng.uniform(25, 50, n_panels - 1)])
+    folds = np.concatenate(
+        [[0.0], rng.choice([-1, 1], n_panels - 1) * rng.uniform(25, 50, n_panels - 1)]
+    )
     widths = rng.uniform(0.45, 1.0, n_panels)
     yaws = np.cumsum(folds)
-    yaws -= np.average(yaws, weights=widths)  # the width-weighted mean facade faces the default camera
+    yaws -= np.average(
+        yaws, weights=widths
+    )  # the width-weighted mean facade faces the default camera
     extra = np.zeros(n_panels, int)
     if n_panels > 1 and rng.uniform() < 0.5:
         extra[rng.integers(n_panels)] = rng.integers(1, 3)
@@ -60,7 +74,10 @@ def sample_family(rng):
         trim=hsv_colour(hue + rng.normal(0, 0.05), rng.uniform(0.0, 0.25), rng.uniform(0.8, 1.0)),
         glass=hsv_colour(rng.uniform(0.5, 0.7), rng.uniform(0.15, 0.5), rng.uniform(0.15, 0.4)),
         roof=hsv_colour(rng.uniform(), rng.uniform(0.2, 0.6), rng.uniform(0.25, 0.55)),
-        accents=tuple(hsv_colour(rng.uniform(), rng.uniform(0.55, 0.95), rng.uniform(0.45, 0.95)) for _ in range(4)),
+        accents=tuple(
+            hsv_colour(rng.uniform(), rng.uniform(0.55, 0.95), rng.uniform(0.45, 0.95))
+            for _ in range(4)
+        ),
         wall_pattern=str(rng.choice(["plain", "brick", "stone", "stripes"])),
         roofline=str(rng.choice(["flat", "gable", "stepped", "crenel", "dome"])),
         floors=int(rng.integers(3, 6)),
@@ -106,14 +123,18 @@ def _window_designs(family, rng):
     """The landmark's own window vocabulary: 1-3 designs, each a few drawing choices."""
     designs = []
     for _ in range(int(rng.integers(1, 4))):
-        designs.append({
-            "top": str(rng.choice(["flat", "arch", "pediment", "lintel"])),
-            "mullion": str(rng.choice(["none", "cross", "vertical", "grid"])),
-            "frame": family.trim if rng.uniform() < 0.6 else family.accents[int(rng.integers(4))],
-            "thickness": int(rng.integers(2, 5)),
-            "shutters": bool(rng.uniform() < 0.35),
-            "sill": bool(rng.uniform() < 0.6),
-        })
+        designs.append(
+            {
+                "top": str(rng.choice(["flat", "arch", "pediment", "lintel"])),
+                "mullion": str(rng.choice(["none", "cross", "vertical", "grid"])),
+                "frame": family.trim
+                if rng.uniform() < 0.6
+                else family.accents[int(rng.integers(4))],
+                "thickness": int(rng.integers(2, 5)),
+                "shutters": bool(rng.uniform() < 0.35),
+                "sill": bool(rng.uniform() < 0.6),
+            }
+        )
     return designs
 
 
@@ -132,7 +153,9 @@ def _draw_window(image, x, y, w, h, design, family, rng):
         cv2.ellipse(image, (x + w // 2, y), (w // 2 + t, w // 2 + t), 0, 180, 360, frame, -1, AA)
         cv2.ellipse(image, (x + w // 2, y), (w // 2, w // 2), 0, 180, 360, glass, -1, AA)
     elif design["top"] == "pediment":
-        peak = np.array([[x - 2 * t, y - t], [x + w + 2 * t, y - t], [x + w // 2, y - t - w // 2]], np.int32)
+        peak = np.array(
+            [[x - 2 * t, y - t], [x + w + 2 * t, y - t], [x + w // 2, y - t - w // 2]], np.int32
+        )
         cv2.fillPoly(image, [peak], frame, AA)
         cv2.polylines(image, [peak], True, _contrast(frame), 1, AA)
     elif design["top"] == "lintel":
@@ -141,13 +164,17 @@ def _draw_window(image, x, y, w, h, design, family, rng):
     if mullion in ("cross", "vertical"):
         cv2.line(image, (centre_x, y), (centre_x, y + h), frame, max(1, t // 2 + 1), AA)
     if mullion == "cross":
-        cv2.line(image, (x, y + int(h * 0.4)), (x + w, y + int(h * 0.4)), frame, max(1, t // 2 + 1), AA)
+        cv2.line(
+            image, (x, y + int(h * 0.4)), (x + w, y + int(h * 0.4)), frame, max(1, t // 2 + 1), AA
+        )
     if mullion == "grid":
         for k in (1, 2):
             cv2.line(image, (x + k * w // 3, y), (x + k * w // 3, y + h), frame, 1, AA)
             cv2.line(image, (x, y + k * h // 3), (x + w, y + k * h // 3), frame, 1, AA)
     if design["sill"]:
-        cv2.rectangle(image, (x - 2 * t, y + h + t), (x + w + 2 * t, y + h + 2 * t + 1), family.trim, -1)
+        cv2.rectangle(
+            image, (x - 2 * t, y + h + t), (x + w + 2 * t, y + h + 2 * t + 1), family.trim, -1
+        )
     if rng.uniform() < 0.2:  # flower box: a one-off detail
         for k in range(4):
             colour = family.accents[int(rng.integers(4))]
@@ -161,19 +188,27 @@ def _draw_cornice(image, y, width, floor_height, motif, family):
     xs = np.arange(step // 2, width, step)
     if motif == "dentils":
         for x in xs:
-            cv2.rectangle(image, (int(x), y + band), (int(x) + step // 2, y + 2 * band + 1), family.trim, -1)
+            cv2.rectangle(
+                image, (int(x), y + band), (int(x) + step // 2, y + 2 * band + 1), family.trim, -1
+            )
     elif motif == "zigzag":
         ys = np.where(np.arange(len(xs)) % 2 == 0, y + band, y + 3 * band)
-        cv2.polylines(image, [np.stack([xs, ys], 1).astype(np.int32)], False, _contrast(family.wall), 1, AA)
+        cv2.polylines(
+            image, [np.stack([xs, ys], 1).astype(np.int32)], False, _contrast(family.wall), 1, AA
+        )
     elif motif == "dots":
         for x in xs:
-            cv2.circle(image, (int(x), y + 2 * band + 1), max(1, band // 2 + 1), family.accents[1], -1, AA)
+            cv2.circle(
+                image, (int(x), y + 2 * band + 1), max(1, band // 2 + 1), family.accents[1], -1, AA
+            )
 
 
 def _draw_door(image, centre_x, top, width, bottom, family):
     x = centre_x - width // 2
     cv2.rectangle(image, (x, top), (x + width, bottom), family.accents[2], -1)
-    cv2.ellipse(image, (centre_x, top), (width // 2, width // 3), 0, 180, 360, family.accents[2], -1, AA)
+    cv2.ellipse(
+        image, (centre_x, top), (width // 2, width // 3), 0, 180, 360, family.accents[2], -1, AA
+    )
     cv2.rectangle(image, (x + 3, top + 4), (x + width - 3, bottom), family.glass, -1)
 
 
@@ -191,26 +226,49 @@ def _draw_unique(image, kind, cx, cy, size, family, rng):
         font = int(rng.choice(FONTS))
         scale = cv2.getFontScaleFromHeight(font, max(6, r // 2), 1)
         (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
-        cv2.rectangle(image, (cx - tw // 2 - 4, cy - th - 4), (cx + tw // 2 + 4, cy + 6), colour, -1)
-        cv2.rectangle(image, (cx - tw // 2 - 4, cy - th - 4), (cx + tw // 2 + 4, cy + 6), _contrast(colour), 1, AA)
-        cv2.putText(image, text, (cx - tw // 2, cy), font, scale, _contrast(colour), max(1, r // 10), AA)
+        cv2.rectangle(
+            image, (cx - tw // 2 - 4, cy - th - 4), (cx + tw // 2 + 4, cy + 6), colour, -1
+        )
+        cv2.rectangle(
+            image,
+            (cx - tw // 2 - 4, cy - th - 4),
+            (cx + tw // 2 + 4, cy + 6),
+            _contrast(colour),
+            1,
+            AA,
+        )
+        cv2.putText(
+            image, text, (cx - tw // 2, cy), font, scale, _contrast(colour), max(1, r // 10), AA
+        )
     elif kind == "crest":
         shield = np.array([[-r, -r], [r, -r], [r, 0], [0, r], [-r, 0]]) * 0.9 + [cx, cy]
         cv2.fillPoly(image, [shield.astype(np.int32)], colour, AA)
-        cv2.line(image, (cx - r // 2, cy - r // 2), (cx + r // 2, cy + r // 3), other, max(1, r // 5), AA)
-        cv2.line(image, (cx + r // 2, cy - r // 2), (cx - r // 2, cy + r // 3), other, max(1, r // 5), AA)
+        cv2.line(
+            image, (cx - r // 2, cy - r // 2), (cx + r // 2, cy + r // 3), other, max(1, r // 5), AA
+        )
+        cv2.line(
+            image, (cx + r // 2, cy - r // 2), (cx - r // 2, cy + r // 3), other, max(1, r // 5), AA
+        )
     elif kind == "rosette":
         cv2.circle(image, (cx, cy), r, colour, -1, AA)
         cv2.circle(image, (cx, cy), int(r * 0.6), other, max(1, r // 6), AA)
-        for angle in np.linspace(0, np.pi, int(rng.integers(3, 7)), endpoint=False) + rng.uniform(0, np.pi):
+        for angle in np.linspace(0, np.pi, int(rng.integers(3, 7)), endpoint=False) + rng.uniform(
+            0, np.pi
+        ):
             dx, dy = int(r * np.cos(angle)), int(r * np.sin(angle))
             cv2.line(image, (cx - dx, cy - dy), (cx + dx, cy + dy), _contrast(colour), 1, AA)
     elif kind == "clock":
         cv2.circle(image, (cx, cy), r, (240.0, 238.0, 225.0), -1, AA)
         cv2.circle(image, (cx, cy), r, (30.0, 30.0, 30.0), max(1, r // 8), AA)
         for angle in rng.uniform(0, 2 * np.pi, 2):
-            cv2.line(image, (cx, cy), (cx + int(0.8 * r * np.cos(angle)), cy + int(0.8 * r * np.sin(angle))),
-                     (30.0, 30.0, 30.0), max(1, r // 10), AA)
+            cv2.line(
+                image,
+                (cx, cy),
+                (cx + int(0.8 * r * np.cos(angle)), cy + int(0.8 * r * np.sin(angle))),
+                (30.0, 30.0, 30.0),
+                max(1, r // 10),
+                AA,
+            )
     elif kind == "mural":
         cv2.rectangle(image, (cx - r, cy - r), (cx + r, cy + r), _jitter(family.trim, rng, 20), -1)
         for _ in range(int(rng.integers(3, 7))):
@@ -220,7 +278,9 @@ def _draw_unique(image, kind, cx, cy, size, family, rng):
         spikes = int(rng.integers(5, 9))
         angles = np.linspace(0, 2 * np.pi, 2 * spikes, endpoint=False) + rng.uniform(0, np.pi)
         radii = np.where(np.arange(2 * spikes) % 2 == 0, r, r * 0.45)
-        points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(np.int32)
+        points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(
+            np.int32
+        )
         cv2.fillPoly(image, [points], colour, AA)
     elif kind == "banner":
         half = max(2, r // 3)
@@ -257,7 +317,8 @@ def _roof_mask(family, width, roof_height, rng):
 
 
 def draw_panel(family, index, rng, floor_height):
-    """RGBA texture (uint8, straight alpha) of panel ``index``: roof zone on top, floors below, ground floor last."""
+    """RGBA texture (uint8, straight alpha) of panel ``index``: roof zone on top, floors below,
+    ground floor last."""
     floors = family.floors + family.panel_extra_floors[index]
     wall_height = floors * floor_height
     width = max(floor_height, round(family.panel_widths[index] * family.floors * floor_height))
@@ -272,7 +333,9 @@ def draw_panel(family, index, rng, floor_height):
     designs = _window_designs(family, rng)
     pattern = str(rng.choice(["floor", "column", "random"]))
     motif = str(rng.choice(["dentils", "zigzag", "dots", "plain"]))
-    pitch = family.window_spacing * floor_height * rng.uniform(0.88, 1.12)  # look-alikes' windows do not align
+    pitch = (
+        family.window_spacing * floor_height * rng.uniform(0.88, 1.12)
+    )  # look-alikes' windows do not align
     columns = max(1, int(width // pitch))
     margin = (width - columns * pitch) / 2
     win_w = max(4, round(family.window_width * pitch))
@@ -287,10 +350,18 @@ def draw_panel(family, index, rng, floor_height):
             x = round(margin + (column + 0.5) * pitch - win_w / 2)
             y = top + round(0.25 * floor_height)
             if ground and column == door_column:
-                _draw_door(rgb, round(margin + (column + 0.5) * pitch), y, min(round(1.4 * win_w), round(pitch) - 4),
-                           top + floor_height, family)
+                _draw_door(
+                    rgb,
+                    round(margin + (column + 0.5) * pitch),
+                    y,
+                    min(round(1.4 * win_w), round(pitch) - 4),
+                    top + floor_height,
+                    family,
+                )
                 continue
-            key = {"floor": floor, "column": column, "random": int(rng.integers(len(designs)))}[pattern]
+            key = {"floor": floor, "column": column, "random": int(rng.integers(len(designs)))}[
+                pattern
+            ]
             _draw_window(rgb, x, y, win_w, win_h, designs[key % len(designs)], family, rng)
     wall_area = width * wall_height
     for _ in range(max(3, round(wall_area / (2.5 * floor_height * floor_height)))):
@@ -304,19 +375,29 @@ def draw_panel(family, index, rng, floor_height):
     return np.dstack([rgb, alpha])
 
 
-# ------------------------------------------------------------------------------------------------ photo context
+# ------------------------------------------------------------------------------------ photo context
 
 
 def draw_background(rng, width, height, horizon):
-    """Sky, ground and generic clutter (far blocks, trees, posts) that carries no landmark's structure."""
-    sky_top = np.asarray(hsv_colour(rng.uniform(0.5, 0.7), rng.uniform(0.1, 0.6), rng.uniform(0.6, 1.0)), np.float32)
-    sky_low = np.asarray(hsv_colour(rng.uniform(0.0, 0.7), rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)), np.float32)
-    ground = np.asarray(hsv_colour(rng.uniform(0.05, 0.35), rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.6)), np.float32)
+    """Sky, ground and generic clutter (far blocks, trees, posts) that carries no landmark's
+    structure."""
+    sky_top = np.asarray(
+        hsv_colour(rng.uniform(0.5, 0.7), rng.uniform(0.1, 0.6), rng.uniform(0.6, 1.0)), np.float32
+    )
+    sky_low = np.asarray(
+        hsv_colour(rng.uniform(0.0, 0.7), rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)), np.float32
+    )
+    ground = np.asarray(
+        hsv_colour(rng.uniform(0.05, 0.35), rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.6)),
+        np.float32,
+    )
     horizon = int(np.clip(horizon, height * 0.3, height))
     ramp = np.linspace(0, 1, max(horizon, 1), dtype=np.float32)[:, None, None]
     image = np.empty((height, width, 3), np.float32)
     image[:horizon] = sky_top * (1 - ramp) + sky_low * ramp
-    image[horizon:] = ground * np.linspace(1.0, 0.8, height - horizon, dtype=np.float32)[:, None, None]
+    image[horizon:] = (
+        ground * np.linspace(1.0, 0.8, height - horizon, dtype=np.float32)[:, None, None]
+    )
     image = image.astype(np.uint8)
     for _ in range(int(rng.integers(2, 6))):  # far blocks standing on the horizon
         w, h = int(rng.uniform(0.1, 0.35) * width), int(rng.uniform(0.1, 0.45) * height)
@@ -342,8 +423,9 @@ def _blend(image, label, mask, colour):
 
 
 def draw_occluders(image, label, rng, count, size):
-    """Trees, people, cars and posts in front of the landmark, drawn in place into ``image`` (float32) and
-    ``label`` (uint8, set to 0 where hidden); ``size`` scales them relative to the image height."""
+    """Trees, people, cars and posts in front of the landmark, drawn in place into ``image``
+    (float32) and ``label`` (uint8, set to 0 where hidden); ``size`` scales them relative to the
+    image height."""
     height, width = label.shape
     for _ in range(count):
         kind = str(rng.choice(["tree", "person", "car", "post"]))
@@ -357,7 +439,10 @@ def draw_occluders(image, label, rng, count, size):
             cv2.rectangle(first, (x - trunk, base - int(s)), (x + trunk, base), 255, -1)
             for bx, by in rng.normal(0, crown * 0.5, (4, 2)) + [x, base - s]:
                 cv2.circle(second, (int(bx), int(by)), crown, 255, -1, AA)
-            colours = ((70, 50, 35), hsv_colour(rng.uniform(0.2, 0.4), rng.uniform(0.4, 0.8), rng.uniform(0.2, 0.5)))
+            colours = (
+                (70, 50, 35),
+                hsv_colour(rng.uniform(0.2, 0.4), rng.uniform(0.4, 0.8), rng.uniform(0.2, 0.5)),
+            )
         elif kind == "person":
             w = int(s * 0.12) + 1
             cv2.rectangle(first, (x - w, base - int(0.45 * s)), (x + w, base), 255, -1)

@@ -1,8 +1,10 @@
-"""Image transforms: training augmentation, validation crop, normalisation with channel order, test-time resize.
+"""Image transforms: training augmentation, validation crop, normalisation with channel order,
+test-time resize.
 
-Images arrive as uint8 [H, W, 3] RGB arrays (datasets.image_io.read_image). The network input is float32
-[3, H, W], channels in the order the weights expect: torchvision ImageNet weights take RGB, the seed project's
-weights take BGR (it decoded with OpenCV) with its own mean and std.
+Images arrive as uint8 [H, W, 3] RGB arrays (datasets.image_io.read_image). The network input is
+float32
+[3, H, W], channels in the order the weights expect: torchvision ImageNet weights take RGB, the seed
+project's weights take BGR (it decoded with OpenCV) with its own mean and std.
 """
 
 import math
@@ -23,7 +25,8 @@ def to_chw_tensor(image):
 
 
 class Normalizer:
-    """[..., 3, H, W] RGB (uint8, or float in [0, 1]) -> float32 in ``channel_order``, minus mean, over std.
+    """[..., 3, H, W] RGB (uint8, or float in [0, 1]) -> float32 in ``channel_order``, minus mean,
+    over std.
 
     ``mean`` and ``std`` are per channel on [0, 1] pixels and given in ``channel_order``.
     """
@@ -32,7 +35,9 @@ class Normalizer:
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel order must be 'RGB' or 'BGR', got {channel_order!r}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each (std > 0), got mean {mean} and std {std}")
+            raise ValueError(
+                f"mean and std need 3 values each (std > 0), got mean {mean} and std {std}"
+            )
         self.channel_order = channel_order
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -52,7 +57,8 @@ def build_normalizer(cfg):
 
 
 class TrainTransform:
-    """Random resized crop (area TRAIN_AREA, aspect TRAIN_ASPECT) to im_size x im_size, optional flip, normalise."""
+    """Random resized crop (area TRAIN_AREA, aspect TRAIN_ASPECT) to im_size x im_size, optional
+    flip, normalise."""
 
     def __init__(self, im_size, normalizer, flip=False, area=TRAIN_AREA, aspect=TRAIN_ASPECT):
         self.im_size = im_size
@@ -63,7 +69,9 @@ class TrainTransform:
 
     def __call__(self, image):
         pixels = to_chw_tensor(image)
-        top, left, height, width = RandomResizedCrop.get_params(pixels, list(self.area), list(self.aspect))
+        top, left, height, width = RandomResizedCrop.get_params(
+            pixels, list(self.area), list(self.aspect)
+        )
         size = [self.im_size, self.im_size]
         pixels = F.resized_crop(pixels, top, left, height, width, size, antialias=True)
         if self.flip and torch.rand(()) < 0.5:
@@ -94,8 +102,9 @@ def resized_size(height, width, max_size):
 
 
 def resize_longest_side(image, max_size):
-    """Test-time resize of a uint8 [H, W, 3] array so its longest side is at most max_size (PIL bilinear, as
-    the official DELG extraction does); images already small enough are returned unchanged."""
+    """Test-time resize of a uint8 [H, W, 3] array so its longest side is at most max_size (PIL
+    bilinear, as the official DELG extraction does); images already small enough are returned
+    unchanged."""
     height, width = image.shape[:2]
     new_height, new_width = resized_size(height, width, max_size)
     if (new_height, new_width) == (height, width):

@@ -1,16 +1,20 @@
-"""Local heads on the (gradient-stopped) block3 map: attention scores, local descriptors, and what their losses need.
+"""Local heads on the (gradient-stopped) block3 map: attention scores, local descriptors, and what
+their losses need.
 
 Two variants share the attention network (conv1x1 -> hidden, BN, ReLU, conv1x1 -> 1, softplus):
-- ``autoencoder`` (the paper): descriptor = conv1x1 in -> d (no activation); decoder conv1x1 d -> in, ReLU. The
-  attention classifier sees mean_hw(attention * L2-normalised decoder output); the reconstruction loss is the MSE
-  between the decoder output and block3.
-- ``seed`` (the seed project): descriptor = BN(conv1(x)) of the attention network, the 512-d map taken before the
-  ReLU; the attention classifier sees mean_hw(attention * L2-normalised descriptor); no reconstruction loss.
+- ``autoencoder`` (the paper): descriptor = conv1x1 in -> d (no activation); decoder conv1x1 d ->
+  in, ReLU. The
+  attention classifier sees mean_hw(attention * L2-normalised decoder output); the reconstruction
+  loss is the MSE between the decoder output and block3.
+- ``seed`` (the seed project): descriptor = BN(conv1(x)) of the attention network, the 512-d map
+  taken before the
+  ReLU; the attention classifier sees mean_hw(attention * L2-normalised descriptor); no
+  reconstruction loss.
 
-Every head returns from ``forward`` a dict with "attention" [B, 1, h, w], "descriptors" [B, d, h, w] (not
-normalised), "pooled" [B, pooled_dim] (input of the attention classifier) and "reconstruction_loss" (scalar), and
-from ``extract`` just (attention, descriptors). Convs start as in the official (Keras) release: Glorot-uniform
-weights, zero biases.
+Every head returns from ``forward`` a dict with "attention" [B, 1, h, w], "descriptors" [B, d, h, w]
+(not normalised), "pooled" [B, pooled_dim] (input of the attention classifier) and
+"reconstruction_loss" (scalar), and from ``extract`` just (attention, descriptors). Convs start as
+in the official (Keras) release: Glorot-uniform weights, zero biases.
 """
 
 import torch
@@ -48,7 +52,8 @@ class AttentionNetwork(nn.Module):
 
 
 class Autoencoder(nn.Module):
-    """conv1x1 in -> d (the local descriptor, no activation), conv1x1 d -> in with ReLU (the reconstruction)."""
+    """conv1x1 in -> d (the local descriptor, no activation), conv1x1 d -> in with ReLU (the
+    reconstruction)."""
 
     def __init__(self, in_channels, descriptor_dim):
         super().__init__()
@@ -61,7 +66,8 @@ class Autoencoder(nn.Module):
 
 
 def attention_pool(features, attention):
-    """mean over h, w of attention * L2-normalised features: [B, C, h, w], [B, 1, h, w] -> [B, C]."""
+    """mean over h, w of attention * L2-normalised features: [B, C, h, w], [B, 1, h, w] -> [B,
+    C]."""
     return (attention * F.normalize(features, dim=1)).mean(dim=(2, 3))
 
 
@@ -93,13 +99,17 @@ class AutoencoderLocalHead(nn.Module):
 
 @LOCAL_HEADS.register("seed")
 class SeedLocalHead(nn.Module):
-    """The seed's local head: the attention network's hidden map BN(conv1(x)) is also the local descriptor."""
+    """The seed's local head: the attention network's hidden map BN(conv1(x)) is also the local
+    descriptor."""
 
     def __init__(self, in_channels, attention_dim, descriptor_dim, bn_eps=1e-5, bn_momentum=0.1):
         super().__init__()
         if descriptor_dim != attention_dim:
-            raise ValueError(f"the seed local head's descriptor is the attention network's hidden map: descriptor "
-                             f"dim {descriptor_dim} must equal attention dim {attention_dim}")
+            raise ValueError(
+                "the seed local head's descriptor is the attention network's hidden map: "
+                "descriptor "
+                f"dim {descriptor_dim} must equal attention dim {attention_dim}"
+            )
         self.attention = AttentionNetwork(in_channels, attention_dim, bn_eps, bn_momentum)
         self.descriptor_dim = descriptor_dim
         self.pooled_dim = attention_dim

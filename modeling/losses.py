@@ -9,7 +9,8 @@ from core.config import ConfigError
 class DelgLoss(nn.Module):
     """``loss, parts = DelgLoss(...)(outputs, labels)`` on the dict returned by ``DELG.forward``.
 
-    parts = {"global", "attention", "reconstruction"}: the unweighted terms as detached 0-dim float32 tensors, so
+    parts = {"global", "attention", "reconstruction"}: the unweighted terms as detached 0-dim
+    float32 tensors, so
     that logging costs no device synchronisation until the caller asks for ``.item()``.
     """
 
@@ -23,19 +24,29 @@ class DelgLoss(nn.Module):
         global_ce = F.cross_entropy(outputs["global_logits"].float(), labels)
         attention_ce = F.cross_entropy(outputs["attention_logits"].float(), labels)
         reconstruction = outputs["reconstruction_loss"].float()
-        total = (self.global_weight * global_ce + self.attention_weight * attention_ce
-                 + self.reconstruction_weight * reconstruction)
-        parts = {"global": global_ce.detach(), "attention": attention_ce.detach(),
-                 "reconstruction": reconstruction.detach()}
+        total = (
+            self.global_weight * global_ce
+            + self.attention_weight * attention_ce
+            + self.reconstruction_weight * reconstruction
+        )
+        parts = {
+            "global": global_ce.detach(),
+            "attention": attention_ce.detach(),
+            "reconstruction": reconstruction.detach(),
+        }
         return total, parts
 
 
 def build_loss(cfg=None):
-    """DelgLoss with the weights of MODEL.LOSSES (the global ``core.config.cfg`` when none is given)."""
+    """DelgLoss with the weights of MODEL.LOSSES (the global ``core.config.cfg`` when none is
+    given)."""
     if cfg is None:
         from core.config import cfg
     if cfg.MODEL.LOSS_FUN != "cross_entropy":
-        raise ConfigError(f"MODEL.LOSS_FUN must be cross_entropy (DELG trains with cross-entropy on margin logits), "
-                          f"got {cfg.MODEL.LOSS_FUN!r}")
+        raise ConfigError(
+            "MODEL.LOSS_FUN must be cross_entropy (DELG trains with cross-entropy on margin "
+            "logits), "
+            f"got {cfg.MODEL.LOSS_FUN!r}"
+        )
     weights = cfg.MODEL.LOSSES
     return DelgLoss(weights.GLOBAL_WEIGHT, weights.ATTENTION_WEIGHT, weights.RECONSTRUCTION_WEIGHT)

@@ -1,9 +1,9 @@
 """Classification heads on the global embedding: cosine logits, with or without an angular margin.
 
-All heads take (embedding [B, D], labels [B] or None) and return logits [B, num_classes]. Without labels (validation,
-inspection) every head returns the plain scaled cosine s cos(theta). The cosine and the margin arithmetic run in at
-least float32 with autocast off: the margin acts on cosines near +-1, where bfloat16 keeps only 2-3 digits, and the
-head costs under 1% of a training step.
+All heads take (embedding [B, D], labels [B] or None) and return logits [B, num_classes]. Without
+labels (validation, inspection) every head returns the plain scaled cosine s cos(theta). The cosine
+and the margin arithmetic run in at least float32 with autocast off: the margin acts on cosines near
++-1, where bfloat16 keeps only 2-3 digits, and the head costs under 1% of a training step.
 """
 
 import contextlib
@@ -17,7 +17,11 @@ from modeling.registry import MARGIN_HEADS
 
 
 def _autocast_off(device):
-    return contextlib.nullcontext() if device.type == "meta" else torch.autocast(device.type, enabled=False)
+    return (
+        contextlib.nullcontext()
+        if device.type == "meta"
+        else torch.autocast(device.type, enabled=False)
+    )
 
 
 @MARGIN_HEADS.register("cosine")
@@ -32,7 +36,8 @@ class CosineHead(nn.Module):
         nn.init.normal_(self.weight, std=0.01)
 
     def cosine(self, embedding):
-        """cos(theta) between each embedding and each class weight, [B, num_classes], clamped to [-1, 1]."""
+        """cos(theta) between each embedding and each class weight, [B, num_classes], clamped to
+        [-1, 1]."""
         dtype = torch.promote_types(embedding.dtype, torch.float32)
         with _autocast_off(embedding.device):
             unit_embedding = F.normalize(embedding.to(dtype), dim=1)
@@ -43,8 +48,10 @@ class CosineHead(nn.Module):
         return self.scale * self.cosine(embedding)
 
     def extra_repr(self):
-        return (f"in_features={self.in_features}, num_classes={self.num_classes}, scale={self.scale}, "
-                f"margin={self.margin}")
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, scale={self.scale}, "
+            f"margin={self.margin}"
+        )
 
 
 def _target_with_margin(cosine, labels, margin):
@@ -59,8 +66,8 @@ def _target_with_margin(cosine, labels, margin):
 class ArcFaceHead(CosineHead):
     """ArcFace as in the official DELG release.
 
-    Target class: s cos(theta + m) while theta + m < pi, else s cos(theta) (the margin is dropped, so the logit stays
-    monotonic in theta); other classes: s cos(theta).
+    Target class: s cos(theta + m) while theta + m < pi, else s cos(theta) (the margin is dropped,
+    so the logit stays monotonic in theta); other classes: s cos(theta).
     """
 
     def forward(self, embedding, labels=None):
@@ -77,10 +84,11 @@ class ArcFaceHead(CosineHead):
 class CurricularArcFaceHead(CosineHead):
     """The seed project's head: ArcFace with a CurricularFace-style modulation of hard negatives.
 
-    Target class: cos(theta + m) while cos(theta) > cos(pi - m), else cos(theta) - m sin(pi - m) (CosFace-like
-    fallback). Non-target classes with cos > cos(theta_target + m) (hard negatives) become cos (t + cos), where t
-    is a running mean of the target cosine (momentum 0.01), updated before use in each training forward. All
-    times s. Differs from the seed only in that t is not updated outside training mode.
+    Target class: cos(theta + m) while cos(theta) > cos(pi - m), else cos(theta) - m sin(pi - m)
+    (CosFace-like fallback). Non-target classes with cos > cos(theta_target + m) (hard negatives)
+    become cos (t + cos), where t is a running mean of the target cosine (momentum 0.01), updated
+    before use in each training forward. All times s. Differs from the seed only in that t is not
+    updated outside training mode.
     """
 
     t_momentum = 0.01
@@ -98,7 +106,9 @@ class CurricularArcFaceHead(CosineHead):
         target_logit = torch.where(target > math.cos(math.pi - self.margin), with_margin, fallback)
         if self.training:
             with torch.no_grad():
-                self.t.mul_(1.0 - self.t_momentum).add_(self.t_momentum * target.mean().to(self.t.dtype))
+                self.t.mul_(1.0 - self.t_momentum).add_(
+                    self.t_momentum * target.mean().to(self.t.dtype)
+                )
         t = self.t.to(cosine.dtype)
         hard = cosine > with_margin
         cosine = torch.where(hard, cosine * (t + cosine), cosine)

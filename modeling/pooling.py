@@ -7,9 +7,10 @@ import torch.nn as nn
 class GeM(nn.Module):
     """GeM over the spatial dimensions: [B, C, H, W] -> [B, C].
 
-    The power is a parameter when learnable (the seed) and a buffer otherwise (the paper); either way it is stored
-    as ``p`` with shape [1], so checkpoints of both variants share the key. Pooling runs in at least float32
-    (x ** 3 of activations overflows float16 under autocast); the result comes back in the input's dtype.
+    The power is a parameter when learnable (the seed) and a buffer otherwise (the paper); either
+    way it is stored as ``p`` with shape [1], so checkpoints of both variants share the key. Pooling
+    runs in at least float32 (x ** 3 of activations overflows float16 under autocast); the result
+    comes back in the input's dtype.
     """
 
     def __init__(self, p=3.0, learnable=False, eps=1e-6):

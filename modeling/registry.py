@@ -1,10 +1,12 @@
-"""Small name -> constructor registries, so a config string picks a part (as timm does for models)."""
+"""Small name -> constructor registries, so a config string picks a part (as timm does for
+models)."""
 
 from core.config import ConfigError
 
 
 class Registry:
-    """Maps names to constructors; ``get`` names the config key and the known names when a name is unknown."""
+    """Maps names to constructors; ``get`` names the config key and the known names when a name is
+    unknown."""
 
     def __init__(self, kind, config_key):
         self.kind = kind
@@ -22,7 +24,9 @@ class Registry:
 
     def get(self, name):
         if name not in self._entries:
-            raise ConfigError(f"{self.config_key}: unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            raise ConfigError(
+                f"{self.config_key}: unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
+            )
         return self._entries[name]
 
     def names(self):

@@ -1,14 +1,16 @@
 """ResNet / ResNeXt backbones that give the block3 (local branch) and block4 (global branch) maps.
 
-Parameter names follow torchvision (conv1, bn1, layer1.0.conv1, ..., layer1.0.downsample.0), so an ImageNet
-torchvision file loads without renaming. Unlike torchvision, the width scales every stage (WIDTH_PER_GROUP 32 =
-half-width network for fast CPU presets) and the stride of a bottleneck can sit on its 1x1 conv (MSRA / the
-official TensorFlow ResNet) or on its 3x3 conv (torchvision, the seed).
+Parameter names follow torchvision (conv1, bn1, layer1.0.conv1, ..., layer1.0.downsample.0), so an
+ImageNet torchvision file loads without renaming. Unlike torchvision, the width scales every stage
+(WIDTH_PER_GROUP 32 = half-width network for fast CPU presets) and the stride of a bottleneck can
+sit on its 1x1 conv (MSRA / the official TensorFlow ResNet) or on its 3x3 conv (torchvision, the
+seed).
 
-Local stride 32 follows the official DELG release: a 1x1 max-pool with stride 2 subsamples block3. Here only the
-local branch sees the subsampled map; block4 keeps its own stride-2 first block on the full block3 map. With the
-stride on the 1x1 conv both are the same computation (a strided 1x1 conv is subsample-then-1x1); with the stride
-on the 3x3 conv this keeps block4 computing exactly what its ImageNet weights were trained for.
+Local stride 32 follows the official DELG release: a 1x1 max-pool with stride 2 subsamples block3.
+Here only the local branch sees the subsampled map; block4 keeps its own stride-2 first block on the
+full block3 map. With the stride on the 1x1 conv both are the same computation (a strided 1x1 conv
+is subsample-then-1x1); with the stride on the 3x3 conv this keeps block4 computing exactly what its
+ImageNet weights were trained for.
 """
 
 import functools
@@ -17,7 +19,13 @@ import torch.nn as nn
 
 from modeling.registry import BACKBONES
 
-STAGE_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+STAGE_DEPTHS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
 STANDARD_BLOCK = {18: "basic", 34: "basic", 50: "bottleneck", 101: "bottleneck", 152: "bottleneck"}
 
 
@@ -27,10 +35,14 @@ class BasicBlock(nn.Module):
     expansion = 1
     final_bn = "bn2"  # zero-initialised by BN.ZERO_INIT_FINAL_GAMMA
 
-    def __init__(self, in_channels, planes, stride, norm_layer, inner_width=None, groups=1, stride_1x1=False):
+    def __init__(
+        self, in_channels, planes, stride, norm_layer, inner_width=None, groups=1, stride_1x1=False
+    ):
         super().__init__()
         if groups != 1 or (inner_width is not None and inner_width != planes):
-            raise ValueError("the basic block supports neither groups nor a separate inner width (ResNeXt)")
+            raise ValueError(
+                "the basic block supports neither groups nor a separate inner width (ResNeXt)"
+            )
         self.conv1 = nn.Conv2d(in_channels, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -46,19 +58,24 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1, BN, ReLU, 3x3 (grouped), BN, ReLU, 1x1 (x4 channels), BN, plus the (projected) input, ReLU."""
+    """1x1, BN, ReLU, 3x3 (grouped), BN, ReLU, 1x1 (x4 channels), BN, plus the (projected) input,
+    ReLU."""
 
     expansion = 4
     final_bn = "bn3"
 
-    def __init__(self, in_channels, planes, stride, norm_layer, inner_width=None, groups=1, stride_1x1=False):
+    def __init__(
+        self, in_channels, planes, stride, norm_layer, inner_width=None, groups=1, stride_1x1=False
+    ):
         super().__init__()
         width = planes if inner_width is None else inner_width
         out_channels = planes * self.expansion
         stride_a, stride_b = (stride, 1) if stride_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, width, 1, stride=stride_a, bias=False)
         self.bn1 = norm_layer(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride_b, padding=1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(
+            width, width, 3, stride=stride_b, padding=1, groups=groups, bias=False
+        )
         self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = norm_layer(out_channels)
@@ -76,20 +93,38 @@ class Bottleneck(nn.Module):
 def _projection(in_channels, out_channels, stride, norm_layer):
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm_layer(out_channels))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm_layer(out_channels)
+    )
 
 
 @BACKBONES.register("resnet")
 class ResNet(nn.Module):
-    """ResNet-18/34/50/101/152 (ResNeXt with groups > 1); ``forward`` returns (block3 for the local branch, block4).
+    """ResNet-18/34/50/101/152 (ResNeXt with groups > 1); ``forward`` returns (block3 for the local
+    branch, block4).
 
-    width_per_group: with groups == 1 the base width of the network (64 standard, 32 halves every stage and the
-    stem); with groups > 1 the width of one group of the 3x3 convs (ResNeXt-50 32x4d: groups 32, width 4).
-    local_stride: 16 (block3 as is) or 32 (1x1 max-pool, stride 2, on the local branch; see the module docstring).
+    width_per_group: with groups == 1 the base width of the network (64 standard, 32 halves every
+    stage and the
+    stem); with groups > 1 the width of one group of the 3x3 convs (ResNeXt-50 32x4d: groups 32,
+    width 4).
+    local_stride: 16 (block3 as is) or 32 (1x1 max-pool, stride 2, on the local branch; see the
+    module docstring).
     """
 
-    def __init__(self, depth=50, block=None, groups=1, width_per_group=64, stride_1x1=False, local_stride=16,
-                 bn_eps=1e-5, bn_momentum=0.1, zero_init_final_gamma=False, freeze_bn=False, freeze_stem=False):
+    def __init__(
+        self,
+        depth=50,
+        block=None,
+        groups=1,
+        width_per_group=64,
+        stride_1x1=False,
+        local_stride=16,
+        bn_eps=1e-5,
+        bn_momentum=0.1,
+        zero_init_final_gamma=False,
+        freeze_bn=False,
+        freeze_stem=False,
+    ):
         super().__init__()
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
@@ -97,7 +132,9 @@ class ResNet(nn.Module):
             raise ValueError(f"local stride must be 16 or 32, got {local_stride}")
         block = block or STANDARD_BLOCK[depth]
         block_class = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
-        self.stride_1x1 = stride_1x1 and block_class is Bottleneck  # basic blocks have no 1x1 conv to stride
+        self.stride_1x1 = (
+            stride_1x1 and block_class is Bottleneck
+        )  # basic blocks have no 1x1 conv to stride
         if groups > 1 and block_class is BasicBlock:
             raise ValueError("grouped convolutions (ResNeXt) need bottleneck blocks")
         norm_layer = functools.partial(nn.BatchNorm2d, eps=bn_eps, momentum=bn_momentum)
@@ -116,13 +153,19 @@ class ResNet(nn.Module):
             blocks = []
             for block_index in range(num_blocks):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(block_class(in_channels, planes, stride, norm_layer, inner_width, groups, stride_1x1))
+                blocks.append(
+                    block_class(
+                        in_channels, planes, stride, norm_layer, inner_width, groups, stride_1x1
+                    )
+                )
                 in_channels = planes * block_class.expansion
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
             if index == 2:
                 self.block3_channels = in_channels
         self.block4_channels = in_channels
-        self.local_pool = nn.MaxPool2d(kernel_size=1, stride=2) if local_stride == 32 else nn.Identity()
+        self.local_pool = (
+            nn.MaxPool2d(kernel_size=1, stride=2) if local_stride == 32 else nn.Identity()
+        )
         self._init_weights(zero_init_final_gamma)
         self._freeze_parameters()
 
@@ -167,9 +210,11 @@ class ResNet(nn.Module):
         return self.local_pool(block3), self.layer4(block3)
 
     def local_path_modules(self):
-        """Convs and pools from the input to the local map, in order, along the main (longest) path of each block.
+        """Convs and pools from the input to the local map, in order, along the main (longest) path
+        of each block.
 
-        modeling.geometry composes receptive field, stride and padding from these modules' definitions.
+        modeling.geometry composes receptive field, stride and padding from these modules'
+        definitions.
         """
         modules = [self.conv1, self.maxpool]
         for layer in (self.layer1, self.layer2, self.layer3):

@@ -7,7 +7,13 @@ import pytest
 from asmk import ASMKMethod
 
 from core.config import cfg as global_cfg
-from tools.rerank.asmk_search import AsmkIndex, AsmkParams, cache_dir_from_cfg, flatten_local, params_from_cfg
+from tools.rerank.asmk_search import (
+    AsmkIndex,
+    AsmkParams,
+    cache_dir_from_cfg,
+    flatten_local,
+    params_from_cfg,
+)
 
 DIM = 64
 LANDMARKS = 6
@@ -16,14 +22,16 @@ PARAMS = AsmkParams(codebook_size=32, train_features=100_000)
 
 
 def _image(rng, parts, count=48, clutter=8):
-    """Descriptors of one view: noisy copies of its landmark's parts plus random clutter, float16 as in the store."""
+    """Descriptors of one view: noisy copies of its landmark's parts plus random clutter, float16 as
+    in the store."""
     chosen = parts[rng.integers(len(parts), size=count)] + 0.1 * rng.normal(size=(count, DIM))
     descriptors = np.concatenate([chosen, rng.normal(size=(clutter, DIM))])
     return (descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)).astype(np.float16)
 
 
 def _dataset(seed=0, trailing_empty=True):
-    """Database and query views of synthetic landmarks; some images of both have no local features at all."""
+    """Database and query views of synthetic landmarks; some images of both have no local features
+    at all."""
     rng = np.random.default_rng(seed)
     parts = rng.normal(size=(LANDMARKS, 12, DIM))
     database, labels = [], []
@@ -74,7 +82,9 @@ def test_rerank_reorders_only_the_shortlist():
     index = _build(database)
     rng = np.random.default_rng(3)
     shortlist = np.stack([rng.permutation(len(labels))[:12] for _ in range(num_queries)])
-    for query, landmark in enumerate(query_labels):  # make sure two right images sit at the end of the shortlist
+    for query, landmark in enumerate(
+        query_labels
+    ):  # make sure two right images sit at the end of the shortlist
         if landmark >= 0:
             right = np.flatnonzero(labels == landmark)[:2]
             others = [item for item in shortlist[query] if item not in right][:10]
@@ -107,10 +117,16 @@ def test_second_build_reuses_the_cache_and_a_change_rebuilds_it(tmp_path):
     second = _build(database, cache_dir=tmp_path)
     assert not second.codebook_trained and not second.ivf_built
     assert {path: os.stat(path).st_mtime_ns for path in files} == stamps
-    np.testing.assert_array_equal(second.score_matrix(q_descriptors, q_ids, num_queries),
-                                  first.score_matrix(q_descriptors, q_ids, num_queries))
+    np.testing.assert_array_equal(
+        second.score_matrix(q_descriptors, q_ids, num_queries),
+        first.score_matrix(q_descriptors, q_ids, num_queries),
+    )
 
-    other_kernel = _build(database, dataclasses.replace(PARAMS, binary=False, train_features=10**6), cache_dir=tmp_path)
+    other_kernel = _build(
+        database,
+        dataclasses.replace(PARAMS, binary=False, train_features=10**6),
+        cache_dir=tmp_path,
+    )
     assert not other_kernel.codebook_trained and other_kernel.ivf_built
 
     descriptors, image_ids, num_images = database
@@ -131,13 +147,17 @@ def test_inverted_file_equals_the_packages_own():
         _, images, ranks, scores = reference.query_ivf(q_descriptors, q_ids)
         expected = np.zeros((len(images), num_images))
         np.put_along_axis(expected, ranks, scores, axis=1)
-        np.testing.assert_allclose(ours.score_matrix(q_descriptors, q_ids)[images], expected, atol=1e-6)
+        np.testing.assert_allclose(
+            ours.score_matrix(q_descriptors, q_ids)[images], expected, atol=1e-6
+        )
 
 
 def test_codebook_sample_follows_the_seed():
     database = _dataset()[0]
     params = AsmkParams(codebook_size=16, train_features=200)
-    centroids = [_build(database, params, seed=seed).method.codebook.centroids for seed in (0, 0, 1)]
+    centroids = [
+        _build(database, params, seed=seed).method.codebook.centroids for seed in (0, 0, 1)
+    ]
     np.testing.assert_array_equal(centroids[0], centroids[1])
     assert not np.allclose(centroids[0], centroids[2])
 
@@ -147,8 +167,15 @@ def test_params_and_cache_dir_come_from_the_config():
     cfg.ASMK.CODEBOOK_SIZE, cfg.ASMK.BINARY, cfg.ASMK.MULTIPLE_ASSIGNMENT_QUERY = 128, False, 3
     cfg.ASMK.ALPHA, cfg.ASMK.SIMILARITY_THRESHOLD, cfg.ASMK.TRAIN_FEATURES = 2.0, 0.1, 5000
     params = params_from_cfg(cfg)
-    assert params == AsmkParams(codebook_size=128, train_features=5000, binary=False, multiple_assignment_db=1,
-                                multiple_assignment_query=3, alpha=2.0, similarity_threshold=0.1)
+    assert params == AsmkParams(
+        codebook_size=128,
+        train_features=5000,
+        binary=False,
+        multiple_assignment_db=1,
+        multiple_assignment_query=3,
+        alpha=2.0,
+        similarity_threshold=0.1,
+    )
     package = params.package_params()
     assert package["train_codebook"]["codebook"]["size"] == 128
     assert package["build_ivf"]["kernel"]["binary"] is False

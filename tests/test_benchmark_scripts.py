@@ -1,5 +1,6 @@
-"""Every benchmark script still runs (at toy sizes) and ends with its headline line: a benchmark that broke with
-a refactor would otherwise be found only on the GPU machine. The timings themselves are not checked here."""
+"""Every benchmark script still runs (at toy sizes) and ends with its headline line: a benchmark
+that broke with a refactor would otherwise be found only on the GPU machine. The timings themselves
+are not checked here."""
 
 import re
 import subprocess
@@ -10,15 +11,48 @@ import pytest
 from tests.tiny import REPO
 
 SHARED_GND = REPO.parent / "shared" / "data" / "revisitop" / "gnd_roxford5k.pkl"
-TINY_R18 = ["MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "16"]
+TINY_R18 = [
+    "MODEL.DEPTH",
+    "18",
+    "RESNET.TRANS_FUN",
+    "basic_transform",
+    "RESNET.WIDTH_PER_GROUP",
+    "16",
+]
 HEADLINE = re.compile(r"^ratio: \d+(\.\d+)?$")
 
 CASES = {
-    "train": ["--depth", "18", "--classes", "10", "--batch", "2", "--size", "64", "--steps", "3", "--warmup", "0",
-              "--threads", "1"],
-    "extract": ["--runs", "1", *TINY_R18, "EXTRACT.MAX_IMAGE_SIZE", "128", "EXTRACT.MAX_FEATURES", "50",
-                "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",
-                "MODEL.LOCAL.DESCRIPTOR_DIM", "16"],
+    "train": [
+        "--depth",
+        "18",
+        "--classes",
+        "10",
+        "--batch",
+        "2",
+        "--size",
+        "64",
+        "--steps",
+        "3",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+    ],
+    "extract": [
+        "--runs",
+        "1",
+        *TINY_R18,
+        "EXTRACT.MAX_IMAGE_SIZE",
+        "128",
+        "EXTRACT.MAX_FEATURES",
+        "50",
+        "MODEL.HEADS.REDUCTION_DIM",
+        "32",
+        "MODEL.LOCAL.ATTENTION_DIM",
+        "32",
+        "MODEL.LOCAL.DESCRIPTOR_DIM",
+        "16",
+    ],
     "rerank": ["--pairs", "3", "--baseline-pairs", "2"],
     "eval": ["--rows", "6000", "--gnd", str(SHARED_GND)],
 }

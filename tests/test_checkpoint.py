@@ -24,7 +24,9 @@ def _state(global_iter, model=None, optimizer=None):
     model = model or nn.Linear(3, 2)
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     position = Position(global_iter // 5, global_iter % 5, global_iter)
-    return training_state(model, optimizer, None, position, [capture_rng_state()], [10, 31, 77], "A: 1\n")
+    return training_state(
+        model, optimizer, None, position, [capture_rng_state()], [10, 31, 77], "A: 1\n"
+    )
 
 
 def test_rotation_keeps_the_newest(tmp_path):
@@ -32,7 +34,9 @@ def test_rotation_keeps_the_newest(tmp_path):
         path = save_checkpoint(str(tmp_path), _state(it), keep=2)
     assert [it for it, _ in list_checkpoints(str(tmp_path))] == [15, 20]
     assert path.endswith("checkpoint_000000020.pth")
-    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.suffix != ".pth"]  # no temporary files left
+    assert not [
+        p for p in (tmp_path / "checkpoints").iterdir() if p.suffix != ".pth"
+    ]  # no temporary files left
 
 
 def test_state_round_trip_restores_model_optimizer_and_position(tmp_path):
@@ -45,7 +49,9 @@ def test_state_round_trip_restores_model_optimizer_and_position(tmp_path):
     state = torch.load(path, weights_only=True)  # plain tensors and containers only
     fresh = nn.Linear(3, 2)
     fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9)
-    position = restore_training_state(state, fresh, fresh_optimizer, None, [10, 31, 77], epoch_iters=5)
+    position = restore_training_state(
+        state, fresh, fresh_optimizer, None, [10, 31, 77], epoch_iters=5
+    )
     assert position == Position(1, 2, 7)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
     momentum = [s["momentum_buffer"] for s in fresh_optimizer.state.values()]
@@ -76,7 +82,11 @@ def test_rng_states_round_trip():
     random.seed(99)
     restore_rng_state(state)
     got = torch.rand(3), np.random.randn(3), random.gauss(0, 1), random.random()
-    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2:] == got[2:]
+    assert (
+        torch.equal(expected[0], got[0])
+        and np.array_equal(expected[1], got[1])
+        and expected[2:] == got[2:]
+    )
     assert all(torch.is_tensor(v) for k, v in state.items() if k != "cuda")
 
 
@@ -89,7 +99,11 @@ def test_truncated_newest_is_reported_and_skipped(tmp_path):
     reports = []
     path, state = newest_readable_checkpoint(str(tmp_path), reports.append)
     assert path.endswith("checkpoint_000000005.pth") and state["position"]["global_iter"] == 5
-    assert len(reports) == 1 and "checkpoint_000000010.pth" in reports[0] and "unreadable" in reports[0]
+    assert (
+        len(reports) == 1
+        and "checkpoint_000000010.pth" in reports[0]
+        and "unreadable" in reports[0]
+    )
 
 
 def test_foreign_or_missing_checkpoints(tmp_path):
@@ -100,10 +114,16 @@ def test_foreign_or_missing_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         read_training_checkpoint(str(foreign))
     reports = []
-    assert newest_readable_checkpoint(str(tmp_path), reports.append) == (None, None) and len(reports) == 1
+    assert (
+        newest_readable_checkpoint(str(tmp_path), reports.append) == (None, None)
+        and len(reports) == 1
+    )
 
 
 def test_config_differences_name_each_changed_key():
     saved = "OPTIM:\n  MAX_EPOCH: 10\n  STEPS: [0, 5]\nTRAIN:\n  BATCH_SIZE: 8\n"
     current = "OPTIM:\n  MAX_EPOCH: 20\n  STEPS: [0, 5]\nTRAIN:\n  BATCH_SIZE: 8\nNEW: 1\n"
-    assert config_differences(saved, current) == [("NEW", "<absent>", 1), ("OPTIM.MAX_EPOCH", 10, 20)]
+    assert config_differences(saved, current) == [
+        ("NEW", "<absent>", 1),
+        ("OPTIM.MAX_EPOCH", 10, 20),
+    ]

@@ -1,6 +1,6 @@
-"""The demo end to end, reduced (tiny synthetic world, quarter-width network, 16 iterations), and the trainer's
-retrieval-in-the-loop validation, whose last mAP must equal the one extraction + evaluation give for the final
-checkpoint."""
+"""The demo end to end, reduced (tiny synthetic world, quarter-width network, 16 iterations), and
+the trainer's retrieval-in-the-loop validation, whose last mAP must equal the one extraction +
+evaluation give for the final checkpoint."""
 
 import subprocess
 import sys
@@ -31,8 +31,22 @@ def tiny_world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_run(tiny_world):
     out = tiny_world.parent / "demo_out"
-    command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny", "--data", str(tiny_world),
-               "--out", str(out), "--iters", str(ITERATIONS), "--threads", "1"]
+    command = [
+        sys.executable,
+        "tools/demo.py",
+        "--cfg",
+        CI_CONFIG,
+        "--size",
+        "tiny",
+        "--data",
+        str(tiny_world),
+        "--out",
+        str(out),
+        "--iters",
+        str(ITERATIONS),
+        "--threads",
+        "1",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result.stdout
@@ -70,18 +84,35 @@ def test_retrieval_in_the_loop_matches_extraction_and_evaluation(demo_run):
     records = read_json_log(str(out / "train" / JSON_LOG_NAME))
     retrieval = [record for record in records if record["type"] == "retrieval"]
     validations = [record for record in records if record["type"] == "val"]
-    assert [r["iter"] for r in retrieval] == [r["iter"] for r in validations]  # every EVAL_PERIOD and at the end
+    assert [r["iter"] for r in retrieval] == [
+        r["iter"] for r in validations
+    ]  # every EVAL_PERIOD and at the end
     assert len(retrieval) >= 2 and retrieval[-1]["iter"] == ITERATIONS
-    # the trainer's model after the last step is the final checkpoint the demo extracted and evaluated
+    # the trainer's model after the last step is the final checkpoint the demo extracted and
+    # evaluated
     results = read_json(str(out / "results.json"))
     for protocol in ("E", "M", "H"):
-        assert retrieval[-1][f"mAP_{protocol}"] == pytest.approx(results["global"][protocol]["mAP"], abs=1e-4)
-        assert retrieval[-1][f"mP@5_{protocol}"] == pytest.approx(results["global"][protocol]["mP@5"], abs=1e-4)
+        assert retrieval[-1][f"mAP_{protocol}"] == pytest.approx(
+            results["global"][protocol]["mAP"], abs=1e-4
+        )
+        assert retrieval[-1][f"mP@5_{protocol}"] == pytest.approx(
+            results["global"][protocol]["mP@5"], abs=1e-4
+        )
 
 
-def test_retrieval_in_the_loop_without_its_dataset_stops_with_a_clear_message(tiny_world, tmp_path, capsys):
-    opts = ["TRAIN.DATA_ROOT", str(tiny_world / "train"), "EVAL.DATA_ROOT", str(tmp_path / "nowhere"),
-            "OUT_DIR", str(tmp_path / "run"), "OPTIM.MAX_ITER", "2"]
+def test_retrieval_in_the_loop_without_its_dataset_stops_with_a_clear_message(
+    tiny_world, tmp_path, capsys
+):
+    opts = [
+        "TRAIN.DATA_ROOT",
+        str(tiny_world / "train"),
+        "EVAL.DATA_ROOT",
+        str(tmp_path / "nowhere"),
+        "OUT_DIR",
+        str(tmp_path / "run"),
+        "OPTIM.MAX_ITER",
+        "2",
+    ]
     assert trainer.train_in_process(load_cfg(CI_CONFIG, opts).dump()) == trainer.EXIT_CONFIG
     assert "EVAL.DATA_ROOT" in capsys.readouterr().out
 
@@ -93,24 +124,58 @@ def test_a_world_of_another_seed_is_not_silently_reused(tiny_world):
 
 
 def test_a_config_mistake_stops_the_demo_before_it_generates_anything(tmp_path):
-    command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny", "--data",
-               str(tmp_path / "world"), "--out", str(tmp_path / "out"), "TRAIN.IM_SIZ", "64"]
+    command = [
+        sys.executable,
+        "tools/demo.py",
+        "--cfg",
+        CI_CONFIG,
+        "--size",
+        "tiny",
+        "--data",
+        str(tmp_path / "world"),
+        "--out",
+        str(tmp_path / "out"),
+        "TRAIN.IM_SIZ",
+        "64",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "unknown config key 'TRAIN.IM_SIZ'; did you mean TRAIN.IM_SIZE" in result.stdout + result.stderr
+    assert (
+        "unknown config key 'TRAIN.IM_SIZ'; did you mean TRAIN.IM_SIZE"
+        in result.stdout + result.stderr
+    )
     assert not (tmp_path / "world").exists() and not (tmp_path / "out").exists()
 
 
 def test_an_interrupted_demo_continues_its_training_to_the_same_results(tiny_world, tmp_path):
-    """Run the reduced demo with a checkpoint every 6 iterations, drop every checkpoint after the mid-epoch one at
-    iteration 6 (as if the run had been killed at 11), run it again: it resumes and writes the same results. Once
-    finished, the model is reused; a changed config is a new training and starts afresh."""
+    """Run the reduced demo with a checkpoint every 6 iterations, drop every checkpoint after the
+    mid-epoch one at iteration 6 (as if the run had been killed at 11), run it again: it resumes and
+    writes the same results. Once finished, the model is reused; a changed config is a new training
+    and starts afresh."""
     out = tmp_path / "out"
-    command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny", "--data", str(tiny_world),
-               "--out", str(out), "--iters", str(ITERATIONS), "--threads", "1", "TRAIN.CHECKPOINT_ITERS", "6"]
+    command = [
+        sys.executable,
+        "tools/demo.py",
+        "--cfg",
+        CI_CONFIG,
+        "--size",
+        "tiny",
+        "--data",
+        str(tiny_world),
+        "--out",
+        str(out),
+        "--iters",
+        str(ITERATIONS),
+        "--threads",
+        "1",
+        "TRAIN.CHECKPOINT_ITERS",
+        "6",
+    ]
 
     def run(*extra):
-        result = subprocess.run([*command, *extra], cwd=REPO, capture_output=True, text=True, timeout=170)
+        result = subprocess.run(
+            [*command, *extra], cwd=REPO, capture_output=True, text=True, timeout=170
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout + result.stderr
 

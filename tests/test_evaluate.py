@@ -20,7 +20,11 @@ from tools.revisitop.evaluation import (
 from tools.revisitop.metrics import compute_map
 from tools.revisitop.protocols import protocol_gnds
 
-PROVENANCE = {"config": {"EXTRACT": {"MAX_FEATURES": 100}}, "checkpoint_sha256": "abc", "global_scales": [1.0]}
+PROVENANCE = {
+    "config": {"EXTRACT": {"MAX_FEATURES": 100}},
+    "checkpoint_sha256": "abc",
+    "global_scales": [1.0],
+}
 HOMOGRAPHY = np.array([[0.95, 0.05, 12.0], [-0.04, 1.05, -8.0], [1e-4, 5e-5, 1.0]])
 
 
@@ -29,13 +33,20 @@ def _unit(rows):
 
 
 def _local(rng, count=80, dim=32):
-    return {"locations": rng.uniform(0, 200, (count, 2)).astype(np.float32), "scales": np.ones(count, np.float32),
-            "scores": np.ones(count, np.float32), "descriptors": _unit(rng.standard_normal((count, dim)))}
+    return {
+        "locations": rng.uniform(0, 200, (count, 2)).astype(np.float32),
+        "scales": np.ones(count, np.float32),
+        "scores": np.ones(count, np.float32),
+        "descriptors": _unit(rng.standard_normal((count, dim))),
+    }
 
 
-def make_world(root, num_database=40, num_queries=5, distractors=0, database_provenance=PROVENANCE, seed=0):
-    """gnd_tiny.pkl plus stores tiny_query / tiny_database. Easy images are near the query globally; hard images
-    are globally random but share 30 local matches (related by HOMOGRAPHY) with the query."""
+def make_world(
+    root, num_database=40, num_queries=5, distractors=0, database_provenance=PROVENANCE, seed=0
+):
+    """gnd_tiny.pkl plus stores tiny_query / tiny_database. Easy images are near the query globally;
+    hard images are globally random but share 30 local matches (related by HOMOGRAPHY) with the
+    query."""
     rng = np.random.default_rng(seed)
     imlist = [f"db_{i:03d}" for i in range(num_database)]
     qimlist = [f"q_{i}" for i in range(num_queries)]
@@ -47,29 +58,63 @@ def make_world(root, num_database=40, num_queries=5, distractors=0, database_pro
     for query in range(num_queries):
         chosen = rng.choice(num_database, 8, replace=False)
         easy, hard, junk = chosen[:3], chosen[3:6], chosen[6:]
-        gnd.append({"bbx": [0.0, 0.0, 50.0, 50.0], "easy": easy.tolist(), "hard": hard.tolist(), "junk": junk.tolist()})
+        gnd.append(
+            {
+                "bbx": [0.0, 0.0, 50.0, 50.0],
+                "easy": easy.tolist(),
+                "hard": hard.tolist(),
+                "junk": junk.tolist(),
+            }
+        )
         database[easy] = _unit(queries[query] + 0.3 * rng.standard_normal((3, 16)))
         for slot, image in enumerate(np.concatenate([easy, hard])):
             rows, source = np.arange(30 * slot, 30 * slot + 30), rng.choice(80, 30, replace=False)
             features = database_local[image]
-            query_local[query]["descriptors"][rows] = _unit(features["descriptors"][source] +
-                                                            0.02 * rng.standard_normal((30, 32)))
-            points = np.concatenate([features["locations"][source], np.ones((30, 1))], axis=1) @ np.linalg.inv(
-                HOMOGRAPHY).T
+            query_local[query]["descriptors"][rows] = _unit(
+                features["descriptors"][source] + 0.02 * rng.standard_normal((30, 32))
+            )
+            points = (
+                np.concatenate([features["locations"][source], np.ones((30, 1))], axis=1)
+                @ np.linalg.inv(HOMOGRAPHY).T
+            )
             query_local[query]["locations"][rows] = points[:, :2] / points[:, 2:]
     with open(root / "gnd_tiny.pkl", "wb") as handle:
         pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, handle)
     names = imlist + [f"distractor_{i}" for i in range(distractors)]
-    write_store(root / "features" / "tiny_query", qimlist, queries, query_local, provenance=dict(PROVENANCE))
-    write_store(root / "features" / "tiny_database", names, database, database_local,
-                provenance=dict(database_provenance, signature="differs per store"))
+    write_store(
+        root / "features" / "tiny_query", qimlist, queries, query_local, provenance=dict(PROVENANCE)
+    )
+    write_store(
+        root / "features" / "tiny_database",
+        names,
+        database,
+        database_local,
+        provenance=dict(database_provenance, signature="differs per store"),
+    )
     return queries, database, gnd
 
 
 def _cfg(root, *extra):
-    return load_cfg("", ["EVAL.DATASET", "tiny", "EVAL.DATA_ROOT", str(root), "EVAL.FEATURES_DIR",
-                         str(root / "features"), "OUT_DIR", str(root / "out"), "EVAL.METHODS", "['global', 'sv']",
-                         "EVAL.DEVICE", "cpu", "DEVICE", "cpu", *extra])
+    return load_cfg(
+        "",
+        [
+            "EVAL.DATASET",
+            "tiny",
+            "EVAL.DATA_ROOT",
+            str(root),
+            "EVAL.FEATURES_DIR",
+            str(root / "features"),
+            "OUT_DIR",
+            str(root / "out"),
+            "EVAL.METHODS",
+            "['global', 'sv']",
+            "EVAL.DEVICE",
+            "cpu",
+            "DEVICE",
+            "cpu",
+            *extra,
+        ],
+    )
 
 
 def test_evaluate_prints_the_table_and_writes_results(tmp_path, capsys):
@@ -98,14 +143,17 @@ def test_shortlists_leave_out_each_protocols_junk(tmp_path):
     cfg = _cfg(tmp_path)
     relevant, top_scores, top_indices = global_pass(queries, database, gnd_raw, 40, 16, "cpu")
     query_store, database_store = open_stores(tmp_path / "features", "tiny")
-    context = EvaluationContext(cfg, gnd_raw, query_store, database_store, np.arange(5), relevant, top_scores,
-                                top_indices)
+    context = EvaluationContext(
+        cfg, gnd_raw, query_store, database_store, np.arange(5), relevant, top_scores, top_indices
+    )
     lists = context.shortlists(30)
     for protocol, gnd in protocol_gnds(gnd_raw).items():
         for query, entry in enumerate(gnd):
             shortlist = lists[protocol][query]
             assert len(shortlist) == 30 and not np.isin(shortlist, entry["junk"]).any()
-            expected = [image for image in top_indices[query] if image not in set(entry["junk"].tolist())][:30]
+            expected = [
+                image for image in top_indices[query] if image not in set(entry["junk"].tolist())
+            ][:30]
             assert shortlist.tolist() == expected
     assert not np.isin(lists["E"][0], gnd_raw[0]["hard"]).any()  # hard images are junk for Easy
     everything = context.shortlists(38)  # 40 images less Medium's 2 junk ones
@@ -114,7 +162,11 @@ def test_shortlists_leave_out_each_protocols_junk(tmp_path):
 
 
 def test_stores_from_different_extractions_are_refused(tmp_path):
-    other = {"config": {"EXTRACT": {"MAX_FEATURES": 1000}}, "checkpoint_sha256": "abc", "global_scales": [1.0]}
+    other = {
+        "config": {"EXTRACT": {"MAX_FEATURES": 1000}},
+        "checkpoint_sha256": "abc",
+        "global_scales": [1.0],
+    }
     make_world(tmp_path, database_provenance=other)
     with pytest.raises(ProvenanceMismatch, match="config.EXTRACT.MAX_FEATURES"):
         evaluate(_cfg(tmp_path))
@@ -142,9 +194,20 @@ def test_methods_can_be_registered(tmp_path):
 
 def test_cli_runs_and_reports_errors(tmp_path, capsys):
     make_world(tmp_path)
-    overrides = ["EVAL.DATASET", "tiny", "EVAL.DATA_ROOT", str(tmp_path), "EVAL.FEATURES_DIR",
-                 str(tmp_path / "features"), "OUT_DIR", str(tmp_path / "cli"), "EVAL.METHODS", "['global']",
-                 "EVAL.DEVICE", "cpu"]
+    overrides = [
+        "EVAL.DATASET",
+        "tiny",
+        "EVAL.DATA_ROOT",
+        str(tmp_path),
+        "EVAL.FEATURES_DIR",
+        str(tmp_path / "features"),
+        "OUT_DIR",
+        str(tmp_path / "cli"),
+        "EVAL.METHODS",
+        "['global']",
+        "EVAL.DEVICE",
+        "cpu",
+    ]
     assert main(overrides) == 0
     assert (tmp_path / "cli" / "results.json").is_file() and "global" in capsys.readouterr().out
     assert main(overrides[:5] + [str(tmp_path / "nowhere")] + overrides[6:]) == 2

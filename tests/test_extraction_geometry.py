@@ -50,12 +50,20 @@ def test_network_to_image_maps_pixel_centres():
 
 
 def test_cell_locations_through_max_size_resize_and_pyramid_scale():
-    # image as read 2048 x 1536 (w x h) -> MAX_IMAGE_SIZE 1024 -> 1024 x 768 -> pyramid 0.5 -> 512 x 384;
-    # the network input is 1/4 of the image; cell (row 2, col 3) has its centre at (48, 32) in the network input.
-    locations, boxes = cell_locations(24, 32, RESNET50_BLOCK3, image_size=(1536, 2048), network_size=(384, 512))
+    # image as read 2048 x 1536 (w x h) -> MAX_IMAGE_SIZE 1024 -> 1024 x 768 -> pyramid 0.5 -> 512 x
+    # 384; the network input is 1/4 of the image; cell (row 2, col 3) has its centre at (48, 32) in
+    # the network input.
+    locations, boxes = cell_locations(
+        24, 32, RESNET50_BLOCK3, image_size=(1536, 2048), network_size=(384, 512)
+    )
     index = 2 * 32 + 3
     assert locations[index].tolist() == [193.5, 129.5]
-    assert boxes[index].tolist() == [(-97 + 0.5) * 4 - 0.5, (-113 + 0.5) * 4 - 0.5, 193.0 * 4 + 1.5, 177.0 * 4 + 1.5]
+    assert boxes[index].tolist() == [
+        (-97 + 0.5) * 4 - 0.5,
+        (-113 + 0.5) * 4 - 0.5,
+        193.0 * 4 + 1.5,
+        177.0 * 4 + 1.5,
+    ]
     assert torch.allclose(box_centres(boxes), locations)
 
 

@@ -9,8 +9,12 @@ from datasets.features import FeatureStoreError, concatenate_stores, open_store,
 def _local(rng, count, dim=8):
     descriptors = rng.normal(size=(count, dim)).astype(np.float32)
     descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
-    return {"locations": rng.uniform(0, 100, size=(count, 2)), "scales": np.full(count, 0.5),
-            "scores": rng.uniform(size=count), "descriptors": descriptors}
+    return {
+        "locations": rng.uniform(0, 100, size=(count, 2)),
+        "scales": np.full(count, 0.5),
+        "scores": rng.uniform(size=count),
+        "descriptors": descriptors,
+    }
 
 
 def test_round_trip_reads_each_image_back(tmp_path):
@@ -18,7 +22,14 @@ def test_round_trip_reads_each_image_back(tmp_path):
     names = ["a", "b", "c"]
     local = [_local(rng, 5), _local(rng, 0), _local(rng, 3)]
     global_descriptors = rng.normal(size=(3, 4)).astype(np.float32)
-    write_store(tmp_path, names, global_descriptors, local, provenance={"model": "x"}, crop_boxes={"a": [1, 2, 3, 4]})
+    write_store(
+        tmp_path,
+        names,
+        global_descriptors,
+        local,
+        provenance={"model": "x"},
+        crop_boxes={"a": [1, 2, 3, 4]},
+    )
     store = open_store(tmp_path)
     assert store.names == names
     np.testing.assert_array_equal(store.global_descriptors(), global_descriptors)
@@ -57,7 +68,9 @@ def test_incomplete_or_inconsistent_store_is_reported(tmp_path):
 def test_float16_store_of_1000_features_costs_at_most_270_kib(tmp_path):
     rng = np.random.default_rng(2)
     write_store(tmp_path, ["a"], None, [_local(rng, 1000, dim=128)], float16=True)
-    assert open_store(tmp_path).bytes_per_image() <= 270 * 1024  # 256 KB of descriptors + 16 KB of geometry
+    assert (
+        open_store(tmp_path).bytes_per_image() <= 270 * 1024
+    )  # 256 KB of descriptors + 16 KB of geometry
 
 
 def test_concatenated_stores_equal_one_store_written_whole(tmp_path):
@@ -68,7 +81,9 @@ def test_concatenated_stores_equal_one_store_written_whole(tmp_path):
     write_store(tmp_path / "whole", names, global_descriptors, local)
     write_store(tmp_path / "a", names[:2], global_descriptors[:2], local[:2])
     write_store(tmp_path / "b", names[2:], global_descriptors[2:], local[2:])
-    concatenate_stores(tmp_path / "joined", [open_store(tmp_path / "a"), open_store(tmp_path / "b")])
+    concatenate_stores(
+        tmp_path / "joined", [open_store(tmp_path / "a"), open_store(tmp_path / "b")]
+    )
     whole, joined = open_store(tmp_path / "whole"), open_store(tmp_path / "joined")
     assert joined.names == names
     np.testing.assert_array_equal(joined.global_descriptors(), whole.global_descriptors())

@@ -1,4 +1,5 @@
-"""GLDv2 retrieval through evaluate(): mAP@100 on made-up stores and a made-up solution file, by hand."""
+"""GLDv2 retrieval through evaluate(): mAP@100 on made-up stores and a made-up solution file, by
+hand."""
 
 import numpy as np
 import pytest
@@ -6,13 +7,26 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
-from tools.rerank.asmk_search import AsmkIndex, cache_dir_from_cfg, local_descriptors_of, params_from_cfg
-from tools.retrieval.gldv2_metric import mean_average_precision_at_k, predictions_from_ranks, read_retrieval_solution
+from tools.rerank.asmk_search import (
+    AsmkIndex,
+    cache_dir_from_cfg,
+    local_descriptors_of,
+    params_from_cfg,
+)
+from tools.retrieval.gldv2_metric import (
+    mean_average_precision_at_k,
+    predictions_from_ranks,
+    read_retrieval_solution,
+)
 from tools.revisitop import asmk_methods
 from tools.revisitop.evaluate import main
 from tools.revisitop.evaluation import evaluate
 
-PROVENANCE = {"config": {"EXTRACT": {"MAX_FEATURES": 100}}, "checkpoint_sha256": "abc", "global_scales": [1.0]}
+PROVENANCE = {
+    "config": {"EXTRACT": {"MAX_FEATURES": 100}},
+    "checkpoint_sha256": "abc",
+    "global_scales": [1.0],
+}
 HOMOGRAPHY = np.array([[0.9, 0.1, 15.0], [-0.05, 1.1, -6.0], [2e-4, 1e-4, 1.0]])
 SOLUTION = """id,images,Usage
 q0,i3 i7,Public
@@ -22,13 +36,32 @@ q3,,Public
 q4,i2 i5 i9,Private
 q5,i0,Public
 """
-# q2 is ignored and q3 has no relevant images: both are left out; q5 is not in the query store: it scores 0.
-# Index image i is the unit vector e_i, so a query's global ranking is its weighted images, then the rest by index.
-QUERY_WEIGHTS = {"q0": {7: 3.0, 5: 2.0, 3: 1.0}, "q1": {4: 2.0, 1: 1.0}, "q2": {0: 1.0}, "q3": {6: 1.0},
-                 "q4": {9: 2.0, 8: 1.5, 2: 1.0}}
-PLANTED = {"q1": 1, "q4": 5}  # index images sharing 30 geometrically consistent local matches with the query
-GLOBAL_AP = {"q0": (1 + 2 / 3) / 2, "q1": 1 / 2, "q4": (1 + 2 / 3 + 3 / 8) / 3, "q5": 0.0}  # i5 at rank 8 for q4
-SV_AP = {"q0": (1 + 2 / 3) / 2, "q1": 1.0, "q4": (1 + 1 + 3 / 4) / 3, "q5": 0.0}  # i1 and i5 move to the top
+# q2 is ignored and q3 has no relevant images: both are left out; q5 is not in the query store: it
+# scores 0. Index image i is the unit vector e_i, so a query's global ranking is its weighted
+# images, then the rest by index.
+QUERY_WEIGHTS = {
+    "q0": {7: 3.0, 5: 2.0, 3: 1.0},
+    "q1": {4: 2.0, 1: 1.0},
+    "q2": {0: 1.0},
+    "q3": {6: 1.0},
+    "q4": {9: 2.0, 8: 1.5, 2: 1.0},
+}
+PLANTED = {
+    "q1": 1,
+    "q4": 5,
+}  # index images sharing 30 geometrically consistent local matches with the query
+GLOBAL_AP = {
+    "q0": (1 + 2 / 3) / 2,
+    "q1": 1 / 2,
+    "q4": (1 + 2 / 3 + 3 / 8) / 3,
+    "q5": 0.0,
+}  # i5 at rank 8 for q4
+SV_AP = {
+    "q0": (1 + 2 / 3) / 2,
+    "q1": 1.0,
+    "q4": (1 + 1 + 3 / 4) / 3,
+    "q5": 0.0,
+}  # i1 and i5 move to the top
 
 
 def _unit(rows):
@@ -36,8 +69,12 @@ def _unit(rows):
 
 
 def _local(rng, count=60, dim=32):
-    return {"locations": rng.uniform(0, 200, (count, 2)).astype(np.float32), "scales": np.ones(count, np.float32),
-            "scores": np.ones(count, np.float32), "descriptors": _unit(rng.standard_normal((count, dim)))}
+    return {
+        "locations": rng.uniform(0, 200, (count, 2)).astype(np.float32),
+        "scales": np.ones(count, np.float32),
+        "scores": np.ones(count, np.float32),
+        "descriptors": _unit(rng.standard_normal((count, dim))),
+    }
 
 
 def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
@@ -54,22 +91,50 @@ def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
     for name, image in PLANTED.items():
         features, query = index_local[image], query_local[query_names.index(name)]
         source = rng.choice(60, 30, replace=False)
-        query["descriptors"][:30] = _unit(features["descriptors"][source] + 0.02 * rng.standard_normal((30, 32)))
-        points = np.concatenate([features["locations"][source], np.ones((30, 1))], axis=1) @ np.linalg.inv(
-            HOMOGRAPHY).T
+        query["descriptors"][:30] = _unit(
+            features["descriptors"][source] + 0.02 * rng.standard_normal((30, 32))
+        )
+        points = (
+            np.concatenate([features["locations"][source], np.ones((30, 1))], axis=1)
+            @ np.linalg.inv(HOMOGRAPHY).T
+        )
         query["locations"][:30] = points[:, :2] / points[:, 2:]
     features = root / "features"
-    write_store(features / store_names[0], query_names, _unit(query_global), query_local, provenance=PROVENANCE)
-    write_store(features / store_names[1], index_names, index_global, index_local, provenance=PROVENANCE)
+    write_store(
+        features / store_names[0],
+        query_names,
+        _unit(query_global),
+        query_local,
+        provenance=PROVENANCE,
+    )
+    write_store(
+        features / store_names[1], index_names, index_global, index_local, provenance=PROVENANCE
+    )
     (root / "retrieval_solution_v2.1.csv").write_text(SOLUTION)
 
 
 def _options(root, *extra):
-    return ["EVAL.DATASET", "gldv2", "EVAL.SOLUTION_FILE", str(root / "retrieval_solution_v2.1.csv"),
-            "EVAL.FEATURES_DIR", str(root / "features"), "OUT_DIR", str(root / "out"), "EVAL.DEVICE", "cpu",
-            "DEVICE", "cpu", "EVAL.METHODS", "['global', 'sv']", *extra,
-            # only the planted copies (distance ~0.1) match; random 32-d pairs under 0.3 practically never occur
-            "SV.MATCH_THRESHOLD", "0.3"]
+    return [
+        "EVAL.DATASET",
+        "gldv2",
+        "EVAL.SOLUTION_FILE",
+        str(root / "retrieval_solution_v2.1.csv"),
+        "EVAL.FEATURES_DIR",
+        str(root / "features"),
+        "OUT_DIR",
+        str(root / "out"),
+        "EVAL.DEVICE",
+        "cpu",
+        "DEVICE",
+        "cpu",
+        "EVAL.METHODS",
+        "['global', 'sv']",
+        *extra,
+        # only the planted copies (distance ~0.1) match; random 32-d pairs under 0.3 practically
+        # never occur
+        "SV.MATCH_THRESHOLD",
+        "0.3",
+    ]
 
 
 def test_gldv2_map_at_100_matches_hand_computed_values(tmp_path, capsys):
@@ -79,7 +144,9 @@ def test_gldv2_map_at_100_matches_hand_computed_values(tmp_path, capsys):
     assert set(written) == {"global", "sv"}
     assert set(written["global"]) == {"gldv2"} and set(written["global"]["gldv2"]) == {"mAP@100"}
     # the mean runs over the 4 solution queries with relevant images (q0, q1, q4 and the missing q5)
-    assert written["global"]["gldv2"]["mAP@100"] == pytest.approx(100 * np.mean(list(GLOBAL_AP.values())))
+    assert written["global"]["gldv2"]["mAP@100"] == pytest.approx(
+        100 * np.mean(list(GLOBAL_AP.values()))
+    )
     assert written["sv"]["gldv2"]["mAP@100"] == pytest.approx(100 * np.mean(list(SV_AP.values())))
     table = capsys.readouterr().out
     assert "gldv2: 3 queries of 4 in the solution, 12 index images" in table and "mAP@100" in table
@@ -88,7 +155,9 @@ def test_gldv2_map_at_100_matches_hand_computed_values(tmp_path, capsys):
 def test_gldv2_store_names_and_errors(tmp_path):
     make_gldv2(tmp_path, store_names=("gldv2_query", "gldv2_database"))
     results = evaluate(load_cfg("", _options(tmp_path, "EVAL.METHODS", "['global']")))
-    assert results["global"]["gldv2"]["mAP@100"] == pytest.approx(100 * np.mean(list(GLOBAL_AP.values())))
+    assert results["global"]["gldv2"]["mAP@100"] == pytest.approx(
+        100 * np.mean(list(GLOBAL_AP.values()))
+    )
     with pytest.raises(FileNotFoundError, match="EVAL.SOLUTION_FILE"):
         evaluate(load_cfg("", _options(tmp_path, "EVAL.SOLUTION_FILE", "")))
     with pytest.raises(FileNotFoundError, match="gldv2_test"):
@@ -97,30 +166,60 @@ def test_gldv2_store_names_and_errors(tmp_path):
 
 def test_gldv2_asmk_in_query_batches(tmp_path, monkeypatch):
     make_gldv2(tmp_path)
-    monkeypatch.setattr(asmk_methods, "SCORES_AT_ONCE", 2 * 12)  # two queries per batch: the 3 queries take 2
-    options = _options(tmp_path, "EVAL.METHODS", "['global', 'asmk', 'asmk_rerank']", "ASMK.CODEBOOK_SIZE", "64",
-                       "SV.SHORTLIST", "3")
+    monkeypatch.setattr(
+        asmk_methods, "SCORES_AT_ONCE", 2 * 12
+    )  # two queries per batch: the 3 queries take 2
+    options = _options(
+        tmp_path,
+        "EVAL.METHODS",
+        "['global', 'asmk', 'asmk_rerank']",
+        "ASMK.CODEBOOK_SIZE",
+        "64",
+        "SV.SHORTLIST",
+        "3",
+    )
     results = evaluate(load_cfg("", options))
-    assert results["global"]["gldv2"]["mAP@100"] == pytest.approx(100 * np.mean(list(GLOBAL_AP.values())))
+    assert results["global"]["gldv2"]["mAP@100"] == pytest.approx(
+        100 * np.mean(list(GLOBAL_AP.values()))
+    )
 
-    # the same numbers from an independent index (read from the evaluation's cache) and the metric's functions
+    # the same numbers from an independent index (read from the evaluation's cache) and the metric's
+    # functions
     cfg = load_cfg("", options)
-    queries, index = open_store(tmp_path / "features" / "gldv2_test"), open_store(tmp_path / "features" / "gldv2_index")
+    queries, index = (
+        open_store(tmp_path / "features" / "gldv2_test"),
+        open_store(tmp_path / "features" / "gldv2_index"),
+    )
     descriptors, image_ids, count = local_descriptors_of(index)
-    asmk = AsmkIndex.build(descriptors, image_ids, params_from_cfg(cfg), cache_dir=cache_dir_from_cfg(cfg),
-                           num_images=count)
+    asmk = AsmkIndex.build(
+        descriptors,
+        image_ids,
+        params_from_cfg(cfg),
+        cache_dir=cache_dir_from_cfg(cfg),
+        num_images=count,
+    )
     assert not asmk.codebook_trained
     rows = [queries.index_of(name) for name in ("q0", "q1", "q4")]
     scores = asmk.score_matrix(*local_descriptors_of(queries, rows)[:2], num_queries=3)
     solution = read_retrieval_solution(tmp_path / "retrieval_solution_v2.1.csv")
     ranking = np.argsort(-scores, axis=1, kind="stable")
-    expected = mean_average_precision_at_k(predictions_from_ranks(ranking, ["q0", "q1", "q4"], index.names), solution)
+    expected = mean_average_precision_at_k(
+        predictions_from_ranks(ranking, ["q0", "q1", "q4"], index.names), solution
+    )
     assert results["asmk"]["gldv2"]["mAP@100"] == pytest.approx(100 * expected)
-    global_ranking = np.argsort(-(np.asarray(queries.global_descriptors())[rows] @ np.asarray(
-        index.global_descriptors()).T), axis=1, kind="stable")
-    reranked = [np.concatenate([top[np.argsort(-row[top], kind="stable")], rest]) for top, rest, row in
-                zip(global_ranking[:, :3], global_ranking[:, 3:], scores)]
-    expected = mean_average_precision_at_k(predictions_from_ranks(reranked, ["q0", "q1", "q4"], index.names),
-                                           solution)
+    global_ranking = np.argsort(
+        -(
+            np.asarray(queries.global_descriptors())[rows]
+            @ np.asarray(index.global_descriptors()).T
+        ),
+        axis=1,
+        kind="stable",
+    )
+    reranked = [
+        np.concatenate([top[np.argsort(-row[top], kind="stable")], rest])
+        for top, rest, row in zip(global_ranking[:, :3], global_ranking[:, 3:], scores)
+    ]
+    expected = mean_average_precision_at_k(
+        predictions_from_ranks(reranked, ["q0", "q1", "q4"], index.names), solution
+    )
     assert results["asmk_rerank"]["gldv2"]["mAP@100"] == pytest.approx(100 * expected)
-

@@ -54,7 +54,9 @@ def test_clean_csv_is_parsed_and_landmark_ids_are_remapped_in_ascending_order(tm
 def test_full_csv_gives_the_same_classes_as_the_clean_one(tmp_path):
     clean = read_gldv2_csv(_write(tmp_path, "train_clean.csv", CLEAN))
     full = read_gldv2_csv(_write(tmp_path, "train.csv", FULL))
-    assert {label: sorted(ids) for label, ids in full.items()} == {label: sorted(ids) for label, ids in clean.items()}
+    assert {label: sorted(ids) for label, ids in full.items()} == {
+        label: sorted(ids) for label, ids in clean.items()
+    }
 
 
 def test_image_path_uses_the_first_three_characters():
@@ -69,7 +71,12 @@ def test_image_path_uses_the_first_three_characters():
         ("train_clean.csv", "landmark_id,images\n1,abc0001\n2,\n", 3, "2,"),
         ("train_clean.csv", "landmark_id,images\n1,abc0001,extra\n", 2, "1,abc0001,extra"),
         ("train_clean.csv", "landmark_id,images\n1,abc0001 a/b\n", 2, "1,abc0001 a/b"),
-        ("train.csv", "id,url,landmark_id\nabc0001,http://u,1\nabc0002,http://u\n", 3, "abc0002,http://u"),
+        (
+            "train.csv",
+            "id,url,landmark_id\nabc0001,http://u,1\nabc0002,http://u\n",
+            3,
+            "abc0002,http://u",
+        ),
         ("train.csv", "id,url,landmark_id\nabc0001,http://u,None\n", 2, "abc0001,http://u,None"),
         ("train.csv", "id;url;landmark_id\n", 1, "id;url;landmark_id"),
     ],
@@ -79,11 +86,15 @@ def test_malformed_csv_lines_stop_with_file_and_line(tmp_path, name, text, line,
     with pytest.raises(ParseError) as caught:
         read_gldv2_csv(path)
     message = str(caught.value)
-    assert re.fullmatch(rf"{re.escape(str(path))}:{line}: expected .+, got '{re.escape(bad_text)}'", message)
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}:{line}: expected .+, got '{re.escape(bad_text)}'", message
+    )
 
 
 def _classes(num_classes, per_class):
-    return {label: [f"{label:03d}img{i:04d}" for i in range(per_class)] for label in range(num_classes)}
+    return {
+        label: [f"{label:03d}img{i:04d}" for i in range(per_class)] for label in range(num_classes)
+    }
 
 
 def test_split_holds_out_the_fraction_of_each_class_deterministically():
@@ -100,10 +111,14 @@ def test_split_holds_out_the_fraction_of_each_class_deterministically():
 
 def test_split_does_not_depend_on_file_order():
     items = _classes(num_classes=5, per_class=12)
-    shuffled = {label: random.Random(label).sample(ids, len(ids)) for label, ids in reversed(items.items())}
+    shuffled = {
+        label: random.Random(label).sample(ids, len(ids)) for label, ids in reversed(items.items())
+    }
     _, val = split_train_val(items, 0.25, seed=0)
     _, val_shuffled = split_train_val(shuffled, 0.25, seed=0)
-    assert {label: sorted(ids) for label, ids in val.items()} == {k: sorted(v) for k, v in val_shuffled.items()}
+    assert {label: sorted(ids) for label, ids in val.items()} == {
+        k: sorted(v) for k, v in val_shuffled.items()
+    }
 
 
 def test_split_keeps_one_training_image_and_rejects_bad_fractions():
@@ -121,7 +136,9 @@ def test_class_mapping_round_trips_through_json(tmp_path):
     assert loaded == mapping and loaded.index(17) == 1 and loaded.num_classes == 3
     with pytest.raises(KeyError, match="not one of the 3 training classes"):
         loaded.index(6)
-    (tmp_path / "bad.json").write_text(json.dumps({"format": "delg-class-mapping", "landmark_ids": [3, 2]}))
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"format": "delg-class-mapping", "landmark_ids": [3, 2]})
+    )
     with pytest.raises(ValueError, match="bad.json"):
         ClassMapping.load(tmp_path / "bad.json")
 
@@ -133,7 +150,11 @@ def test_list_file_skips_comments_and_blank_lines_and_allows_spaces_in_paths(tmp
 
 @pytest.mark.parametrize(
     "line, expected",
-    [("a/1.jpg", "expected 'relative/path.jpg label'"), ("a/1.jpg x", "integer label"), ("a/1.jpg -1", "non-negative")],
+    [
+        ("a/1.jpg", "expected 'relative/path.jpg label'"),
+        ("a/1.jpg x", "integer label"),
+        ("a/1.jpg -1", "non-negative"),
+    ],
 )
 def test_list_file_errors_name_file_and_line(tmp_path, line, expected):
     path = _write(tmp_path, "list.txt", f"ok/1.jpg 0\n# comment\n{line}\n")

@@ -49,13 +49,17 @@ def test_map_at_100_matches_hand_computed_values(tmp_path):
     assert both == pytest.approx(float((AP_Q1 + AP_Q2 + 0) / 3))  # = 29/108
     public = mean_average_precision_at_k(PREDICTIONS, read_retrieval_solution(path, usage="Public"))
     assert public == pytest.approx(float(AP_Q1))
-    private = mean_average_precision_at_k(PREDICTIONS, read_retrieval_solution(path, usage="Private"))
+    private = mean_average_precision_at_k(
+        PREDICTIONS, read_retrieval_solution(path, usage="Private")
+    )
     assert private == pytest.approx(float(AP_Q2 / 2))
 
 
 def test_only_the_first_k_predictions_count_and_the_divisor_is_capped_at_k():
     relevant = [f"r{i}" for i in range(150)]
-    assert average_precision_at_k(relevant, relevant) == pytest.approx(1.0)  # 100 hits / min(150, 100)
+    assert average_precision_at_k(relevant, relevant) == pytest.approx(
+        1.0
+    )  # 100 hits / min(150, 100)
     assert average_precision_at_k(["x", "y", "r0"], relevant, k=2) == 0.0
     assert average_precision_at_k(["x", "r0"], ["r0", "r1"], k=1) == 0.0
     assert average_precision_at_k(["x", "r0"], ["r0"], k=2) == pytest.approx(0.5)
@@ -64,14 +68,17 @@ def test_only_the_first_k_predictions_count_and_the_divisor_is_capped_at_k():
         mean_average_precision_at_k({"q": ["a"]}, {})
 
 
-@pytest.mark.parametrize("text, line, message", [
-    ("id,images\nq1,a\n", 1, "expected the header 'id,images,Usage'"),
-    ("id,images,Usage\nq1,a b,Public\nq2,a,Public,extra\n", 3, "expected 3 fields"),
-    ("id,images,Usage\nq1,a,Public\n\nq2,a,Secret\n", 4, "expected Usage"),
-    ("id,images,Usage\nq1,a,Public\nq1,b,Private\n", 3, "repeats"),
-    ("id,images,Usage\nq 1,a,Public\n", 2, "test image id"),
-    ("id,images,Usage\nq1,a;b,Public\n", 2, "index image ids"),
-])
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("id,images\nq1,a\n", 1, "expected the header 'id,images,Usage'"),
+        ("id,images,Usage\nq1,a b,Public\nq2,a,Public,extra\n", 3, "expected 3 fields"),
+        ("id,images,Usage\nq1,a,Public\n\nq2,a,Secret\n", 4, "expected Usage"),
+        ("id,images,Usage\nq1,a,Public\nq1,b,Private\n", 3, "repeats"),
+        ("id,images,Usage\nq 1,a,Public\n", 2, "test image id"),
+        ("id,images,Usage\nq1,a;b,Public\n", 2, "index image ids"),
+    ],
+)
 def test_malformed_rows_name_file_and_line(tmp_path, text, line, message):
     path = _write(tmp_path, text)
     with pytest.raises(ParseError, match=message) as error:

@@ -25,7 +25,9 @@ def test_exif_orientation_is_applied(tmp_path):
     pixels = _two_colour_image()
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=98, subsampling=0)
+    Image.fromarray(pixels).save(
+        tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=98, subsampling=0
+    )
     image = read_image(tmp_path / "rotated.jpg")
     assert image.shape == (12, 8, 3)
     expected = np.rot90(pixels, k=-1)  # clockwise: the red top ends up on the right
@@ -59,7 +61,9 @@ def test_grayscale_and_sixteen_bit_become_three_equal_channels(tmp_path):
     np.testing.assert_array_equal(image[..., 0], gray)
     np.testing.assert_array_equal(image[..., 2], gray)
 
-    deep = gray.astype(np.uint16) * 257  # full 16-bit range, which PIL's own convert would clip to 255
+    deep = (
+        gray.astype(np.uint16) * 257
+    )  # full 16-bit range, which PIL's own convert would clip to 255
     Image.fromarray(deep).save(tmp_path / "deep.png")
     np.testing.assert_array_equal(read_image(tmp_path / "deep.png")[..., 1], gray)
 
@@ -99,6 +103,10 @@ def test_bad_files_raise_image_read_error_naming_path_and_reason(tmp_path, kind)
         read_image(path)
     assert isinstance(caught.value, ValueError)
     assert str(path) in str(caught.value) and caught.value.reason
-    expected_reason = {"missing": "does not exist", "empty": "empty", "directory": "not a regular file"}
+    expected_reason = {
+        "missing": "does not exist",
+        "empty": "empty",
+        "directory": "not a regular file",
+    }
     if kind in expected_reason:
         assert expected_reason[kind] in caught.value.reason

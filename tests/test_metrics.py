@@ -17,7 +17,9 @@ from tools.revisitop.metrics import (
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnd, protocol_gnds
 
 REVISITOP = Path(__file__).resolve().parents[2] / "shared" / "data" / "revisitop"
-needs_shared = pytest.mark.skipif(not REVISITOP.is_dir(), reason=f"real revisitop ground truth not at {REVISITOP}")
+needs_shared = pytest.mark.skipif(
+    not REVISITOP.is_dir(), reason=f"real revisitop ground truth not at {REVISITOP}"
+)
 DATASETS = ["roxford5k", "rparis6k"]
 KAPPAS = (1, 5, 10)
 
@@ -31,7 +33,8 @@ def real(request):
 
 
 def reference_metrics(ranked, ok, junk, kappas):
-    """Straight from the definitions: drop junk from the list, walk it, trapezoids over recall; P@k with kq."""
+    """Straight from the definitions: drop junk from the list, walk it, trapezoids over recall; P@k
+    with kq."""
     ok, junk = set(int(i) for i in ok), set(int(i) for i in junk)
     kept = [int(image) for image in ranked if int(image) not in junk]
     hits = [position for position, image in enumerate(kept) if image in ok]
@@ -49,9 +52,15 @@ def reference_metrics(ranked, ok, junk, kappas):
 
 def test_protocol_definitions():
     raw = [{"easy": [1, 2], "hard": [3], "junk": [4]}]
-    assert sorted(protocol_gnd(raw, "E")[0]["ok"]) == [1, 2] and sorted(protocol_gnd(raw, "E")[0]["junk"]) == [3, 4]
-    assert sorted(protocol_gnd(raw, "M")[0]["ok"]) == [1, 2, 3] and sorted(protocol_gnd(raw, "M")[0]["junk"]) == [4]
-    assert sorted(protocol_gnd(raw, "H")[0]["ok"]) == [3] and sorted(protocol_gnd(raw, "H")[0]["junk"]) == [1, 2, 4]
+    assert sorted(protocol_gnd(raw, "E")[0]["ok"]) == [1, 2] and sorted(
+        protocol_gnd(raw, "E")[0]["junk"]
+    ) == [3, 4]
+    assert sorted(protocol_gnd(raw, "M")[0]["ok"]) == [1, 2, 3] and sorted(
+        protocol_gnd(raw, "M")[0]["junk"]
+    ) == [4]
+    assert sorted(protocol_gnd(raw, "H")[0]["ok"]) == [3] and sorted(
+        protocol_gnd(raw, "H")[0]["junk"]
+    ) == [1, 2, 4]
     with pytest.raises(ValueError, match="unknown protocol"):
         protocol_gnd(raw, "X")
 
@@ -72,9 +81,16 @@ def test_perfect_ranking_scores_100_everywhere(real):
             ranks[:, query] = np.concatenate([entry["ok"], rest])
             scores[entry["ok"], query] += 2.0
         mean_ap, _, mean_pr, _ = compute_map(ranks, gnd, KAPPAS)
-        assert mean_ap == pytest.approx(1.0, abs=1e-12) and np.allclose(mean_pr, 1.0), (name, protocol)
+        assert mean_ap == pytest.approx(1.0, abs=1e-12) and np.allclose(mean_pr, 1.0), (
+            name,
+            protocol,
+        )
         fast = summarize(protocol_results_from_scores(scores, gnd_raw, KAPPAS))[protocol]
-        assert all(value == pytest.approx(100.0, abs=1e-9) for value in fast.values()), (name, protocol, fast)
+        assert all(value == pytest.approx(100.0, abs=1e-9) for value in fast.values()), (
+            name,
+            protocol,
+            fast,
+        )
 
 
 def test_random_ranking_matches_a_straightforward_implementation(real):
@@ -83,15 +99,25 @@ def test_random_ranking_matches_a_straightforward_implementation(real):
     ranks = np.stack([rng.permutation(num_database) for _ in gnd_raw], axis=1)
     for protocol, gnd in protocol_gnds(gnd_raw).items():
         mean_ap, aps, mean_pr, prs = compute_map(ranks, gnd, KAPPAS)
-        expected = [reference_metrics(ranks[:, q], entry["ok"], entry["junk"], KAPPAS) if len(entry["ok"]) else None
-                    for q, entry in enumerate(gnd)]
+        expected = [
+            reference_metrics(ranks[:, q], entry["ok"], entry["junk"], KAPPAS)
+            if len(entry["ok"])
+            else None
+            for q, entry in enumerate(gnd)
+        ]
         kept = [e for e in expected if e is not None]
         assert mean_ap == pytest.approx(np.mean([ap for ap, _ in kept]), abs=1e-12)
         assert np.allclose(mean_pr, np.mean([pr for _, pr in kept], axis=0), atol=1e-12, rtol=0)
         for query, item in enumerate(expected):
             if item is not None:
-                assert aps[query] == pytest.approx(item[0], abs=1e-12) and np.allclose(prs[query], item[1])
-        assert 0.0 < mean_ap < 0.2, (name, protocol, mean_ap)  # a random ranking scores low, but not zero
+                assert aps[query] == pytest.approx(item[0], abs=1e-12) and np.allclose(
+                    prs[query], item[1]
+                )
+        assert 0.0 < mean_ap < 0.2, (
+            name,
+            protocol,
+            mean_ap,
+        )  # a random ranking scores low, but not zero
 
 
 def test_two_roxford_queries_without_easy_images_are_left_out_of_easy():
@@ -117,7 +143,9 @@ def test_fast_path_equals_compute_map_on_random_scores(real, quantise):
         scores = np.round(scores * quantise) / quantise
     ranks = np.argsort(-scores, axis=0, kind="stable")
     fast = protocol_results_from_scores(scores, gnd_raw, KAPPAS, chunk_size=1500)
-    fast_transposed = protocol_results_from_scores(scores.T.copy(), gnd_raw, KAPPAS, chunk_size=4096, num_buckets=64)
+    fast_transposed = protocol_results_from_scores(
+        scores.T.copy(), gnd_raw, KAPPAS, chunk_size=4096, num_buckets=64
+    )
     for protocol, gnd in protocol_gnds(gnd_raw).items():
         expected = compute_map(ranks, gnd, KAPPAS)
         for result in (fast[protocol], fast_transposed[protocol]):
@@ -134,11 +162,18 @@ def test_junk_is_ignored_per_protocol():
     easy = compute_map(ranking, protocol_gnd(gnd_raw, "E"))[0]
     medium = compute_map(ranking, protocol_gnd(gnd_raw, "M"))[0]
     hard = compute_map(ranking, protocol_gnd(gnd_raw, "H"))[0]
-    assert easy == pytest.approx(1.0) and medium == pytest.approx(1.0) and hard == pytest.approx(1.0)
-    ranking = np.array([5, 4, 0, 1, 2, 3, 6, 7])[:, None]  # one negative first: junk 4 must not push positives down
-    assert compute_map(ranking, protocol_gnd(gnd_raw, "E"))[1][0] == pytest.approx(reference_metrics(
-        ranking[:, 0], [0, 1], [4, 2, 3], KAPPAS)[0])
-    hard_ap = (0 / 1 + 1 / 2) / 2 / 2 + (1 / 2 + 2 / 3) / 2 / 2  # hard images at 1 and 2 once junk is gone
+    assert (
+        easy == pytest.approx(1.0) and medium == pytest.approx(1.0) and hard == pytest.approx(1.0)
+    )
+    ranking = np.array([5, 4, 0, 1, 2, 3, 6, 7])[
+        :, None
+    ]  # one negative first: junk 4 must not push positives down
+    assert compute_map(ranking, protocol_gnd(gnd_raw, "E"))[1][0] == pytest.approx(
+        reference_metrics(ranking[:, 0], [0, 1], [4, 2, 3], KAPPAS)[0]
+    )
+    hard_ap = (0 / 1 + 1 / 2) / 2 / 2 + (
+        1 / 2 + 2 / 3
+    ) / 2 / 2  # hard images at 1 and 2 once junk is gone
     assert compute_map(ranking, protocol_gnd(gnd_raw, "H"))[1][0] == pytest.approx(hard_ap)
 
 
@@ -151,7 +186,10 @@ def test_truncated_ranking_without_positives_scores_zero():
 def test_reranked_shortlist_positions_equal_an_explicit_reranking():
     rng = np.random.default_rng(5)
     num_database, shortlist = 300, 20
-    gnd_raw = [{"easy": rng.choice(num_database, 6, replace=False).tolist(), "hard": [], "junk": []} for _ in range(4)]
+    gnd_raw = [
+        {"easy": rng.choice(num_database, 6, replace=False).tolist(), "hard": [], "junk": []}
+        for _ in range(4)
+    ]
     for entry in gnd_raw:  # disjoint hard and junk lists
         rest = np.setdiff1d(np.arange(num_database), entry["easy"])
         entry["hard"], entry["junk"] = rest[:5].tolist(), rest[5:9].tolist()
@@ -160,7 +198,9 @@ def test_reranked_shortlist_positions_equal_an_explicit_reranking():
         scores[entry["easy"] + entry["hard"] + entry["junk"], query] += 1.5
     order = np.argsort(-scores, axis=0, kind="stable")
     items = relevant_items(gnd_raw)
-    counter = RelevantRankCounter(items, [scores[ids, q] for q, ids in enumerate(items)], num_database)
+    counter = RelevantRankCounter(
+        items, [scores[ids, q] for q, ids in enumerate(items)], num_database
+    )
     counter.add(0, scores.T)
     relevant = counter.result()
     shortlists, explicit = {}, {}

@@ -13,13 +13,17 @@ from modeling.pooling import GeM
 
 
 def embeddings_with_obtuse_targets(head, labels, generator):
-    """Random embeddings; the first half point away from their class (theta near pi, so theta + m >= pi)."""
+    """Random embeddings; the first half point away from their class (theta near pi, so theta + m >=
+    pi)."""
     embedding = torch.randn(len(labels), head.in_features, generator=generator, dtype=torch.float64)
     half = len(labels) // 2
     weight = head.weight.detach().to(torch.float64)
-    # a perturbation small relative to each class vector: theta within ~1e-3 rad of pi, whatever the weight init
+    # a perturbation small relative to each class vector: theta within ~1e-3 rad of pi, whatever the
+    # weight init
     target = weight[labels[:half]]
-    embedding[:half] = -target + 1e-3 * target.norm(dim=1, keepdim=True) * F.normalize(embedding[:half], dim=1)
+    embedding[:half] = -target + 1e-3 * target.norm(dim=1, keepdim=True) * F.normalize(
+        embedding[:half], dim=1
+    )
     return embedding
 
 
@@ -29,8 +33,9 @@ def closed_form_arcface(embedding, weight, labels, scale, margin):
     rows = torch.arange(len(labels))
     target_theta = theta[rows, labels]
     expected = scale * cosine.clone()
-    expected[rows, labels] = scale * torch.where(target_theta + margin < math.pi, torch.cos(target_theta + margin),
-                                                 torch.cos(target_theta))
+    expected[rows, labels] = scale * torch.where(
+        target_theta + margin < math.pi, torch.cos(target_theta + margin), torch.cos(target_theta)
+    )
     return expected, target_theta
 
 
@@ -40,7 +45,9 @@ def test_arcface_matches_closed_form(dtype, tolerance):
     head = ArcFaceHead(32, 50, scale=45.25, margin=0.1).to(dtype)
     labels = torch.randint(0, 50, (16,), generator=generator)
     embedding = embeddings_with_obtuse_targets(head, labels, generator)
-    expected, target_theta = closed_form_arcface(embedding, head.weight.detach().double(), labels, 45.25, 0.1)
+    expected, target_theta = closed_form_arcface(
+        embedding, head.weight.detach().double(), labels, 45.25, 0.1
+    )
     assert (target_theta + 0.1 >= math.pi).sum() >= 4 and (target_theta + 0.1 < math.pi).sum() >= 4
     logits = head(embedding.to(dtype), labels)
     assert logits.dtype == dtype
@@ -59,7 +66,9 @@ def test_without_labels_every_head_gives_scaled_cosine():
 
 def test_arcface_gradient_is_finite_at_zero_angle():
     head = ArcFaceHead(8, 3, scale=10.0, margin=0.1)
-    embedding = head.weight.detach()[[0, 1]].clone().requires_grad_(True)  # cos(theta) = 1 for the target
+    embedding = (
+        head.weight.detach()[[0, 1]].clone().requires_grad_(True)
+    )  # cos(theta) = 1 for the target
     head(embedding, torch.tensor([0, 1])).sum().backward()
     assert torch.isfinite(embedding.grad).all() and torch.isfinite(head.weight.grad).all()
 
@@ -110,29 +119,60 @@ def test_gem_power_is_a_parameter_only_when_learnable():
     assert [name for name, _ in GeM(3.0, learnable=True).named_parameters()] == ["p"]
     fixed = GeM(3.0)
     assert list(fixed.parameters()) == [] and "p" in fixed.state_dict()
-    half = torch.rand(2, 4, 3, 3).to(torch.bfloat16) * 40  # 40 ** 3 overflows float16; pooling runs in float32
+    half = (
+        torch.rand(2, 4, 3, 3).to(torch.bfloat16) * 40
+    )  # 40 ** 3 overflows float16; pooling runs in float32
     assert GeM(3.0)(half).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("local_type, descriptor_dim", [("autoencoder", "8"), ("seed", "16")])
 def test_local_losses_train_only_the_local_branch(local_type, descriptor_dim):
-    cfg = load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.HEADS.REDUCTION_DIM", "16", "MODEL.DEPTH", "18",
-                        "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "32",
-                        "MODEL.LOCAL.ATTENTION_DIM", "16", "MODEL.LOCAL.TYPE", local_type,
-                        "MODEL.LOCAL.DESCRIPTOR_DIM", descriptor_dim, "MODEL.HEADS.GEM_LEARNABLE", "True"])
+    cfg = load_cfg(
+        "",
+        [
+            "MODEL.NUM_CLASSES",
+            "5",
+            "MODEL.HEADS.REDUCTION_DIM",
+            "16",
+            "MODEL.DEPTH",
+            "18",
+            "RESNET.TRANS_FUN",
+            "basic_transform",
+            "RESNET.WIDTH_PER_GROUP",
+            "32",
+            "MODEL.LOCAL.ATTENTION_DIM",
+            "16",
+            "MODEL.LOCAL.TYPE",
+            local_type,
+            "MODEL.LOCAL.DESCRIPTOR_DIM",
+            descriptor_dim,
+            "MODEL.HEADS.GEM_LEARNABLE",
+            "True",
+        ],
+    )
     torch.manual_seed(0)
     model, loss_fn = build_model(cfg), build_loss(cfg)
     labels = torch.tensor([0, 3])
     outputs = model(torch.randn(2, 3, 64, 64), labels)
     _, parts = loss_fn(outputs, labels)
-    local_loss = F.cross_entropy(outputs["attention_logits"], labels) + 10.0 * outputs["reconstruction_loss"]
+    local_loss = (
+        F.cross_entropy(outputs["attention_logits"], labels) + 10.0 * outputs["reconstruction_loss"]
+    )
     local_loss.backward(retain_graph=True)
     global_side = [model.backbone, model.pool, model.whiten, model.margin]
     assert all(p.grad is None for part in global_side for p in part.parameters())
     local_side = [model.local_head, model.attention_classifier]
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for part in local_side for p in part.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for part in local_side
+        for p in part.parameters()
+    )
 
     model.zero_grad(set_to_none=True)
     F.cross_entropy(outputs["global_logits"], labels).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for part in global_side for p in part.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for part in global_side
+        for p in part.parameters()
+    )
     assert all(p.grad is None for part in local_side for p in part.parameters())

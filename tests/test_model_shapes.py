@@ -1,4 +1,5 @@
-"""Output shapes, the training/extraction contract, config checks, freezing, channels_last and autocast."""
+"""Output shapes, the training/extraction contract, config checks, freezing, channels_last and
+autocast."""
 
 import math
 
@@ -15,17 +16,32 @@ def small_cfg(*overrides):
 
 
 def tiny_cfg(*overrides):
-    """Half-width ResNet-18 with small heads: the cheapest model for behaviour that does not depend on depth."""
-    return small_cfg("MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "32",
-                     "MODEL.LOCAL.ATTENTION_DIM", "16", "MODEL.LOCAL.DESCRIPTOR_DIM", "8", *overrides)
+    """Half-width ResNet-18 with small heads: the cheapest model for behaviour that does not depend
+    on depth."""
+    return small_cfg(
+        "MODEL.DEPTH",
+        "18",
+        "RESNET.TRANS_FUN",
+        "basic_transform",
+        "RESNET.WIDTH_PER_GROUP",
+        "32",
+        "MODEL.LOCAL.ATTENTION_DIM",
+        "16",
+        "MODEL.LOCAL.DESCRIPTOR_DIM",
+        "8",
+        *overrides,
+    )
 
 
 @pytest.mark.parametrize("depth", [18, 50, 101])
 @pytest.mark.parametrize("stride", [16, 32])
 def test_output_shapes_at_odd_sizes(depth, stride):
-    """ResNet-18 computes; the deeper nets run on the meta device, which gives every shape without arithmetic."""
+    """ResNet-18 computes; the deeper nets run on the meta device, which gives every shape without
+    arithmetic."""
     block = "basic_transform" if depth == 18 else "bottleneck_transform"
-    cfg = small_cfg("MODEL.DEPTH", str(depth), "RESNET.TRANS_FUN", block, "MODEL.LOCAL_STRIDE", str(stride))
+    cfg = small_cfg(
+        "MODEL.DEPTH", str(depth), "RESNET.TRANS_FUN", block, "MODEL.LOCAL_STRIDE", str(stride)
+    )
     device = torch.device("cpu" if depth == 18 else "meta")
     with device:
         model = build_model(cfg)
@@ -55,9 +71,15 @@ def test_output_shapes_at_odd_sizes(depth, stride):
 def test_half_width_halves_every_stage():
     model = build_model(small_cfg("RESNET.WIDTH_PER_GROUP", "32"))
     assert model.backbone.conv1.out_channels == 32
-    assert [layer[-1].bn3.num_features for layer in
-            (model.backbone.layer1, model.backbone.layer2, model.backbone.layer3, model.backbone.layer4)] == \
-        [128, 256, 512, 1024]
+    assert [
+        layer[-1].bn3.num_features
+        for layer in (
+            model.backbone.layer1,
+            model.backbone.layer2,
+            model.backbone.layer3,
+            model.backbone.layer4,
+        )
+    ] == [128, 256, 512, 1024]
 
 
 def test_extract_runs_only_what_is_asked():
@@ -88,14 +110,18 @@ def test_extract_matches_training_forward_parts():
 
 
 def test_loss_is_the_weighted_sum_of_its_parts():
-    cfg = tiny_cfg("MODEL.LOSSES.ATTENTION_WEIGHT", "0.5", "MODEL.LOSSES.RECONSTRUCTION_WEIGHT", "3.0")
+    cfg = tiny_cfg(
+        "MODEL.LOSSES.ATTENTION_WEIGHT", "0.5", "MODEL.LOSSES.RECONSTRUCTION_WEIGHT", "3.0"
+    )
     model, loss_fn = build_model(cfg), build_loss(cfg)
     labels = torch.tensor([1, 2])
     outputs = model(torch.randn(2, 3, 64, 64), labels)
     total, parts = loss_fn(outputs, labels)
     expected = parts["global"] + 0.5 * parts["attention"] + 3.0 * parts["reconstruction"]
     torch.testing.assert_close(total.detach(), expected)
-    torch.testing.assert_close(parts["global"], torch.nn.functional.cross_entropy(outputs["global_logits"], labels))
+    torch.testing.assert_close(
+        parts["global"], torch.nn.functional.cross_entropy(outputs["global_logits"], labels)
+    )
     assert parts["reconstruction"] > 0 and not parts["global"].requires_grad
 
 
@@ -106,14 +132,17 @@ def test_seed_local_head_has_no_reconstruction():
     assert model.local_descriptor_dim == 16
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["MODEL.NUM_CLASSES", "0"], "MODEL.NUM_CLASSES"),
-    (["MODEL.HEADS.IN_FEAT", "2048"], "MODEL.HEADS.IN_FEAT"),
-    (["RESNET.TRANS_FUN", "bottleneck_transform"], "RESNET.TRANS_FUN"),
-    (["MODEL.HEADS.MARGIN_TYPE", "sphereface"], "MODEL.HEADS.MARGIN_TYPE"),
-    (["MODEL.LOCAL.TYPE", "seed"], "MODEL.LOCAL.DESCRIPTOR_DIM"),
-    (["MODEL.LOCAL_STRIDE", "8"], "MODEL.LOCAL_STRIDE"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["MODEL.NUM_CLASSES", "0"], "MODEL.NUM_CLASSES"),
+        (["MODEL.HEADS.IN_FEAT", "2048"], "MODEL.HEADS.IN_FEAT"),
+        (["RESNET.TRANS_FUN", "bottleneck_transform"], "RESNET.TRANS_FUN"),
+        (["MODEL.HEADS.MARGIN_TYPE", "sphereface"], "MODEL.HEADS.MARGIN_TYPE"),
+        (["MODEL.LOCAL.TYPE", "seed"], "MODEL.LOCAL.DESCRIPTOR_DIM"),
+        (["MODEL.LOCAL_STRIDE", "8"], "MODEL.LOCAL_STRIDE"),
+    ],
+)
 def test_config_mistakes_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
         build_model(tiny_cfg(*overrides))
@@ -156,4 +185,6 @@ def test_channels_last_and_bfloat16_autocast():
     model.eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.extract(images)
-    assert torch.isfinite(out["global"].float()).all() and torch.isfinite(out["local"].float()).all()
+    assert (
+        torch.isfinite(out["global"].float()).all() and torch.isfinite(out["local"].float()).all()
+    )

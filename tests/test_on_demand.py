@@ -1,5 +1,6 @@
-"""+1M-style re-ranking: a global-only database (benchmark images plus distractors) gets local features on demand,
-for the shortlisted images only, cached and reused; the features equal the extractor's own."""
+"""+1M-style re-ranking: a global-only database (benchmark images plus distractors) gets local
+features on demand, for the shortlisted images only, cached and reused; the features equal the
+extractor's own."""
 
 import logging
 import re
@@ -17,49 +18,91 @@ from tools.revisitop.evaluation import ProvenanceMismatch, evaluate
 from tools.revisitop.protocols import protocol_gnds
 
 SHORTLIST = 4
-LOG_LINE = re.compile(r"local features on demand for (\d+) images: (\d+) from the cache in .*, (\d+) newly extracted")
+LOG_LINE = re.compile(
+    r"local features on demand for (\d+) images: (\d+) from the cache in .*, (\d+) newly extracted"
+)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Queries with local features (a normal extraction) and a global-only database of the 30 benchmark images plus
-    the 48 training images as distractors (EXTRACT.LOCAL False, EXTRACT.DISTRACTORS), side by side in features/."""
+    """Queries with local features (a normal extraction) and a global-only database of the 30
+    benchmark images plus the 48 training images as distractors (EXTRACT.LOCAL False,
+    EXTRACT.DISTRACTORS), side by side in features/."""
     root = tmp_path_factory.mktemp("on_demand")
     data = generate_tiny_world(root)
     test, distractor_root = data / "test", data / "train" / "train"
-    distractors = sorted(str(path.relative_to(distractor_root)) for path in distractor_root.rglob("*.jpg"))
+    distractors = sorted(
+        str(path.relative_to(distractor_root)) for path in distractor_root.rglob("*.jpg")
+    )
     (root / "distractors.txt").write_text("\n".join(distractors) + "\n")
     common = [*TINY_EXTRACTION, "EXTRACT.DATA_ROOT", str(test), "EVAL.DATA_ROOT", str(test)]
     assert run_extraction(load_cfg(TINY_PRESET, [*common, "OUT_DIR", str(root / "full")]))[0] == 0
-    global_only = [*common, "OUT_DIR", str(root / "global"), "EXTRACT.LOCAL", "False", "EXTRACT.DISTRACTORS",
-                   str(root / "distractors.txt"), "EXTRACT.DISTRACTOR_ROOT", str(distractor_root)]
+    global_only = [
+        *common,
+        "OUT_DIR",
+        str(root / "global"),
+        "EXTRACT.LOCAL",
+        "False",
+        "EXTRACT.DISTRACTORS",
+        str(root / "distractors.txt"),
+        "EXTRACT.DISTRACTOR_ROOT",
+        str(distractor_root),
+    ]
     assert run_extraction(load_cfg(TINY_PRESET, global_only))[0] == 0
     shutil.copytree(root / "full" / "features" / "synth_query", root / "features" / "synth_query")
-    shutil.copytree(root / "global" / "features" / "synth_database", root / "features" / "synth_database")
-    options = [*common, "EVAL.DATASET", "synth+1m", "EVAL.FEATURES_DIR", str(root / "features"),
-               "EXTRACT.DISTRACTOR_ROOT", str(distractor_root), "OUT_DIR", str(root / "eval"),
-               "EVAL.METHODS", "['global', 'sv']", "SV.SHORTLIST", str(SHORTLIST)]
+    shutil.copytree(
+        root / "global" / "features" / "synth_database", root / "features" / "synth_database"
+    )
+    options = [
+        *common,
+        "EVAL.DATASET",
+        "synth+1m",
+        "EVAL.FEATURES_DIR",
+        str(root / "features"),
+        "EXTRACT.DISTRACTOR_ROOT",
+        str(distractor_root),
+        "OUT_DIR",
+        str(root / "eval"),
+        "EVAL.METHODS",
+        "['global', 'sv']",
+        "SV.SHORTLIST",
+        str(SHORTLIST),
+    ]
     return root, options
 
 
 def _on_demand_counts(caplog):
-    """(images needed, from the cache, newly extracted) of the one on-demand log line of the database."""
-    found = [LOG_LINE.search(record.getMessage()) for record in caplog.records if "synth_database" in
-             record.getMessage()]
+    """(images needed, from the cache, newly extracted) of the one on-demand log line of the
+    database."""
+    found = [
+        LOG_LINE.search(record.getMessage())
+        for record in caplog.records
+        if "synth_database" in record.getMessage()
+    ]
     found = [match for match in found if match]
     assert len(found) == 1, caplog.text
     return tuple(int(value) for value in found[0].groups())
 
 
 def _shortlisted(root):
-    """Distinct database rows in any protocol's global shortlist (junk left out), computed here from the stores."""
+    """Distinct database rows in any protocol's global shortlist (junk left out), computed here from
+    the stores."""
     ground_truth = load_ground_truth(root / "data" / "test" / "gnd_synth.pkl")
-    query_store, database_store = open_store(root / "features" / "synth_query"), open_store(
-        root / "features" / "synth_database")
+    query_store, database_store = (
+        open_store(root / "features" / "synth_query"),
+        open_store(root / "features" / "synth_database"),
+    )
     rows = [database_store.index_of(name) for name in ground_truth["imlist"]]
-    queries = np.asarray(query_store.global_descriptors())[[query_store.index_of(n) for n in ground_truth["qimlist"]]]
-    ranking = np.argsort(-(queries @ np.asarray(database_store.global_descriptors()).T), axis=1, kind="stable")
-    gnd = [{key: np.asarray(rows)[entry[key]] for key in ("easy", "hard", "junk")} for entry in ground_truth["gnd"]]
+    queries = np.asarray(query_store.global_descriptors())[
+        [query_store.index_of(n) for n in ground_truth["qimlist"]]
+    ]
+    ranking = np.argsort(
+        -(queries @ np.asarray(database_store.global_descriptors()).T), axis=1, kind="stable"
+    )
+    gnd = [
+        {key: np.asarray(rows)[entry[key]] for key in ("easy", "hard", "junk")}
+        for entry in ground_truth["gnd"]
+    ]
     shortlisted = set()
     for protocol_gnd in protocol_gnds(gnd).values():
         for ranked, entry in zip(ranking, protocol_gnd):
@@ -78,8 +121,12 @@ def test_sv_extracts_only_shortlisted_images_and_reuses_the_cache(world, caplog)
     assert extracted < database_size
     assert 0 <= first["sv"]["M"]["mAP"] <= 100
 
-    # the cached features are the extractor's: equal to those of the full extraction for the benchmark images
-    cache = [open_store(part) for part in (root / "eval" / "features" / "synth_database_local_cache").glob("*/part-*")]
+    # the cached features are the extractor's: equal to those of the full extraction for the
+    # benchmark images
+    cache = [
+        open_store(part)
+        for part in (root / "eval" / "features" / "synth_database_local_cache").glob("*/part-*")
+    ]
     cached_names = {name: (store, store.index_of(name)) for store in cache for name in store.names}
     assert len(cached_names) == len(shortlisted)
     full = open_store(root / "full" / "features" / "synth_database")
@@ -88,8 +135,11 @@ def test_sv_extracts_only_shortlisted_images_and_reuses_the_cache(world, caplog)
         store, row = cached_names[name]
         on_demand, reference = store.local_at(row), full.local(name)
         np.testing.assert_allclose(on_demand["locations"], reference["locations"], atol=1e-3)
-        np.testing.assert_allclose(on_demand["descriptors"].astype(np.float32),
-                                   reference["descriptors"].astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(
+            on_demand["descriptors"].astype(np.float32),
+            reference["descriptors"].astype(np.float32),
+            atol=2e-3,
+        )
         compared += 1
     assert compared > 0
 

@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 from core.config import load_cfg
-from core.optimizer import LRSchedule, build_lr_schedule, build_optimizer, construct_optimizer, parameter_groups
+from core.optimizer import (
+    LRSchedule,
+    build_lr_schedule,
+    build_optimizer,
+    construct_optimizer,
+    parameter_groups,
+)
 
 
 def _small_net():
@@ -39,13 +45,18 @@ def test_shared_parameter_appears_once():
 
 
 def test_build_optimizer_reads_the_config():
-    cfg = load_cfg(opts=["OPTIM.OPTIMIZER", "sgd", "OPTIM.NESTEROV", "True", "OPTIM.MOMENTUM", "0.8"])
+    cfg = load_cfg(
+        opts=["OPTIM.OPTIMIZER", "sgd", "OPTIM.NESTEROV", "True", "OPTIM.MOMENTUM", "0.8"]
+    )
     optimizer = build_optimizer(_small_net(), cfg)
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["momentum"] == 0.8
     cfg = load_cfg(opts=["OPTIM.OPTIMIZER", "adamw", "OPTIM.BETAS", "[0.8, 0.99]"])
     optimizer = build_optimizer(_small_net(), cfg)
-    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["betas"] == (0.8, 0.99)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["betas"] == (
+        0.8,
+        0.99,
+    )
     with pytest.raises(ValueError, match="OPTIM.OPTIMIZER"):
         build_optimizer(_small_net(), load_cfg(opts=["OPTIM.OPTIMIZER", "lamb"]))
 
@@ -77,8 +88,20 @@ def test_step_schedule_counts_steps_passed():
 
 
 def test_schedule_from_config_converts_epochs():
-    cfg = load_cfg(opts=["OPTIM.LR_POLICY", "steps", "OPTIM.STEPS", "[0, 2]", "OPTIM.WARMUP_EPOCHS", "0.5",
-                         "OPTIM.BASE_LR", "1.0", "OPTIM.WARMUP_FACTOR", "0.5"])
+    cfg = load_cfg(
+        opts=[
+            "OPTIM.LR_POLICY",
+            "steps",
+            "OPTIM.STEPS",
+            "[0, 2]",
+            "OPTIM.WARMUP_EPOCHS",
+            "0.5",
+            "OPTIM.BASE_LR",
+            "1.0",
+            "OPTIM.WARMUP_FACTOR",
+            "0.5",
+        ]
+    )
     schedule = build_lr_schedule(cfg, iters_per_epoch=10, total_iters=40)
     assert schedule.warmup_iters == 5 and schedule.step_iters == [20]
     assert schedule(0) == 0.5 and schedule(19) == 1.0 and schedule(20) == pytest.approx(0.1)

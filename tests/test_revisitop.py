@@ -19,7 +19,9 @@ from datasets.safe_pickle import UnsafePickleError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REVISITOP = SHARED / "data" / "revisitop"
-needs_shared = pytest.mark.skipif(not REVISITOP.is_dir(), reason=f"real revisitop files not available at {REVISITOP}")
+needs_shared = pytest.mark.skipif(
+    not REVISITOP.is_dir(), reason=f"real revisitop files not available at {REVISITOP}"
+)
 
 
 def _noise(height, width, seed):
@@ -40,32 +42,45 @@ def _write_dataset(root, boxes, database_size=3, name="tiny"):
 
 
 def test_gnd_path():
-    assert gnd_path("/data/roxford5k", "roxford5k") == os.path.join("/data/roxford5k", "gnd_roxford5k.pkl")
+    assert gnd_path("/data/roxford5k", "roxford5k") == os.path.join(
+        "/data/roxford5k", "gnd_roxford5k.pkl"
+    )
 
 
 @needs_shared
 @pytest.mark.parametrize("name, database_size", [("roxford5k", 4993), ("rparis6k", 6322)])
 def test_real_ground_truth_loads_with_boxes_rounded_like_pil(name, database_size):
-    checksums = dict(reversed(line.split()) for line in (REVISITOP / "SHA256SUMS").read_text().splitlines())
+    checksums = dict(
+        reversed(line.split()) for line in (REVISITOP / "SHA256SUMS").read_text().splitlines()
+    )
     path = REVISITOP / f"gnd_{name}.pkl"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == checksums[path.name]
     dataset = RevisitopDataset(REVISITOP, name)
     assert len(dataset.query_names) == 70 and len(dataset.gnd) == 70
     assert len(dataset.database_names) == database_size and dataset.crop_queries
     for box, entry in zip(dataset.query_boxes, dataset.gnd):
-        assert box == [round(value) for value in entry["bbx"]] and all(type(value) is int for value in box)
-    assert dataset.image_path(dataset.query_names[0]) == str(REVISITOP / "jpg" / f"{dataset.query_names[0]}.jpg")
+        assert box == [round(value) for value in entry["bbx"]] and all(
+            type(value) is int for value in box
+        )
+    assert dataset.image_path(dataset.query_names[0]) == str(
+        REVISITOP / "jpg" / f"{dataset.query_names[0]}.jpg"
+    )
 
 
 def test_query_crop_equals_the_box_rounded_with_round(tmp_path):
     _write_dataset(tmp_path, boxes=[[2.5, 3.5, 10.5, 12.7], [1.49, 0.0, 19.51, 15.5]])
     dataset = RevisitopDataset(tmp_path, "tiny")
-    assert dataset.query_boxes == [[2, 4, 10, 13], [1, 0, 20, 16]]  # round half to even: 2.5 -> 2, 3.5 -> 4
+    assert dataset.query_boxes == [
+        [2, 4, 10, 13],
+        [1, 0, 20, 16],
+    ]  # round half to even: 2.5 -> 2, 3.5 -> 4
     full = np.asarray(Image.open(tmp_path / "jpg" / "query_0.jpg").convert("RGB"))
     crop, box = dataset.read_query(0)
     assert box == [2, 4, 10, 13]
     np.testing.assert_array_equal(crop, full[4:13, 2:10])
-    pil_crop = np.asarray(Image.open(tmp_path / "jpg" / "query_0.jpg").convert("RGB").crop((2.5, 3.5, 10.5, 12.7)))
+    pil_crop = np.asarray(
+        Image.open(tmp_path / "jpg" / "query_0.jpg").convert("RGB").crop((2.5, 3.5, 10.5, 12.7))
+    )
     np.testing.assert_array_equal(crop, pil_crop)  # the benchmark's own example crops this way
 
 
@@ -92,7 +107,9 @@ def test_distractors_extend_the_database(tmp_path):
     Image.fromarray(_noise(8, 9, 99)).save(distractor_root / "0" / "d1.png")
     list_file = tmp_path / "revisitop1m.txt"
     list_file.write_text("0/d1.png\n\n0/d2.jpg\n")
-    dataset = RevisitopDataset(tmp_path / "tiny", "tiny", distractors=list_file, distractor_root=distractor_root)
+    dataset = RevisitopDataset(
+        tmp_path / "tiny", "tiny", distractors=list_file, distractor_root=distractor_root
+    )
     assert dataset.database_names == imlist + ["0/d1.png", "0/d2.jpg"]
     assert dataset.image_path("0/d2.jpg") == os.path.join(distractor_root, "0/d2.jpg")
     np.testing.assert_array_equal(dataset.read_database(len(imlist)), _noise(8, 9, 99))
@@ -102,7 +119,9 @@ def test_distractors_extend_the_database(tmp_path):
     image, name, crop_box = images[3]
     assert name == "0/d1.png" and crop_box is None and image.shape == (8, 9, 3)
     query_image, query_name, query_box = RevisitopImages(dataset, "query")[0]
-    assert query_name == "query_0" and query_box == [2, 3, 10, 12] and query_image.shape == (9, 8, 3)
+    assert (
+        query_name == "query_0" and query_box == [2, 3, 10, 12] and query_image.shape == (9, 8, 3)
+    )
 
 
 @pytest.mark.parametrize(

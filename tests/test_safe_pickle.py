@@ -63,7 +63,9 @@ def test_numpy_ndarray_cannot_be_called_directly(tmp_path):
 def test_plain_containers_and_numpy_arrays_load(tmp_path, protocol):
     data = {
         "imlist": ["a", "b"],
-        "gnd": [{"bbx": [1.5, 2.0, 30.25, 40.0], "easy": np.array([0, 1]), "hard": [], "junk": (1,)}],
+        "gnd": [
+            {"bbx": [1.5, 2.0, 30.25, 40.0], "easy": np.array([0, 1]), "hard": [], "junk": (1,)}
+        ],
         "matrix": np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
         "scalar": np.float64(0.5),
         "names": np.array(["x", "yy"]),
@@ -73,7 +75,11 @@ def test_plain_containers_and_numpy_arrays_load(tmp_path, protocol):
     path = tmp_path / "ok.pkl"
     path.write_bytes(pickle.dumps(data, protocol=protocol))
     loaded = safe_load_pickle(path)
-    assert loaded["imlist"] == ["a", "b"] and loaded["tags"] == {"q", "r"} and loaded["raw"] == b"\x00\xff"
+    assert (
+        loaded["imlist"] == ["a", "b"]
+        and loaded["tags"] == {"q", "r"}
+        and loaded["raw"] == b"\x00\xff"
+    )
     np.testing.assert_array_equal(loaded["gnd"][0]["easy"], [0, 1])
     np.testing.assert_array_equal(loaded["matrix"], data["matrix"])
     assert loaded["matrix"].dtype == np.float32 and loaded["scalar"] == 0.5
@@ -90,7 +96,9 @@ def test_unreadable_files_raise_pickle_read_error_naming_the_file(tmp_path, cont
         safe_load_pickle(tmp_path / "absent.pkl")
 
 
-@pytest.mark.skipif(not REVISITOP.is_dir(), reason=f"real revisitop ground truth not available at {REVISITOP}")
+@pytest.mark.skipif(
+    not REVISITOP.is_dir(), reason=f"real revisitop ground truth not available at {REVISITOP}"
+)
 @pytest.mark.parametrize("name", ["roxford5k", "rparis6k"])
 def test_real_gnd_files_reference_no_globals_and_load(name):
     path = REVISITOP / f"gnd_{name}.pkl"

@@ -1,9 +1,11 @@
-"""tools/search.py: one image against the synthetic database store, with spatial verification and the picture.
+"""tools/search.py: one image against the synthetic database store, with spatial verification and
+the picture.
 
-The model is a tiny untrained one, so a real query's positives are not reliably first (its descriptors carry no
-learnt invariance). The test therefore searches with a photometric near-duplicate of one of a query's landmark
-views (2x upscaled, brighter, less contrast, JPEG re-encoded): finding it first proves that the one-image path
-extracts like the extractor and that search, verification, printing and drawing are wired, not retrieval quality.
+The model is a tiny untrained one, so a real query's positives are not reliably first (its
+descriptors carry no learnt invariance). The test therefore searches with a photometric
+near-duplicate of one of a query's landmark views (2x upscaled, brighter, less contrast, JPEG
+re-encoded): finding it first proves that the one-image path extracts like the extractor and that
+search, verification, printing and drawing are wired, not retrieval quality.
 """
 
 import os
@@ -38,7 +40,8 @@ def _near_duplicate(source, target):
 
 
 def _sections(output):
-    """{"global": [[rank, score, name]], "sv": [[rank, inliers, global rank, name, ...]]} from the printed tables."""
+    """{"global": [[rank, score, name]], "sv": [[rank, inliers, global rank, name, ...]]} from the
+    printed tables."""
     sections, current = {"global": [], "sv": []}, None
     for line in output.splitlines():
         if line.startswith("global ranking"):
@@ -56,10 +59,27 @@ def test_near_duplicate_of_a_landmark_view_comes_first(synthetic, tmp_path):
     view = ground_truth["imlist"][ground_truth["gnd"][0]["easy"][0]]  # a view of query 0's landmark
     image = _near_duplicate(root / "data" / "test" / "jpg" / f"{view}.jpg", tmp_path / "photo.jpg")
     picture = tmp_path / "ranking.png"
-    command = [sys.executable, str(REPO / "tools" / "search.py"), "--cfg", TINY_PRESET, str(image), "--sv",
-               "--topk", "5", "--draw", str(picture), *options]
-    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    command = [
+        sys.executable,
+        str(REPO / "tools" / "search.py"),
+        "--cfg",
+        TINY_PRESET,
+        str(image),
+        "--sv",
+        "--topk",
+        "5",
+        "--draw",
+        str(picture),
+        *options,
+    ]
+    finished = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert finished.returncode == 0, finished.stderr
     tables = _sections(finished.stdout)
     assert [row[0] for row in tables["global"]] == ["1", "2", "3", "4", "5"]
@@ -86,10 +106,17 @@ def test_one_image_extraction_is_the_extractors(synthetic):
 def test_errors_are_reported(synthetic, tmp_path, capsys):
     root, options = synthetic
     image = root / "data" / "test" / "jpg" / "query_000.jpg"
-    assert main(["--cfg", TINY_PRESET, str(image), "--store", str(tmp_path / "nowhere"), *options]) == 2
+    assert (
+        main(["--cfg", TINY_PRESET, str(image), "--store", str(tmp_path / "nowhere"), *options])
+        == 2
+    )
     assert "search error" in capsys.readouterr().err
     assert main(["--cfg", TINY_PRESET, str(tmp_path / "missing.jpg"), *options]) == 2
     assert "missing.jpg" in capsys.readouterr().err
-    other = [*options, "MODEL.HEADS.REDUCTION_DIM", "64"]  # a model the store was not extracted with
+    other = [
+        *options,
+        "MODEL.HEADS.REDUCTION_DIM",
+        "64",
+    ]  # a model the store was not extracted with
     assert main(["--cfg", TINY_PRESET, str(image), *other]) == 2
     assert "MODEL.HEADS.REDUCTION_DIM" in capsys.readouterr().err

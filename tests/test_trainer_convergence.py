@@ -1,5 +1,5 @@
-"""A few hundred iterations of a small config on synthetic data: the loss and the training error fall; the plot
-script draws the run's curves."""
+"""A few hundred iterations of a small config on synthetic data: the loss and the training error
+fall; the plot script draws the run's curves."""
 
 import math
 import subprocess
@@ -15,15 +15,32 @@ from tests.tiny import REPO, TINY_PRESET, generate_tiny_world, tiny_training_opt
 
 ITERATIONS = 240
 
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     base = tmp_path_factory.mktemp("convergence")
     opts = tiny_training_options(
-        generate_tiny_world(base) / "train", base / "run", "LOG_PERIOD", "5", "OPTIM.MAX_ITER", str(ITERATIONS),
-        "TRAIN.EVAL_PERIOD", "20", "TRAIN.CHECKPOINT_PERIOD", "100",
-        # SGD, as the paper trains: ArcFace learns in a few hundred steps of this tiny net at scale 30 and LR 0.1
-        # (the preset's AdamW recipe is the one that trains the demo's larger net from scratch)
-        "OPTIM.OPTIMIZER", "sgd", "OPTIM.WEIGHT_DECAY", "0.0001", "MODEL.HEADS.SCALE", "30.0", "OPTIM.BASE_LR", "0.1",
+        generate_tiny_world(base) / "train",
+        base / "run",
+        "LOG_PERIOD",
+        "5",
+        "OPTIM.MAX_ITER",
+        str(ITERATIONS),
+        "TRAIN.EVAL_PERIOD",
+        "20",
+        "TRAIN.CHECKPOINT_PERIOD",
+        "100",
+        # SGD, as the paper trains: ArcFace learns in a few hundred steps of this tiny net at scale
+        # 30 and LR 0.1 (the preset's AdamW recipe is the one that trains the demo's larger net from
+        # scratch)
+        "OPTIM.OPTIMIZER",
+        "sgd",
+        "OPTIM.WEIGHT_DECAY",
+        "0.0001",
+        "MODEL.HEADS.SCALE",
+        "30.0",
+        "OPTIM.BASE_LR",
+        "0.1",
     )
     assert trainer.train_in_process(load_cfg(TINY_PRESET, opts).dump()) == 0
     return base / "run"
@@ -41,7 +58,9 @@ def test_loss_and_training_error_fall(run_dir):
     chance_ce = math.log(8)  # the tiny synthetic set has 8 classes
     assert mean(last, "loss") < 0.4 * mean(first, "loss")
     assert mean(last, "loss_global") < mean(first, "loss_global")
-    assert mean(last, "loss_attention") < chance_ce - 0.3  # the attention classifier learned beyond chance
+    assert (
+        mean(last, "loss_attention") < chance_ce - 0.3
+    )  # the attention classifier learned beyond chance
     assert mean(last, "loss_reconstruction") < 0.5 * mean(first, "loss_reconstruction")
     assert mean(last, "global_top1_err") < mean(first, "global_top1_err") - 10.0
     assert mean(last, "attention_top1_err") < mean(first, "attention_top1_err") - 15.0
@@ -50,8 +69,13 @@ def test_loss_and_training_error_fall(run_dir):
 
 @pytest.mark.slow
 def test_plot_training_writes_a_png_of_the_run(run_dir):
-    result = subprocess.run([sys.executable, "tools/plot_training.py", str(run_dir)], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "tools/plot_training.py", str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     png = run_dir / "training_curves.png"
     assert result.stdout.strip() == str(png)
@@ -59,6 +83,11 @@ def test_plot_training_writes_a_png_of_the_run(run_dir):
 
 
 def test_plot_training_names_a_folder_without_a_log(tmp_path):
-    result = subprocess.run([sys.executable, "tools/plot_training.py", str(tmp_path)], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "tools/plot_training.py", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "training_log.jsonl does not exist" in result.stderr

@@ -9,15 +9,22 @@ from core.data import ResumableDistributedSampler, SeededSamples, make_train_loa
 
 
 def test_processes_get_disjoint_whole_batches_of_one_permutation():
-    samplers = [ResumableDistributedSampler(23, batch_size=4, num_replicas=2, rank=r, seed=7) for r in (0, 1)]
+    samplers = [
+        ResumableDistributedSampler(23, batch_size=4, num_replicas=2, rank=r, seed=7)
+        for r in (0, 1)
+    ]
     for sampler in samplers:
         sampler.set_epoch(3)
     shares = [list(sampler) for sampler in samplers]
     assert [len(share) for share in shares] == [8, 8] and samplers[0].batches_per_epoch == 2
     indices = [index for share in shares for index, _, _ in share]
-    assert len(set(indices)) == 16  # 23 images, 2 processes x 2 batches x 4: the rest waits for another epoch
+    assert (
+        len(set(indices)) == 16
+    )  # 23 images, 2 processes x 2 batches x 4: the rest waits for another epoch
     positions = sorted(position for share in shares for _, _, position in share)
-    assert positions == list(range(16)) and all(epoch == 3 for share in shares for _, epoch, _ in share)
+    assert positions == list(range(16)) and all(
+        epoch == 3 for share in shares for _, epoch, _ in share
+    )
     permutation = samplers[0].epoch_permutation(3).tolist()
     assert all(permutation[position] == index for share in shares for index, _, position in share)
 

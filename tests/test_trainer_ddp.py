@@ -1,5 +1,6 @@
-"""A 2-process CPU DDP run (gloo) of train_delg.py on synthetic data: it trains and checkpoints, SIGTERM makes it
-checkpoint and exit cleanly, and TRAIN.AUTO_RESUME continues from there (with a changed training length)."""
+"""A 2-process CPU DDP run (gloo) of train_delg.py on synthetic data: it trains and checkpoints,
+SIGTERM makes it checkpoint and exit cleanly, and TRAIN.AUTO_RESUME continues from there (with a
+changed training length)."""
 
 import os
 import signal
@@ -8,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from core.logging import JSON_LOG_NAME, read_json_log
 from core.checkpoint import list_checkpoints, read_training_checkpoint
+from core.logging import JSON_LOG_NAME, read_json_log
 from tests.tiny import REPO, TINY_PRESET, generate_tiny_world, tiny_training_options
 
 
@@ -25,9 +26,25 @@ def free_port():
 
 
 def launch(opts):
-    command = [sys.executable, "train_delg.py", "--cfg", TINY_PRESET, "NUM_GPUS", "2", "PORT", free_port(), *opts]
-    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "SLURM_NTASKS")}
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "train_delg.py",
+        "--cfg",
+        TINY_PRESET,
+        "NUM_GPUS",
+        "2",
+        "PORT",
+        free_port(),
+        *opts,
+    ]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RANK", "WORLD_SIZE", "SLURM_NTASKS")
+    }
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def logged_iterations(out_dir):
@@ -44,28 +61,48 @@ def wait_for_iteration(process, out_dir, iteration, timeout=180):
             return
         time.sleep(0.2)
     process.kill()
-    raise AssertionError(f"the run did not reach iteration {iteration}:\n{process.communicate()[0][-3000:]}")
+    raise AssertionError(
+        f"the run did not reach iteration {iteration}:\n{process.communicate()[0][-3000:]}"
+    )
 
 
 def test_two_processes_train_checkpoint_stop_on_sigterm_and_resume(tmp_path):
     data_root, out_dir = generate_tiny_world(tmp_path) / "train", tmp_path / "run"
 
-    first = launch(tiny_opts(data_root, out_dir, "OPTIM.MAX_ITER", "1000", "TRAIN.CHECKPOINT_ITERS", "3"))
+    first = launch(
+        tiny_opts(data_root, out_dir, "OPTIM.MAX_ITER", "1000", "TRAIN.CHECKPOINT_ITERS", "3")
+    )
     wait_for_iteration(first, out_dir, 5)
-    first.send_signal(signal.SIGTERM)  # to the launcher, which forwards it to both training processes
+    first.send_signal(
+        signal.SIGTERM
+    )  # to the launcher, which forwards it to both training processes
     output = first.communicate(timeout=120)[0]
     assert first.returncode == 0, output[-3000:]
     assert "received SIGTERM: checkpointing at the next iteration boundary" in output
     saved = [it for it, _ in list_checkpoints(str(out_dir))]
     stopped_at = saved[-1]
     assert stopped_at >= 5 and len(saved) == 3, saved  # TRAIN.KEEP_CHECKPOINTS 3 (the default)
-    assert all(it % 3 == 0 or it % 4 == 0 for it in saved[:-1]), saved  # every 3 iterations and every epoch (4)
+    assert all(it % 3 == 0 or it % 4 == 0 for it in saved[:-1]), (
+        saved
+    )  # every 3 iterations and every epoch (4)
     state = read_training_checkpoint(list_checkpoints(str(out_dir))[-1][1])
     assert len(state["rng"]) == 2  # one RNG state per process
-    assert max(logged_iterations(out_dir)) == stopped_at  # stopped at the boundary right after the signal
+    assert (
+        max(logged_iterations(out_dir)) == stopped_at
+    )  # stopped at the boundary right after the signal
 
-    second = launch(tiny_opts(data_root, out_dir, "OPTIM.MAX_ITER", str(stopped_at + 3), "TRAIN.CHECKPOINT_ITERS",
-                              "3", "TRAIN.AUTO_RESUME", "True"))
+    second = launch(
+        tiny_opts(
+            data_root,
+            out_dir,
+            "OPTIM.MAX_ITER",
+            str(stopped_at + 3),
+            "TRAIN.CHECKPOINT_ITERS",
+            "3",
+            "TRAIN.AUTO_RESUME",
+            "True",
+        )
+    )
     output = second.communicate(timeout=180)[0]
     assert second.returncode == 0, output[-3000:]
     assert f"resumed from {out_dir}/checkpoints/checkpoint_{stopped_at:09d}.pth" in output

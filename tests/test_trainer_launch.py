@@ -19,8 +19,13 @@ def test_torchrun_environment():
 
 
 def test_slurm_environment_is_mapped_onto_env_rendezvous():
-    environ = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "8(x2)",
-               "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    environ = {
+        "SLURM_PROCID": "9",
+        "SLURM_NTASKS": "16",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS_PER_NODE": "8(x2)",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }
     place = place_from_environment(environ, 12001)
     assert place == ProcessPlace(9, 16, 1, 8, "env://")
     assert environ["MASTER_ADDR"] == "gpu07" and environ["MASTER_PORT"] == "12001"
@@ -32,9 +37,15 @@ def test_single_task_or_no_launcher_means_spawn():
     assert place_from_environment({}, 1) is None
 
 
-@pytest.mark.parametrize("nodelist, host", [
-    ("node17", "node17"), ("a1,b2", "a1"), ("gpu[03-05,07]", "gpu03"), ("gpu[7,9],cpu1", "gpu7"),
-])
+@pytest.mark.parametrize(
+    "nodelist, host",
+    [
+        ("node17", "node17"),
+        ("a1,b2", "a1"),
+        ("gpu[03-05,07]", "gpu03"),
+        ("gpu[7,9],cpu1", "gpu7"),
+    ],
+)
 def test_first_slurm_host(nodelist, host):
     assert first_slurm_host(nodelist) == host
 

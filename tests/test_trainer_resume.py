@@ -1,5 +1,6 @@
-"""Exact resume: 2N iterations straight == N, stop (preemption signal), resume, N more; and the fallback to the
-checkpoint before a corrupt newest one, which must replay to the very same weights."""
+"""Exact resume: 2N iterations straight == N, stop (preemption signal), resume, N more; and the
+fallback to the checkpoint before a corrupt newest one, which must replay to the very same
+weights."""
 
 import os
 import shutil
@@ -10,17 +11,27 @@ import pytest
 import torch
 
 from core import trainer
-from core.config import load_cfg
 from core.checkpoint import list_checkpoints, read_training_checkpoint
+from core.config import load_cfg
 from tests.tiny import TINY_PRESET, generate_tiny_world, tiny_training_options
 
 STOP_AT = 5  # mid-epoch: the tiny set gives 4 iterations per epoch at batch 8
 TOTAL = 2 * STOP_AT
 
+
 def tiny_opts(data_root, out_dir, *extra):
     """The synthetic preset shrunk to seconds: half-width R18 at 16, 64 px, batch 8, no workers."""
-    return tiny_training_options(data_root, out_dir, "LOG_DEST", "file", "OPTIM.MAX_ITER", str(TOTAL),
-                                 "TRAIN.CHECKPOINT_ITERS", "0", *extra)
+    return tiny_training_options(
+        data_root,
+        out_dir,
+        "LOG_DEST",
+        "file",
+        "OPTIM.MAX_ITER",
+        str(TOTAL),
+        "TRAIN.CHECKPOINT_ITERS",
+        "0",
+        *extra,
+    )
 
 
 def train(opts):
@@ -42,7 +53,8 @@ def assert_same_weights(a, b):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Run A straight; run B stopped by SIGUSR1 after STOP_AT steps (with 2 loader workers); B kept for resuming."""
+    """Run A straight; run B stopped by SIGUSR1 after STOP_AT steps (with 2 loader workers); B kept
+    for resuming."""
     base = tmp_path_factory.mktemp("resume")
     data_root = generate_tiny_world(base) / "train"
     assert train(tiny_opts(data_root, base / "straight")) == 0
@@ -53,7 +65,9 @@ def runs(tmp_path_factory):
     def step_then_signal(*args, **kwargs):
         steps["count"] += 1
         if steps["count"] == STOP_AT:
-            os.kill(os.getpid(), signal.SIGUSR1)  # handled between bytecodes: acted on at the iteration boundary
+            os.kill(
+                os.getpid(), signal.SIGUSR1
+            )  # handled between bytecodes: acted on at the iteration boundary
         return real_step(*args, **kwargs)
 
     trainer.train_step = step_then_signal
@@ -72,15 +86,23 @@ def resume_copy(runs, name):
 
 def test_stop_then_resume_gives_identical_weights(runs):
     data_root, out_dir = resume_copy(runs, "resumed")
-    assert [it for it, _ in list_checkpoints(str(out_dir))] == [4, STOP_AT]  # epoch end, then the preemption
+    assert [it for it, _ in list_checkpoints(str(out_dir))] == [
+        4,
+        STOP_AT,
+    ]  # epoch end, then the preemption
     assert train(tiny_opts(data_root, out_dir, "TRAIN.AUTO_RESUME", "True")) == 0
     log = (out_dir / "stdout.log").read_text()
-    assert f"checkpoint_{STOP_AT:09d}.pth: epoch 2, iteration 1 of it, global iteration {STOP_AT}" in log
+    assert (
+        f"checkpoint_{STOP_AT:09d}.pth: epoch 2, iteration 1 of it, global iteration {STOP_AT}"
+        in log
+    )
     assert "config changed since the checkpoint: TRAIN.AUTO_RESUME False -> True" in log
     position, weights = final_model(out_dir)
     straight_position, straight_weights = final_model(runs[1] / "straight")
     assert position == straight_position and position["global_iter"] == TOTAL
-    assert_same_weights(weights, straight_weights)  # 0 and 2 loader workers: augmentation seeded per sample
+    assert_same_weights(
+        weights, straight_weights
+    )  # 0 and 2 loader workers: augmentation seeded per sample
 
 
 def test_corrupt_newest_checkpoint_falls_back_and_replays_exactly(runs):

@@ -32,7 +32,9 @@ def test_normalizer_orders_channels_before_mean_and_std():
     red[0] = 255
     rgb = Normalizer([0.5, 0.25, 0.125], [0.5, 0.5, 0.25], "RGB")(red)
     torch.testing.assert_close(rgb[:, 0, 0], torch.tensor([1.0, -0.5, -0.5]))
-    bgr = Normalizer([0.125, 0.25, 0.5], [0.25, 0.5, 0.5], "BGR")(red)  # mean/std given in BGR order
+    bgr = Normalizer([0.125, 0.25, 0.5], [0.25, 0.5, 0.5], "BGR")(
+        red
+    )  # mean/std given in BGR order
     torch.testing.assert_close(bgr[:, 0, 0], torch.tensor([-0.5, -0.5, 1.0]))
     with pytest.raises(ValueError, match="RGB"):
         Normalizer([0, 0, 0], [1, 1, 1], "RBG")
@@ -71,14 +73,22 @@ def test_resize_longest_side_never_upscales():
 
 def _save_noise(path, seed, size=12):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(
+        np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    ).save(path)
 
 
 def test_corrupt_and_missing_images_are_skipped_logged_and_counted(tmp_path, caplog):
     for index in range(3):
         _save_noise(tmp_path / f"good{index}.jpg", index)
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
-    samples = [("good0.jpg", 0), ("corrupt.jpg", 1), ("good1.jpg", 2), ("missing.jpg", 3), ("good2.jpg", 4)]
+    samples = [
+        ("good0.jpg", 0),
+        ("corrupt.jpg", 1),
+        ("good1.jpg", 2),
+        ("missing.jpg", 3),
+        ("good2.jpg", 4),
+    ]
     dataset = ImageClassificationDataset(tmp_path, samples, ValTransform(8, IDENTITY))
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=collate_skip_failures)
     with caplog.at_level(logging.WARNING, logger="datasets.loader"):
@@ -90,7 +100,9 @@ def test_corrupt_and_missing_images_are_skipped_logged_and_counted(tmp_path, cap
 
     budget = FailureBudget(max_fraction=0.5, min_images=1)
     budget.update(len(labels) + num_failed, num_failed)  # 2 of 5
-    with pytest.raises(TooManyBadImagesError, match=r"6 of 10 images \(60.00%\).*MAX_BAD_IMAGE_FRACTION = 0.5"):
+    with pytest.raises(
+        TooManyBadImagesError, match=r"6 of 10 images \(60.00%\).*MAX_BAD_IMAGE_FRACTION = 0.5"
+    ):
         budget.update(5, 4)
 
 
@@ -119,14 +131,26 @@ def _gldv2_root(tmp_path):
     for landmark in (30, 10, 20):
         ids = [f"{landmark:02d}{index}abcdef" for index in range(5)]
         for image_id in ids:
-            _save_noise(tmp_path / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg", landmark)
+            _save_noise(
+                tmp_path / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg",
+                landmark,
+            )
         lines.append(f"{landmark},{' '.join(ids)}")
     (tmp_path / "train_clean.csv").write_text("\n".join(lines) + "\n")
     return tmp_path
 
 
 def _cfg(root, *opts):
-    base = ["TRAIN.DATA_ROOT", str(root), "TRAIN.IM_SIZE", "8", "TEST.IM_SIZE", "8", "TRAIN.BATCH_SIZE", "4"]
+    base = [
+        "TRAIN.DATA_ROOT",
+        str(root),
+        "TRAIN.IM_SIZE",
+        "8",
+        "TEST.IM_SIZE",
+        "8",
+        "TRAIN.BATCH_SIZE",
+        "4",
+    ]
     return load_cfg(opts=base + ["TEST.BATCH_SIZE", "2", "DATA_LOADER.PIN_MEMORY", "False", *opts])
 
 
@@ -153,7 +177,10 @@ def test_gldv2_builders_split_and_loaders_count_failures_across_workers(tmp_path
         assert torch.equal(labels, labels_again) and torch.equal(images, images_again)
 
     halves = [build_val_loader(cfg, val, rank, world_size=2) for rank in (0, 1)]
-    assert [sum(len(labels) for _, labels, _ in loader) for loader in halves] == [2, 1]  # none repeated
+    assert [sum(len(labels) for _, labels, _ in loader) for loader in halves] == [
+        2,
+        1,
+    ]  # none repeated
 
 
 def test_list_builders_and_test_split_labels(tmp_path):
@@ -161,9 +188,21 @@ def test_list_builders_and_test_split_labels(tmp_path):
         _save_noise(tmp_path / "img" / f"{index}.jpg", index)
     (tmp_path / "train_list.txt").write_text("img/0.jpg 0\nimg/1.jpg 2\nimg/2.jpg 2\n")
     (tmp_path / "val_list.txt").write_text("img/3.jpg 1\n")
-    cfg = _cfg(tmp_path, "TRAIN.SPLIT", "train_list.txt", "TRAIN.VAL_FRACTION", "0.0", "TEST.SPLIT", "val_list.txt")
+    cfg = _cfg(
+        tmp_path,
+        "TRAIN.SPLIT",
+        "train_list.txt",
+        "TRAIN.VAL_FRACTION",
+        "0.0",
+        "TEST.SPLIT",
+        "val_list.txt",
+    )
     train, mapping = build_train_dataset(cfg)
-    assert mapping.num_classes == 3 and train.labels.tolist() == [0, 2, 2]  # seed labels are kept as they are
+    assert mapping.num_classes == 3 and train.labels.tolist() == [
+        0,
+        2,
+        2,
+    ]  # seed labels are kept as they are
     val, _ = build_val_dataset(cfg)
     assert val.labels.tolist() == [1] and val[0][0].shape == (3, 8, 8)
 
@@ -176,5 +215,7 @@ def test_list_builders_and_test_split_labels(tmp_path):
 
 def test_missing_split_file_names_the_key_and_the_default_root():
     cfg = load_cfg(opts=["TRAIN.DATASET", "no_such_dataset"])
-    with pytest.raises(FileNotFoundError, match=r"TRAIN.SPLIT: .*datasets/data/no_such_dataset/train_clean.csv"):
+    with pytest.raises(
+        FileNotFoundError, match=r"TRAIN.SPLIT: .*datasets/data/no_such_dataset/train_clean.csv"
+    ):
         build_train_dataset(cfg)

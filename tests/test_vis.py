@@ -1,5 +1,5 @@
-"""Pictures: captions stay inside their box and are legible; match lines join the right points; ranking tiles keep
-their border colour."""
+"""Pictures: captions stay inside their box and are legible; match lines join the right points;
+ranking tiles keep their border colour."""
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ def test_caption_draws_only_inside_its_box(scale):
     changed = np.argwhere((picture != GREY).any(axis=2))
     assert changed[:, 0].min() == y0 and changed[:, 0].max() == y1
     assert changed[:, 1].min() == x0 and changed[:, 1].max() == x1
-    box = picture[y0:y1 + 1, x0:x1 + 1]
+    box = picture[y0 : y1 + 1, x0 : x1 + 1]
     assert (box.min(axis=2) > 200).sum() > 20  # white strokes
     assert (box.max(axis=2) == 0).mean() > 0.5  # on black
 
@@ -34,11 +34,24 @@ def test_match_lines_join_the_matched_points():
     right = np.full((30, 60, 3), 255, dtype=np.uint8)
     canvas, offset = side_by_side(left, right)
     assert canvas.shape == (40, 50 + 10 + 60, 3) and offset == 60
-    picture = draw_matches(left, right, [[10, 10], [20, 30]], [[5, 5], [40, 20]], inliers=[True, False],
-                           show_outliers=True)
-    assert tuple(picture[10, 10]) == INLIER_COLOUR and tuple(picture[5, offset + 5]) == INLIER_COLOUR
-    assert tuple(picture[30, 20]) == OUTLIER_COLOUR and tuple(picture[20, offset + 40]) == OUTLIER_COLOUR
-    hidden = draw_matches(left, right, [[10, 10], [20, 30]], [[5, 5], [40, 20]], inliers=[True, False])
+    picture = draw_matches(
+        left,
+        right,
+        [[10, 10], [20, 30]],
+        [[5, 5], [40, 20]],
+        inliers=[True, False],
+        show_outliers=True,
+    )
+    assert (
+        tuple(picture[10, 10]) == INLIER_COLOUR and tuple(picture[5, offset + 5]) == INLIER_COLOUR
+    )
+    assert (
+        tuple(picture[30, 20]) == OUTLIER_COLOUR
+        and tuple(picture[20, offset + 40]) == OUTLIER_COLOUR
+    )
+    hidden = draw_matches(
+        left, right, [[10, 10], [20, 30]], [[5, 5], [40, 20]], inliers=[True, False]
+    )
     assert tuple(hidden[30, 20]) == (255, 255, 255)  # outliers are not drawn unless asked
 
 

@@ -1,4 +1,5 @@
-"""Weight loading: seed checkpoints, torchvision ImageNet ResNets, our own checkpoints, and the report's rules."""
+"""Weight loading: seed checkpoints, torchvision ImageNet ResNets, our own checkpoints, and the
+report's rules."""
 
 import json
 import math
@@ -9,24 +10,47 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from core.weights import WeightsError, load_weights, read_checkpoint
 from core.config import load_cfg
 from core.io import torch_save
+from core.weights import WeightsError, load_weights, read_checkpoint
 from modeling import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_r50_delg_state_dict_keys.json"
+SEED_KEYS = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "reference"
+    / "seed_r50_delg_state_dict_keys.json"
+)
 SEED_CLASSES = 81313  # the class count of the released seed checkpoint
 
 
 def tiny_cfg(num_classes=5, *overrides):
-    return load_cfg("", ["MODEL.NUM_CLASSES", str(num_classes), "MODEL.HEADS.REDUCTION_DIM", "16", "MODEL.DEPTH",
-                         "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "32",
-                         "MODEL.LOCAL.ATTENTION_DIM", "16", "MODEL.LOCAL.DESCRIPTOR_DIM", "8", *overrides])
+    return load_cfg(
+        "",
+        [
+            "MODEL.NUM_CLASSES",
+            str(num_classes),
+            "MODEL.HEADS.REDUCTION_DIM",
+            "16",
+            "MODEL.DEPTH",
+            "18",
+            "RESNET.TRANS_FUN",
+            "basic_transform",
+            "RESNET.WIDTH_PER_GROUP",
+            "32",
+            "MODEL.LOCAL.ATTENTION_DIM",
+            "16",
+            "MODEL.LOCAL.DESCRIPTOR_DIM",
+            "8",
+            *overrides,
+        ],
+    )
 
 
 def random_seed_state_dict(num_classes, generator):
-    """Every key and shape of the seed's R50 checkpoint (classifiers resized to num_classes), random values."""
+    """Every key and shape of the seed's R50 checkpoint (classifiers resized to num_classes), random
+    values."""
     if not SEED_KEYS.is_file():
         pytest.skip(f"seed key list not found at {SEED_KEYS}")
     shapes = json.loads(SEED_KEYS.read_text())
@@ -50,30 +74,51 @@ def random_seed_state_dict(num_classes, generator):
 
 
 def seed_by_hand(state, images):
-    """The seed's pycls ResNet-50 (stride on the 3x3 conv), GlobalHead and SpatialAttention2d, from its tensors."""
+    """The seed's pycls ResNet-50 (stride on the 3x3 conv), GlobalHead and SpatialAttention2d, from
+    its tensors."""
+
     def bn(x, prefix):
-        return F.batch_norm(x, state[prefix + "running_mean"], state[prefix + "running_var"],
-                            state[prefix + "weight"], state[prefix + "bias"], training=False, eps=1e-5)
+        return F.batch_norm(
+            x,
+            state[prefix + "running_mean"],
+            state[prefix + "running_var"],
+            state[prefix + "weight"],
+            state[prefix + "bias"],
+            training=False,
+            eps=1e-5,
+        )
 
     g = "globalmodel."
-    x = F.relu(bn(F.conv2d(images, state[g + "stem.conv.weight"], stride=2, padding=3), g + "stem.bn."))
+    x = F.relu(
+        bn(F.conv2d(images, state[g + "stem.conv.weight"], stride=2, padding=3), g + "stem.bn.")
+    )
     x = F.max_pool2d(x, 3, stride=2, padding=1)
     for stage, depth in enumerate((3, 4, 6, 3), start=1):
         for block in range(1, depth + 1):
             p, stride = f"{g}s{stage}.b{block}.", (2 if stage > 1 and block == 1 else 1)
             f = F.relu(bn(F.conv2d(x, state[p + "f.a.weight"]), p + "f.a_bn."))
-            f = F.relu(bn(F.conv2d(f, state[p + "f.b.weight"], stride=stride, padding=1), p + "f.b_bn."))
+            f = F.relu(
+                bn(F.conv2d(f, state[p + "f.b.weight"], stride=stride, padding=1), p + "f.b_bn.")
+            )
             f = bn(F.conv2d(f, state[p + "f.c.weight"]), p + "f.c_bn.")
-            shortcut = bn(F.conv2d(x, state[p + "proj.weight"], stride=stride), p + "bn.") \
-                if p + "proj.weight" in state else x
+            shortcut = (
+                bn(F.conv2d(x, state[p + "proj.weight"], stride=stride), p + "bn.")
+                if p + "proj.weight" in state
+                else x
+            )
             x = F.relu(shortcut + f)
         if stage == 3:
             block3 = x
     power = state[g + "head.pool.p"]
     pooled = x.clamp(min=1e-6).pow(power).mean(dim=(2, 3)).pow(1.0 / power)
     embedding = F.linear(pooled, state[g + "head.fc.weight"], state[g + "head.fc.bias"])
-    hidden = bn(F.conv2d(block3, state["localmodel.conv1.weight"], state["localmodel.conv1.bias"]), "localmodel.bn.")
-    attention = F.softplus(F.conv2d(F.relu(hidden), state["localmodel.conv2.weight"], state["localmodel.conv2.bias"]))
+    hidden = bn(
+        F.conv2d(block3, state["localmodel.conv1.weight"], state["localmodel.conv1.bias"]),
+        "localmodel.bn.",
+    )
+    attention = F.softplus(
+        F.conv2d(F.relu(hidden), state["localmodel.conv2.weight"], state["localmodel.conv2.bias"])
+    )
     return embedding, attention, hidden
 
 
@@ -82,7 +127,9 @@ def test_seed_checkpoint_loads_completely_and_computes_what_the_seed_computes(tm
     state = random_seed_state_dict(10, generator)
     path = tmp_path / "seed.pyth"
     torch_save({"epoch": 3, "model_state": state, "cfg": "MODEL: {}"}, path)
-    model = build_model(load_cfg(str(REPO / "configs/seed/resnet_delg_8gpu.yaml"), ["MODEL.NUM_CLASSES", "10"]))
+    model = build_model(
+        load_cfg(str(REPO / "configs/seed/resnet_delg_8gpu.yaml"), ["MODEL.NUM_CLASSES", "10"])
+    )
     lines = []
     report = load_weights(model, str(path), log=lines.append)
     assert report.source == "seed"
@@ -105,7 +152,9 @@ def test_seed_checkpoint_loads_completely_and_computes_what_the_seed_computes(tm
 def test_seed_checkpoint_with_another_class_count_skips_only_the_classifiers(tmp_path):
     state = random_seed_state_dict(12, torch.Generator().manual_seed(1))
     torch_save({"model_state": state}, tmp_path / "seed.pyth")
-    model = build_model(load_cfg(str(REPO / "configs/seed/resnet_delg_8gpu.yaml"), ["MODEL.NUM_CLASSES", "10"]))
+    model = build_model(
+        load_cfg(str(REPO / "configs/seed/resnet_delg_8gpu.yaml"), ["MODEL.NUM_CLASSES", "10"])
+    )
     before = model.margin.weight.detach().clone()
     lines = []
     report = load_weights(model, str(tmp_path / "seed.pyth"), log=lines.append)
@@ -125,8 +174,19 @@ def test_torchvision_resnet50_loads_into_the_backbone(tmp_path):
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.0)
     torch_save(reference.state_dict(), tmp_path / "resnet50.pth")
-    model = build_model(load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.HEADS.REDUCTION_DIM", "16",
-                                      "RESNET.STRIDE_1X1", "False"]))  # torchvision's layout, to compare outputs
+    model = build_model(
+        load_cfg(
+            "",
+            [
+                "MODEL.NUM_CLASSES",
+                "5",
+                "MODEL.HEADS.REDUCTION_DIM",
+                "16",
+                "RESNET.STRIDE_1X1",
+                "False",
+            ],
+        )
+    )  # torchvision's layout, to compare outputs
     lines = []
     report = load_weights(model, str(tmp_path / "resnet50.pth"), log=lines.append)
     assert report.source == "torchvision"
@@ -146,14 +206,19 @@ def test_torchvision_resnet50_loads_into_the_backbone(tmp_path):
 
 def test_our_checkpoint_roundtrip_and_report(tmp_path):
     source = build_model(tiny_cfg())
-    torch_save({"format": "delg-training-checkpoint", "model": source.state_dict()}, tmp_path / "ours.pth")
+    torch_save(
+        {"format": "delg-training-checkpoint", "model": source.state_dict()}, tmp_path / "ours.pth"
+    )
     model = build_model(tiny_cfg())
     lines = []
     report = load_weights(model, str(tmp_path / "ours.pth"), log=lines.append, strict=True)
     assert report.source == "ours" and report.missing == [] and report.unexpected == []
     assert len(report.loaded) == report.total == len(source.state_dict())
-    assert lines == [f"weights {tmp_path / 'ours.pth'} (a checkpoint of this framework): loaded {report.total} of "
-                     f"{report.total} model tensors"]
+    assert lines == [
+        f"weights {tmp_path / 'ours.pth'} (a checkpoint of this framework): loaded {report.total} "
+        "of "
+        f"{report.total} model tensors"
+    ]
     for key, value in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
 
@@ -171,9 +236,14 @@ def test_other_class_count_skips_the_classifiers_with_a_line(tmp_path):
     model = build_model(tiny_cfg(num_classes=10))
     lines = []
     report = load_weights(model, str(tmp_path / "ours.pth"), log=lines.append, strict=True)
-    assert sorted(key for key, _, _ in report.skipped_classifier) == ["attention_classifier.bias",
-                                                                       "attention_classifier.weight", "margin.weight"]
-    assert any("margin.weight is [7, 16] in the file, [10, 16] in the model" in line for line in lines)
+    assert sorted(key for key, _, _ in report.skipped_classifier) == [
+        "attention_classifier.bias",
+        "attention_classifier.weight",
+        "margin.weight",
+    ]
+    assert any(
+        "margin.weight is [7, 16] in the file, [10, 16] in the model" in line for line in lines
+    )
     torch.testing.assert_close(model.whiten.weight, source.whiten.weight)
     assert model.margin.weight.shape == (10, 16)
 
@@ -181,7 +251,9 @@ def test_other_class_count_skips_the_classifiers_with_a_line(tmp_path):
 def test_backbone_shape_mismatch_is_an_error(tmp_path):
     torch_save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
     model = build_model(tiny_cfg())  # half width: 32 stem channels against torchvision's 64
-    with pytest.raises(WeightsError, match=r"backbone\.conv1\.weight: \[64, 3, 7, 7\] in the file, \[32, 3, 7, 7\]"):
+    with pytest.raises(
+        WeightsError, match=r"backbone\.conv1\.weight: \[64, 3, 7, 7\] in the file, \[32, 3, 7, 7\]"
+    ):
         load_weights(model, str(tmp_path / "resnet18.pth"), log=lambda line: None)
 
 
@@ -194,9 +266,24 @@ def test_head_shape_mismatch_is_an_error(tmp_path):
 
 def test_missing_backbone_tensors_are_an_error(tmp_path):
     torch_save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
-    model = build_model(load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.DEPTH", "34", "RESNET.TRANS_FUN",
-                                      "basic_transform", "MODEL.HEADS.REDUCTION_DIM", "16"]))
-    with pytest.raises(WeightsError, match=r"missing 80 tensors \(backbone\.layer1 10, backbone\.layer2 20, "):
+    model = build_model(
+        load_cfg(
+            "",
+            [
+                "MODEL.NUM_CLASSES",
+                "5",
+                "MODEL.DEPTH",
+                "34",
+                "RESNET.TRANS_FUN",
+                "basic_transform",
+                "MODEL.HEADS.REDUCTION_DIM",
+                "16",
+            ],
+        )
+    )
+    with pytest.raises(
+        WeightsError, match=r"missing 80 tensors \(backbone\.layer1 10, backbone\.layer2 20, "
+    ):
         load_weights(model, str(tmp_path / "resnet18.pth"), log=lambda line: None)
 
 

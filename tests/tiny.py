@@ -1,5 +1,5 @@
-"""The tiny settings the integration tests share: the synthetic CPU preset shrunk until a training run or an
-extraction of the tiny synthetic world takes seconds."""
+"""The tiny settings the integration tests share: the synthetic CPU preset shrunk until a training
+run or an extraction of the tiny synthetic world takes seconds."""
 
 from pathlib import Path
 
@@ -11,40 +11,91 @@ TINY_PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 
 # A quarter-width ResNet-18 with 32-d heads: a training step of 8 crops of 64 px takes milliseconds.
 TINY_TRAINING = [
-    "RESNET.WIDTH_PER_GROUP", "16", "MODEL.HEADS.REDUCTION_DIM", "32", "MODEL.LOCAL.ATTENTION_DIM", "32",
-    "MODEL.LOCAL.DESCRIPTOR_DIM", "16", "TRAIN.VAL_FRACTION", "0.25", "TRAIN.BATCH_SIZE", "8", "TRAIN.IM_SIZE", "64",
-    "TEST.BATCH_SIZE", "8", "TEST.IM_SIZE", "64", "DATA_LOADER.NUM_WORKERS", "0", "LOG_PERIOD", "1",
-    "TRAIN.EVAL_PERIOD", "100",
+    "RESNET.WIDTH_PER_GROUP",
+    "16",
+    "MODEL.HEADS.REDUCTION_DIM",
+    "32",
+    "MODEL.LOCAL.ATTENTION_DIM",
+    "32",
+    "MODEL.LOCAL.DESCRIPTOR_DIM",
+    "16",
+    "TRAIN.VAL_FRACTION",
+    "0.25",
+    "TRAIN.BATCH_SIZE",
+    "8",
+    "TRAIN.IM_SIZE",
+    "64",
+    "TEST.BATCH_SIZE",
+    "8",
+    "TEST.IM_SIZE",
+    "64",
+    "DATA_LOADER.NUM_WORKERS",
+    "0",
+    "LOG_PERIOD",
+    "1",
+    "TRAIN.EVAL_PERIOD",
+    "100",
 ]
 
 # An untrained quarter-width ResNet-18, images of at most 112 px, two local scales and 100 features.
 TINY_EXTRACTION = [
-    "MODEL.DEPTH", "18", "RESNET.TRANS_FUN", "basic_transform", "RESNET.WIDTH_PER_GROUP", "16", "DEVICE", "cpu",
-    "DATA_LOADER.NUM_WORKERS", "0", "EXTRACT.MAX_IMAGE_SIZE", "112", "EXTRACT.GLOBAL_SCALES", "[1.0]",
-    "EXTRACT.LOCAL_SCALES", "[0.7071, 1.0]", "EXTRACT.MAX_FEATURES", "100", "EVAL.DEVICE", "cpu",
+    "MODEL.DEPTH",
+    "18",
+    "RESNET.TRANS_FUN",
+    "basic_transform",
+    "RESNET.WIDTH_PER_GROUP",
+    "16",
+    "DEVICE",
+    "cpu",
+    "DATA_LOADER.NUM_WORKERS",
+    "0",
+    "EXTRACT.MAX_IMAGE_SIZE",
+    "112",
+    "EXTRACT.GLOBAL_SCALES",
+    "[1.0]",
+    "EXTRACT.LOCAL_SCALES",
+    "[0.7071, 1.0]",
+    "EXTRACT.MAX_FEATURES",
+    "100",
+    "EVAL.DEVICE",
+    "cpu",
 ]
 
 
 def tiny_training_options(data_root, out_dir, *extra):
-    """Options of a seconds-long training run on `data_root` (a synthetic train folder); `extra` overrides."""
+    """Options of a seconds-long training run on `data_root` (a synthetic train folder); `extra`
+    overrides."""
     return [*TINY_TRAINING, "TRAIN.DATA_ROOT", str(data_root), "OUT_DIR", str(out_dir), *extra]
 
 
 def generate_tiny_world(root):
-    """The tiny synthetic world in root/data: 8 landmarks x 6 training images, 4 queries, 30 database images."""
+    """The tiny synthetic world in root/data: 8 landmarks x 6 training images, 4 queries, 30
+    database images."""
     generate(Path(root) / "data", size="tiny", workers=1)
     return Path(root) / "data"
 
 
 def extract_tiny_world(root, *extra):
-    """Generate the tiny world in root/data and extract its test set into root/out with the tiny untrained model.
+    """Generate the tiny world in root/data and extract its test set into root/out with the tiny
+    untrained model.
 
-    Returns the options used, which evaluation and search reuse (they name the data, OUT_DIR and `extra`)."""
-    from tools.extraction.runner import run_extraction  # the extraction stack is only needed by these tests
+    Returns the options used, which evaluation and search reuse (they name the data, OUT_DIR and
+    `extra`)."""
+    from tools.extraction.runner import (
+        run_extraction,
+    )  # the extraction stack is only needed by these tests
 
     test = str(generate_tiny_world(root) / "test")
-    options = [*TINY_EXTRACTION, "EXTRACT.DATA_ROOT", test, "EVAL.DATA_ROOT", test, "OUT_DIR", str(Path(root) / "out"),
-               *extra]
+    options = [
+        *TINY_EXTRACTION,
+        "EXTRACT.DATA_ROOT",
+        test,
+        "EVAL.DATA_ROOT",
+        test,
+        "OUT_DIR",
+        str(Path(root) / "out"),
+        *extra,
+    ]
     exit_code, _ = run_extraction(load_cfg(TINY_PRESET, options))
     assert exit_code == 0, f"the tiny extraction in {root} failed"
     return options

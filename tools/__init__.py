@@ -1,1 +1,2 @@
-"""Retrieval code (extraction, re-ranking, revisitop evaluation) and the thin scripts that run it."""
+"""Retrieval code (extraction, re-ranking, revisitop evaluation) and the thin scripts that run
+it."""

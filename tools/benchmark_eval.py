@@ -1,9 +1,11 @@
-"""Benchmark: E/M/H mAP and mP@k of a 1,005,000 x 70 score matrix (ROxford + 1M distractors, synthetic scores).
+"""Benchmark: E/M/H mAP and mP@k of a 1,005,000 x 70 score matrix (ROxford + 1M distractors,
+synthetic scores).
 
-Ours: protocol_results_from_scores (no sorting of the database). Baseline: argsort every column (stable, the tie
-rule both share), then the benchmark's per-query loop for each protocol. Both run in this process on the same
-matrix; the numbers must be identical. The time of numpy's default (unstable) argsort is printed for reference.
-Last line: ``ratio: <baseline time / our time>``.
+Ours: protocol_results_from_scores (no sorting of the database). Baseline: argsort every column
+(stable, the tie
+rule both share), then the benchmark's per-query loop for each protocol. Both run in this process on
+the same matrix; the numbers must be identical. The time of numpy's default (unstable) argsort is
+printed for reference. Last line: ``ratio: <baseline time / our time>``.
 
     python tools/benchmark_eval.py [--rows 1005000] [--gnd PATH]
 """
@@ -22,11 +24,18 @@ from tools.revisitop.evaluation import load_gnd  # noqa: E402
 from tools.revisitop.metrics import protocol_results_from_scores  # noqa: E402
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnds  # noqa: E402
 
-DEFAULT_GND = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "revisitop" / "gnd_roxford5k.pkl"
+DEFAULT_GND = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "revisitop"
+    / "gnd_roxford5k.pkl"
+)
 
 
 def synthetic_scores(gnd_raw, rows, seed=0):
-    """Noise for every image, lifted for easy (+4) and hard (+3) images so that the ranking means something."""
+    """Noise for every image, lifted for easy (+4) and hard (+3) images so that the ranking means
+    something."""
     rng = np.random.default_rng(seed)
     scores = rng.standard_normal((rows, len(gnd_raw)), dtype=np.float32)
     for query, entry in enumerate(gnd_raw):
@@ -36,7 +45,8 @@ def synthetic_scores(gnd_raw, rows, seed=0):
 
 
 def benchmark_loop_map(ranks, gnd, kappas):
-    """The benchmark's compute_map as its per-query loop: positions by membership, junk shift, trapezoid AP."""
+    """The benchmark's compute_map as its per-query loop: positions by membership, junk shift,
+    trapezoid AP."""
     aps, prs = [], []
     for query, entry in enumerate(gnd):
         if len(entry["ok"]) == 0:
@@ -56,24 +66,33 @@ def benchmark_loop_map(ranks, gnd, kappas):
             ap += (precision_0 + (found + 1) / (rank + 1)) * (1.0 / len(entry["ok"])) / 2.0
         aps.append(ap)
         one_based = positions + 1
-        prs.append([(one_based <= min(one_based.max(), k)).sum() / min(one_based.max(), k) for k in kappas])
+        prs.append(
+            [(one_based <= min(one_based.max(), k)).sum() / min(one_based.max(), k) for k in kappas]
+        )
     return float(np.mean(aps)), np.mean(prs, axis=0)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1005000, help="database size (ROxford + distractors)")
+    parser.add_argument(
+        "--rows", type=int, default=1005000, help="database size (ROxford + distractors)"
+    )
     parser.add_argument("--gnd", default=str(DEFAULT_GND), help="gnd_roxford5k.pkl")
     args = parser.parse_args()
     ground_truth = load_gnd(args.gnd)
     gnd_raw = ground_truth["gnd"]
     if args.rows < len(ground_truth["imlist"]):
-        parser.error(f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} database images of {args.gnd}")
+        parser.error(
+            f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} database images of "
+            f"{args.gnd}"
+        )
     kappas = (1, 5, 10)
     scores = synthetic_scores(gnd_raw, args.rows)
     print(f"score matrix {scores.shape[0]:,} x {scores.shape[1]} float32")
 
-    protocol_results_from_scores(scores[:20000], gnd_raw, kappas)  # warm-up: thread pools, first allocations
+    protocol_results_from_scores(
+        scores[:20000], gnd_raw, kappas
+    )  # warm-up: thread pools, first allocations
     start = time.perf_counter()
     ours = protocol_results_from_scores(scores, gnd_raw, kappas)
     our_time = time.perf_counter() - start
@@ -82,24 +101,36 @@ def main():
     start = time.perf_counter()
     ranks = np.argsort(-scores, axis=0, kind="stable")
     sort_time = time.perf_counter() - start
-    baseline = {protocol: benchmark_loop_map(ranks, gnd, kappas) for protocol, gnd in protocol_gnds(gnd_raw).items()}
+    baseline = {
+        protocol: benchmark_loop_map(ranks, gnd, kappas)
+        for protocol, gnd in protocol_gnds(gnd_raw).items()
+    }
     baseline_time = time.perf_counter() - start
     print(f"baseline (stable argsort {sort_time:.2f} s + per-query loop): {baseline_time:.2f} s")
 
     worst = 0.0
     for protocol in PROTOCOLS:
         mean_ap, mean_pr = baseline[protocol]
-        worst = max(worst, abs(mean_ap - ours[protocol][0]), float(np.max(np.abs(mean_pr - ours[protocol][2]))))
-        print(f"{protocol}: mAP {100 * ours[protocol][0]:.4f} (baseline {100 * mean_ap:.4f}), mP@k "
-              + " ".join(f"{100 * value:.2f}" for value in ours[protocol][2]))
+        worst = max(
+            worst,
+            abs(mean_ap - ours[protocol][0]),
+            float(np.max(np.abs(mean_pr - ours[protocol][2]))),
+        )
+        print(
+            f"{protocol}: mAP {100 * ours[protocol][0]:.4f} (baseline {100 * mean_ap:.4f}), mP@k "
+            + " ".join(f"{100 * value:.2f}" for value in ours[protocol][2])
+        )
     print(f"largest difference to the baseline: {worst:.3g}")
     if worst > 1e-9:
         raise SystemExit("the fast path and the baseline disagree")
     start = time.perf_counter()
     np.argsort(-scores, axis=0)
     quick_sort = time.perf_counter() - start
-    print(f"for reference: numpy's default (unstable, SIMD) argsort takes {quick_sort:.2f} s, a baseline with it "
-          f"{quick_sort + baseline_time - sort_time:.2f} s (ties then fall in no defined order)")
+    print(
+        f"for reference: numpy's default (unstable, SIMD) argsort takes {quick_sort:.2f} s, a "
+        "baseline with it "
+        f"{quick_sort + baseline_time - sort_time:.2f} s (ties then fall in no defined order)"
+    )
     print(f"ratio: {baseline_time / our_time:.2f}")
 
 

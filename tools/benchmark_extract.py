@@ -1,16 +1,22 @@
-"""Extraction overhead: full DELG extraction of one image vs the bare backbone forward it cannot avoid.
+"""Extraction overhead: full DELG extraction of one image vs the bare backbone forward it cannot
+avoid.
 
     python tools/benchmark_extract.py [--cfg FILE] [--image PATH] [--runs 3] [KEY VALUE ...]
 
-(a) full extraction (tools.extraction.pyramid.extract_image): pyramid resizes, one pass per scale, local heads at
-    the local scales, global head at the global scales, selection of the top features, copy to host memory;
-(b) the bare backbone on the same image and weights: block3 at every local scale plus block4 at the global scales,
+(a) full extraction (tools.extraction.pyramid.extract_image): pyramid resizes, one pass per scale,
+local heads at
+    the local scales, global head at the global scales, selection of the top features, copy to host
+    memory;
+(b) the bare backbone on the same image and weights: block3 at every local scale plus block4 at the
+global scales,
     on inputs resized beforehand.
-Defaults: ResNet-50 at stride 16, a 1024 x 768 image, 7 local + 3 global scales, top 1000 with threshold 0 (so the
-selection always has 1000 to pick). They override --cfg; KEY VALUE pairs override both. Prints seconds per image
-(median of --runs after one warm-up each; on CPU also the process's CPU time, which a busy shared machine distorts
-less than wall time), the parts of the added work timed one by one (pyramid resizes, heads, selection), the store's
-bytes per image, and last ``ratio: <a / b>`` of the wall-clock medians.
+Defaults: ResNet-50 at stride 16, a 1024 x 768 image, 7 local + 3 global scales, top 1000 with
+threshold 0 (so the
+selection always has 1000 to pick). They override --cfg; KEY VALUE pairs override both. Prints
+seconds per image (median of --runs after one warm-up each; on CPU also the process's CPU time,
+which a busy shared machine distorts less than wall time), the parts of the added work timed one by
+one (pyramid resizes, heads, selection), the store's bytes per image, and last ``ratio: <a / b>`` of
+the wall-clock medians.
 """
 
 import pathlib
@@ -35,13 +41,42 @@ from tools.extraction.runner import build_extraction_model, build_settings, init
 from tools.extraction.sources import prepare_image  # noqa: E402
 
 BENCHMARK_DEFAULTS = [
-    "MODEL.DEPTH", "50", "RESNET.TRANS_FUN", "bottleneck_transform", "RESNET.WIDTH_PER_GROUP", "64",
-    "RESNET.NUM_GROUPS", "1", "MODEL.LOCAL_STRIDE", "16", "MODEL.HEADS.REDUCTION_DIM", "2048",
-    "MODEL.LOCAL.TYPE", "autoencoder", "MODEL.LOCAL.ATTENTION_DIM", "512", "MODEL.LOCAL.DESCRIPTOR_DIM", "128",
-    "EXTRACT.GLOBAL_SCALES", "[0.7071, 1.0, 1.4142]",
-    "EXTRACT.LOCAL_SCALES", "[0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]",
-    "EXTRACT.MAX_IMAGE_SIZE", "1024", "EXTRACT.MAX_FEATURES", "1000", "EXTRACT.ATTENTION_THRESHOLD", "0.0",
-    "EXTRACT.NMS_IOU", "1.0", "EXTRACT.FLOAT16", "True", "EXTRACT.GLOBAL", "True", "EXTRACT.LOCAL", "True",
+    "MODEL.DEPTH",
+    "50",
+    "RESNET.TRANS_FUN",
+    "bottleneck_transform",
+    "RESNET.WIDTH_PER_GROUP",
+    "64",
+    "RESNET.NUM_GROUPS",
+    "1",
+    "MODEL.LOCAL_STRIDE",
+    "16",
+    "MODEL.HEADS.REDUCTION_DIM",
+    "2048",
+    "MODEL.LOCAL.TYPE",
+    "autoencoder",
+    "MODEL.LOCAL.ATTENTION_DIM",
+    "512",
+    "MODEL.LOCAL.DESCRIPTOR_DIM",
+    "128",
+    "EXTRACT.GLOBAL_SCALES",
+    "[0.7071, 1.0, 1.4142]",
+    "EXTRACT.LOCAL_SCALES",
+    "[0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]",
+    "EXTRACT.MAX_IMAGE_SIZE",
+    "1024",
+    "EXTRACT.MAX_FEATURES",
+    "1000",
+    "EXTRACT.ATTENTION_THRESHOLD",
+    "0.0",
+    "EXTRACT.NMS_IOU",
+    "1.0",
+    "EXTRACT.FLOAT16",
+    "True",
+    "EXTRACT.GLOBAL",
+    "True",
+    "EXTRACT.LOCAL",
+    "True",
 ]
 
 
@@ -49,7 +84,9 @@ def synthetic_image(height=768, width=1024, seed=0):
     """A smooth random picture, so that attention and selection see varied content."""
     from PIL import Image
 
-    coarse = np.random.default_rng(seed).integers(0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8)
+    coarse = np.random.default_rng(seed).integers(
+        0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8
+    )
     return np.array(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
 
 
@@ -75,16 +112,19 @@ def bare_backbone(backbone, inputs, global_scales):
 
 
 def _bare_pass(backbone, image, continue_to_block4):
-    # One scale per call, like model.extract: its maps are freed before the next scale allocates its own.
+    # One scale per call, like model.extract: its maps are freed before the next scale allocates its
+    # own.
     block3 = backbone.forward_block3(image)
     if continue_to_block4:
         backbone.layer4(block3)
 
 
 def added_work(model, normalised, inputs, image_size, geometry, settings, device, runs):
-    """Seconds of each part full extraction adds to the bare backbone, timed alone on the same maps (min of runs).
+    """Seconds of each part full extraction adds to the bare backbone, timed alone on the same maps
+    (min of runs).
 
-    Short parts timed in isolation resolve the overhead better than the difference of two long, noisy totals.
+    Short parts timed in isolation resolve the overhead better than the difference of two long,
+    noisy totals.
     """
     local_scales, global_scales = set(settings.local_scales), set(settings.global_scales)
     with torch.inference_mode():
@@ -95,24 +135,41 @@ def added_work(model, normalised, inputs, image_size, geometry, settings, device
             return [resize_image(normalised, tuple(image.shape[-2:])) for image in inputs.values()]
 
         def local_heads():
-            return {scale: model.local_head.extract(model.backbone.local_pool(block3[scale])) for scale in local_scales}
+            return {
+                scale: model.local_head.extract(model.backbone.local_pool(block3[scale]))
+                for scale in local_scales
+            }
 
         def global_heads():
             return [model.embed(block4[scale]) for scale in global_scales]
 
-        levels = [{"scale": scale, "network_size": tuple(inputs[scale].shape[-2:]), "attention": attention[0, 0],
-                   "local": local[0]} for scale, (attention, local) in sorted(local_heads().items())]
+        levels = [
+            {
+                "scale": scale,
+                "network_size": tuple(inputs[scale].shape[-2:]),
+                "attention": attention[0, 0],
+                "local": local[0],
+            }
+            for scale, (attention, local) in sorted(local_heads().items())
+        ]
 
         def selection():
             return select_from_levels(levels, image_size, geometry, settings)
 
-        parts = {"pyramid resizes": resizes, "local heads": local_heads, "global heads": global_heads,
-                 "selection": selection}
-        return {name: min(_timed(part, device)[0] for _ in range(runs)) for name, part in parts.items()}
+        parts = {
+            "pyramid resizes": resizes,
+            "local heads": local_heads,
+            "global heads": global_heads,
+            "selection": selection,
+        }
+        return {
+            name: min(_timed(part, device)[0] for _ in range(runs)) for name, part in parts.items()
+        }
 
 
 def benchmark(cfg, image, runs):
-    """Return a dict of medians (seconds) for full and bare, the feature counts and the bytes per image."""
+    """Return a dict of medians (seconds) for full and bare, the feature counts and the bytes per
+    image."""
     _, device = init_distributed(cfg)
     model = build_extraction_model(cfg, device)
     settings = build_settings(cfg)
@@ -121,8 +178,10 @@ def benchmark(cfg, image, runs):
     normalised = build_normalizer(cfg)(prepared)[None]
     height, width = normalised.shape[-2:]
     with torch.inference_mode():
-        inputs = {scale: resize_image(normalised, pyramid_size(height, width, scale))
-                  for scale in sorted(set(settings.local_scales) | set(settings.global_scales))}
+        inputs = {
+            scale: resize_image(normalised, pyramid_size(height, width, scale))
+            for scale in sorted(set(settings.local_scales) | set(settings.global_scales))
+        }
 
     def full():
         return extract_image(model, normalised, image.shape[:2], geometry, settings)
@@ -137,47 +196,89 @@ def benchmark(cfg, image, runs):
         *bare_time, _ = _timed(bare, device)
         full_times.append(full_time)
         bare_times.append(bare_time)
-        print(f"run {run + 1}: full {full_time[0]:.3f} s (CPU {full_time[1]:.3f} s), bare {bare_time[0]:.3f} s "
-              f"(CPU {bare_time[1]:.3f} s)", flush=True)
+        print(
+            f"run {run + 1}: full {full_time[0]:.3f} s (CPU {full_time[1]:.3f} s), bare "
+            f"{bare_time[0]:.3f} s "
+            f"(CPU {bare_time[1]:.3f} s)",
+            flush=True,
+        )
     parts = added_work(model, normalised, inputs, image.shape[:2], geometry, settings, device, runs)
     with tempfile.TemporaryDirectory() as folder:
-        write_store(folder, ["image"], features["global"][None], [features["local"]], float16=cfg.EXTRACT.FLOAT16)
+        write_store(
+            folder,
+            ["image"],
+            features["global"][None],
+            [features["local"]],
+            float16=cfg.EXTRACT.FLOAT16,
+        )
         bytes_per_image = open_store(folder).bytes_per_image()
-    return {"full": statistics.median(t[0] for t in full_times), "bare": statistics.median(t[0] for t in bare_times),
-            "bare_min": min(t[0] for t in bare_times), "full_min": min(t[0] for t in full_times), "parts": parts,
-            "full_cpu": statistics.median(t[1] for t in full_times),
-            "bare_cpu": statistics.median(t[1] for t in bare_times), "device": str(device),
-            "num_local": len(features["local"]["scores"]), "global_dim": len(features["global"]),
-            "input_size": (height, width), "bytes_per_image": bytes_per_image}
+    return {
+        "full": statistics.median(t[0] for t in full_times),
+        "bare": statistics.median(t[0] for t in bare_times),
+        "bare_min": min(t[0] for t in bare_times),
+        "full_min": min(t[0] for t in full_times),
+        "parts": parts,
+        "full_cpu": statistics.median(t[1] for t in full_times),
+        "bare_cpu": statistics.median(t[1] for t in bare_times),
+        "device": str(device),
+        "num_local": len(features["local"]["scores"]),
+        "global_dim": len(features["global"]),
+        "input_size": (height, width),
+        "bytes_per_image": bytes_per_image,
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file (the defaults override it)")
-    parser.add_argument("--image", default="", help="image file (default: a synthetic 1024 x 768 picture)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of each (the median is reported)")
+    parser.add_argument(
+        "--cfg", dest="cfg_file", default="", help="YAML config file (the defaults override it)"
+    )
+    parser.add_argument(
+        "--image", default="", help="image file (default: a synthetic 1024 x 768 picture)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="timed runs of each (the median is reported)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     cfg = load_cfg_or_exit(args.cfg_file, [*BENCHMARK_DEFAULTS, *args.opts])
     image = read_image(args.image) if args.image else synthetic_image()
     torch.set_grad_enabled(False)
-    print(f"model ResNet-{cfg.MODEL.DEPTH} stride {cfg.MODEL.LOCAL_STRIDE}, image {image.shape[1]} x {image.shape[0]}, "
-          f"{len(cfg.EXTRACT.LOCAL_SCALES)} local + {len(cfg.EXTRACT.GLOBAL_SCALES)} global scales, "
-          f"top {cfg.EXTRACT.MAX_FEATURES}, torch threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"model ResNet-{cfg.MODEL.DEPTH} stride {cfg.MODEL.LOCAL_STRIDE}, image {image.shape[1]} x "
+        f"{image.shape[0]}, "
+        f"{len(cfg.EXTRACT.LOCAL_SCALES)} local + {len(cfg.EXTRACT.GLOBAL_SCALES)} global scales, "
+        f"top {cfg.EXTRACT.MAX_FEATURES}, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
     result = benchmark(cfg, image, args.runs)
-    print(f"device: {result['device']}, network input {result['input_size'][1]} x {result['input_size'][0]}")
+    print(
+        f"device: {result['device']}, network input {result['input_size'][1]} x "
+        f"{result['input_size'][0]}"
+    )
     for label, key in (("(a) full extraction:", "full"), ("(b) bare backbone:  ", "bare")):
-        print(f"{label} {result[key]:.3f} s per image (median of {args.runs}; min {result[key + '_min']:.3f})")
+        print(
+            f"{label} {result[key]:.3f} s per image (median of {args.runs}; min "
+            f"{result[key + '_min']:.3f})"
+        )
     added = sum(result["parts"].values())
-    print("added work, each part alone (min of runs): " + ", ".join(
-        f"{name} {seconds:.3f} s" for name, seconds in result["parts"].items())
-        + f"; total {added:.3f} s = {100 * added / result['bare_min']:.1f}% of the fastest bare run")
-    print(f"features: {result['num_local']} local, {result['global_dim']}-d global; store "
-          f"{result['bytes_per_image']:.0f} bytes per image ({'float16' if cfg.EXTRACT.FLOAT16 else 'float32'} "
-          f"descriptors)")
+    print(
+        "added work, each part alone (min of runs): "
+        + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in result["parts"].items())
+        + f"; total {added:.3f} s = {100 * added / result['bare_min']:.1f}% of the fastest bare run"
+    )
+    print(
+        f"features: {result['num_local']} local, {result['global_dim']}-d global; store "
+        f"{result['bytes_per_image']:.0f} bytes per image "
+        f"({'float16' if cfg.EXTRACT.FLOAT16 else 'float32'} "
+        f"descriptors)"
+    )
     if result["device"] == "cpu":  # CPU time is what a shared, busy machine distorts least
-        print(f"CPU time per image (all threads): full {result['full_cpu']:.3f} s, bare {result['bare_cpu']:.3f} s, "
-              f"CPU-time ratio {result['full_cpu'] / result['bare_cpu']:.3f}")
+        print(
+            f"CPU time per image (all threads): full {result['full_cpu']:.3f} s, bare "
+            f"{result['bare_cpu']:.3f} s, "
+            f"CPU-time ratio {result['full_cpu'] / result['bare_cpu']:.3f}"
+        )
     print(f"ratio: {result['full'] / result['bare']:.3f}")
     return 0
 

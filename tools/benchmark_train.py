@@ -1,13 +1,14 @@
 """Images/s of the trainer's DELG step against a plain classification step of the same backbone.
 
-    python tools/benchmark_train.py                      # CPU: ResNet-50, stride 16, 1000 classes, batch 8, 224 px
+    python tools/benchmark_train.py  # CPU: ResNet-50, stride 16, 1000 classes, batch 8, 224 px
     python tools/benchmark_train.py --device cuda --size 512 --batch 32 --amp bf16 --channels-last
 
-The DELG step is core.trainer.train_step itself (one forward, one backward of the whole loss, gradient clipping,
-the per-iteration statistics all-reduce, SGD step). The plain step is the same backbone, global average pooling
-and a linear layer to the same classes, cross-entropy, the same clipping and SGD. Both run on the same random
-batch; timed steps alternate between the two so that a change of machine load hits both alike. The last line is
-``ratio: <median DELG step time / median plain step time>``.
+The DELG step is core.trainer.train_step itself (one forward, one backward of the whole loss,
+gradient clipping, the per-iteration statistics all-reduce, SGD step). The plain step is the same
+backbone, global average pooling and a linear layer to the same classes, cross-entropy, the same
+clipping and SGD. Both run on the same random batch; timed steps alternate between the two so that a
+change of machine load hits both alike. The last line is ``ratio: <median DELG step time / median
+plain step time>``.
 """
 
 import pathlib
@@ -49,7 +50,9 @@ def parse_args():
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps of each kind (median taken; at least 3)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps of each kind (median taken; at least 3)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="GPU only")
@@ -63,11 +66,28 @@ def parse_args():
 
 def make_config(args):
     block = "bottleneck_transform" if args.depth >= 50 else "basic_transform"
-    return load_cfg(opts=[
-        "MODEL.DEPTH", str(args.depth), "RESNET.TRANS_FUN", block, "MODEL.LOCAL_STRIDE", str(args.stride),
-        "MODEL.NUM_CLASSES", str(args.classes), "TRAIN.BATCH_SIZE", str(args.batch), "TRAIN.IM_SIZE", str(args.size),
-        "TRAIN.AMP", args.amp, "TRAIN.CHANNELS_LAST", str(args.channels_last), "DEVICE", args.device,
-    ])
+    return load_cfg(
+        opts=[
+            "MODEL.DEPTH",
+            str(args.depth),
+            "RESNET.TRANS_FUN",
+            block,
+            "MODEL.LOCAL_STRIDE",
+            str(args.stride),
+            "MODEL.NUM_CLASSES",
+            str(args.classes),
+            "TRAIN.BATCH_SIZE",
+            str(args.batch),
+            "TRAIN.IM_SIZE",
+            str(args.size),
+            "TRAIN.AMP",
+            args.amp,
+            "TRAIN.CHANNELS_LAST",
+            str(args.channels_last),
+            "DEVICE",
+            args.device,
+        ]
+    )
 
 
 def delg_step_runner(device, amp_dtype, channels_last):
@@ -76,10 +96,24 @@ def delg_step_runner(device, amp_dtype, channels_last):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run = trainer.Run(
-        model=model, net=model, loss_fn=build_loss(cfg), optimizer=build_optimizer(model, cfg),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), schedule=None, loader=None,
-        val_loader=None, retrieval=None, device=device, amp_dtype=amp_dtype, channels_last=channels_last, class_ids=[],
-        epoch_iters=1, total_iters=1, max_epoch=1, json_log=None, preemption=PreemptionFlag(),
+        model=model,
+        net=model,
+        loss_fn=build_loss(cfg),
+        optimizer=build_optimizer(model, cfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        schedule=None,
+        loader=None,
+        val_loader=None,
+        retrieval=None,
+        device=device,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        class_ids=[],
+        epoch_iters=1,
+        total_iters=1,
+        max_epoch=1,
+        json_log=None,
+        preemption=PreemptionFlag(),
         bad_images=None,
     )
     model.train()
@@ -138,8 +172,10 @@ def main():
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size)
     labels = torch.randint(0, args.classes, (args.batch,))
-    steps = {"delg": delg_step_runner(device, amp_dtype, channels_last),
-             "plain": plain_step_runner(device, amp_dtype, channels_last)}
+    steps = {
+        "delg": delg_step_runner(device, amp_dtype, channels_last),
+        "plain": plain_step_runner(device, amp_dtype, channels_last),
+    }
     for step in steps.values():
         for _ in range(args.warmup):
             timed(step, images, labels, device)
@@ -151,16 +187,22 @@ def main():
             times[name].append(wall)
             cpu_times[name].append(cpu)
 
-    print(f"ResNet-{args.depth}, stride {args.stride}, {args.classes} classes, batch {args.batch}, {args.size} px, "
-          f"{device}, amp {args.amp if on_gpu else 'off'}, channels-last {channels_last}, "
-          f"{torch.get_num_threads()} threads, {args.steps} timed steps each")
+    print(
+        f"ResNet-{args.depth}, stride {args.stride}, {args.classes} classes, batch {args.batch}, "
+        f"{args.size} px, "
+        f"{device}, amp {args.amp if on_gpu else 'off'}, channels-last {channels_last}, "
+        f"{torch.get_num_threads()} threads, {args.steps} timed steps each"
+    )
     medians = {}
     for name, values in times.items():
         medians[name] = statistics.median(values)
         listed = " ".join(f"{v:.3f}" for v in values)
-        print(f"{name:>5}: median {medians[name]:.3f} s/step, {args.batch / medians[name]:.1f} images/s ({listed})")
-    # Other jobs on the machine only ever add time: the fastest steps and (on CPU) the CPU time of this process
-    # show the ratio a quiet machine would give.
+        print(
+            f"{name:>5}: median {medians[name]:.3f} s/step, {args.batch / medians[name]:.1f} "
+            f"images/s ({listed})"
+        )
+    # Other jobs on the machine only ever add time: the fastest steps and (on CPU) the CPU time of
+    # this process show the ratio a quiet machine would give.
     print(f"ratio of the fastest steps: {min(times['delg']) / min(times['plain']):.3f}")
     if not on_gpu:
         cpu_ratio = statistics.median(cpu_times["delg"]) / statistics.median(cpu_times["plain"])

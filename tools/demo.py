@@ -1,12 +1,14 @@
-"""The whole method on a CPU in minutes: train a small DELG on the synthetic landmarks, search, re-rank, evaluate.
+"""The whole method on a CPU in minutes: train a small DELG on the synthetic landmarks, search,
+re-rank, evaluate.
 
     python tools/demo.py [--out output/demo] [--iters N] [--seed S] [--threads T] [KEY VALUE ...]
 
-Generates the synthetic landmarks if absent (data/synthetic), trains configs/synthetic/demo.yaml for its fixed
-number of iterations (800: about 7 minutes on 2 idle cores), extracts the test set's features with the trained and
-the untrained model, and prints mAP and mP@k (Easy / Medium / Hard) of global search, spatial verification and ASMK
-beside the untrained model's global search. Writes OUT/results.json, OUT/training_curves.png, attention and match
-pictures, and says where (docs/demo.md explains the numbers).
+Generates the synthetic landmarks if absent (data/synthetic), trains configs/synthetic/demo.yaml for
+its fixed number of iterations (800: about 7 minutes on 2 idle cores), extracts the test set's
+features with the trained and the untrained model, and prints mAP and mP@k (Easy / Medium / Hard) of
+global search, spatial verification and ASMK beside the untrained model's global search. Writes
+OUT/results.json, OUT/training_curves.png, attention and match pictures, and says where
+(docs/demo.md explains the numbers).
 """
 
 import pathlib
@@ -24,14 +26,30 @@ from tools.pipeline import DEFAULT_CONFIG, DemoOptions, report, run_demo  # noqa
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="output/demo", help="output folder (default: output/demo)")
-    parser.add_argument("--iters", type=int, default=0,
-                        help="training iterations (default: the config's OPTIM.MAX_ITER, 800 in demo.yaml)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic world and of the training")
-    parser.add_argument("--data", default="", help="synthetic world folder (default: data/synthetic[_seed<S>])")
-    parser.add_argument("--size", default="default", choices=sorted(SIZES), help="synthetic world size preset")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the available cores)")
-    parser.add_argument("--cfg", dest="config", default=DEFAULT_CONFIG,
-                        help="config (default: configs/synthetic/demo.yaml)")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=0,
+        help="training iterations (default: the config's OPTIM.MAX_ITER, 800 in demo.yaml)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic world and of the training"
+    )
+    parser.add_argument(
+        "--data", default="", help="synthetic world folder (default: data/synthetic[_seed<S>])"
+    )
+    parser.add_argument(
+        "--size", default="default", choices=sorted(SIZES), help="synthetic world size preset"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (default: the available cores)"
+    )
+    parser.add_argument(
+        "--cfg",
+        dest="config",
+        default=DEFAULT_CONFIG,
+        help="config (default: configs/synthetic/demo.yaml)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if args.iters < 0 or args.threads < 0 or args.seed < 0:
@@ -41,8 +59,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    options = DemoOptions(out_dir=args.out, config=args.config, iters=args.iters, seed=args.seed, data_dir=args.data,
-                          data_size=args.size, threads=args.threads, opts=tuple(args.opts))
+    options = DemoOptions(
+        out_dir=args.out,
+        config=args.config,
+        iters=args.iters,
+        seed=args.seed,
+        data_dir=args.data,
+        data_size=args.size,
+        threads=args.threads,
+        opts=tuple(args.opts),
+    )
     try:
         summary = run_demo(options)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:

@@ -1,11 +1,13 @@
 """Extract DELG global and local features of an image set into feature stores.
 
     python tools/extractor.py --cfg configs/synthetic/delg_tiny_cpu.yaml [KEY VALUE ...]
-    torchrun --nproc_per_node=G tools/extractor.py --cfg FILE [KEY VALUE ...]     # G processes share the images
-    python tools/extractor.py --merge STORE_FOLDER [...]                           # merge finished shards by hand
+    # G processes share the images
+    torchrun --nproc_per_node=G tools/extractor.py --cfg FILE [KEY VALUE ...]
+    python tools/extractor.py --merge STORE_FOLDER [...]  # merge finished shards by hand
 
-The dataset, its root and the output folder are EXTRACT.* keys; TEST.WEIGHTS names the checkpoint. A run started
-again with the same arguments continues where it stopped. Exit code 1 when an image could not be read.
+The dataset, its root and the output folder are EXTRACT.* keys; TEST.WEIGHTS names the checkpoint. A
+run started again with the same arguments continues where it stopped. Exit code 1 when an image
+could not be read.
 """
 
 import pathlib
@@ -15,22 +17,34 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import os  # noqa: E402
 
-from core.weights import WeightsError  # noqa: E402
 from core.config import ConfigError, load_cfg_or_exit, parse_args  # noqa: E402
 from core.distributed import LaunchError, place_from_environment  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
+from core.weights import WeightsError  # noqa: E402
 from datasets.features import FeatureStoreError  # noqa: E402
 from datasets.list_dataset import ParseError  # noqa: E402
 from datasets.revisitop import GroundTruthError  # noqa: E402
 from tools.extraction import runner, shards  # noqa: E402
 
 # Mistakes in the arguments or the inputs: one line naming the file or key, no traceback.
-USER_ERRORS = (ConfigError, WeightsError, FeatureStoreError, ParseError, GroundTruthError, FileNotFoundError,
-               LaunchError)
+USER_ERRORS = (
+    ConfigError,
+    WeightsError,
+    FeatureStoreError,
+    ParseError,
+    GroundTruthError,
+    FileNotFoundError,
+    LaunchError,
+)
 
 
 def _extra_arguments(parser):
-    parser.add_argument("--merge", nargs="+", metavar="STORE", help="merge the shards of these store folders and exit")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="STORE",
+        help="merge the shards of these store folders and exit",
+    )
 
 
 def main(argv=None):
@@ -50,7 +64,9 @@ def _run(args):
             print(f"{folder}: {count} images, {len(failures)} failed")
         return 0
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
-    place = place_from_environment(dict(os.environ), cfg.PORT)  # a copy: under srun it fills in RANK itself
+    place = place_from_environment(
+        dict(os.environ), cfg.PORT
+    )  # a copy: under srun it fills in RANK itself
     setup_logging(cfg.OUT_DIR, is_main=place is None or place.rank == 0)
     exit_code, _ = runner.run_extraction(cfg)
     return exit_code

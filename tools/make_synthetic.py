@@ -1,6 +1,8 @@
-"""Write the embedded synthetic landmark world: a GLDv2-layout training set and a revisitop-layout test set.
+"""Write the embedded synthetic landmark world: a GLDv2-layout training set and a revisitop-layout
+test set.
 
-    python tools/make_synthetic.py [--out data/synthetic] [--seed 0] [--size default|tiny] [--classes N] ...
+python tools/make_synthetic.py [--out data/synthetic] [--seed 0] [--size default|tiny] [--classes N]
+...
 """
 
 import pathlib
@@ -16,16 +18,24 @@ from datasets.synthetic import SIZES, generate  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/synthetic", help="output folder (default: data/synthetic)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    parser.add_argument(
+        "--out", default="data/synthetic", help="output folder (default: data/synthetic)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed gives the same files"
+    )
     parser.add_argument("--size", default="default", choices=sorted(SIZES), help="preset sizes")
     parser.add_argument("--classes", type=int, help="training landmarks")
     parser.add_argument("--train-per-class", type=int, help="training images per landmark")
     parser.add_argument("--queries", type=int, help="test queries")
     parser.add_argument("--database", type=int, help="test database images")
     parser.add_argument("--image-size", type=int, help="long side of every image, pixels")
-    parser.add_argument("--workers", type=int, help="processes (default: the CPUs available, at most 8)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--workers", type=int, help="processes (default: the CPUs available, at most 8)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder"
+    )
     return parser.parse_args(argv)
 
 
@@ -33,18 +43,36 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        summary = generate(args.out, seed=args.seed, size=args.size, workers=args.workers, overwrite=args.overwrite,
-                           classes=args.classes, train_per_class=args.train_per_class, queries=args.queries,
-                           database=args.database, image_size=args.image_size)
+        summary = generate(
+            args.out,
+            seed=args.seed,
+            size=args.size,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            classes=args.classes,
+            train_per_class=args.train_per_class,
+            queries=args.queries,
+            database=args.database,
+            image_size=args.image_size,
+        )
     except (ValueError, FileExistsError) as error:
         sys.exit(f"make_synthetic: {error}")
     train, test = summary["train"], summary["test"]
-    print(f"wrote {summary['out_dir']} (seed {summary['seed']}, {summary['spec']['image_size']} px):")
-    print(f"  train: {train['classes']} landmarks x {summary['spec']['train_per_class']} = {train['images']} images, "
-          f"{train['csv']}")
-    print(f"  test:  {test['queries']} queries of {test['test_landmarks']} landmarks, {test['database']} database "
-          f"images ({test['distractor_landmarks']} look-alike distractor landmarks), labels {test['labels']}, "
-          f"{test['gnd']}")
+    print(
+        f"wrote {summary['out_dir']} (seed {summary['seed']}, {summary['spec']['image_size']} px):"
+    )
+    print(
+        f"  train: {train['classes']} landmarks x {summary['spec']['train_per_class']} = "
+        f"{train['images']} images, "
+        f"{train['csv']}"
+    )
+    print(
+        f"  test:  {test['queries']} queries of {test['test_landmarks']} landmarks, "
+        f"{test['database']} database "
+        f"images ({test['distractor_landmarks']} look-alike distractor landmarks), labels "
+        f"{test['labels']}, "
+        f"{test['gnd']}"
+    )
     print(f"  time:  {time.perf_counter() - start:.1f} s")
 
 

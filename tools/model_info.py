@@ -1,7 +1,9 @@
-"""What a config builds: parameters of each part, extraction FLOPs at an image size, and the geometry of the local
-features (receptive field, stride, padding), computed on PyTorch's meta device (no weights, no arithmetic).
+"""What a config builds: parameters of each part, extraction FLOPs at an image size, and the
+geometry of the local features (receptive field, stride, padding), computed on PyTorch's meta device
+(no weights, no arithmetic).
 
-    python tools/model_info.py --cfg configs/delg/r50_delg_gldv2clean_8gpu.yaml [--size 1024] [KEY VALUE ...]
+    python tools/model_info.py --cfg configs/delg/r50_delg_gldv2clean_8gpu.yaml [--size 1024] [KEY
+    VALUE ...]
 """
 
 import pathlib
@@ -14,8 +16,12 @@ from modeling.complexity import describe_model  # noqa: E402
 
 
 def _extra_arguments(parser):
-    parser.add_argument("--size", type=int, default=0,
-                        help="square input side for the FLOPs (default: EXTRACT.MAX_IMAGE_SIZE)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="square input side for the FLOPs (default: EXTRACT.MAX_IMAGE_SIZE)",
+    )
 
 
 def main(argv=None):

@@ -1,21 +1,25 @@
-"""The end-to-end demo, step by step: synthetic landmarks -> train -> extract -> evaluate -> table and pictures.
+"""The end-to-end demo, step by step: synthetic landmarks -> train -> extract -> evaluate -> table
+and pictures.
 
     summary = run_demo(DemoOptions(out_dir="output/demo", seed=0))
     print(report(summary))
 
-1. data: the embedded synthetic world (datasets/synthetic.py), generated once per seed and size, then reused;
-2. train: the recipe of the config (configs/synthetic/demo.yaml) for a fixed number of iterations, so that the
-   numbers do not depend on the machine's speed; with TRAIN.RETRIEVAL_EVAL the trainer logs the retrieval mAP;
-   a training of the same config found in OUT/train (an interrupted or finished demo) is continued, not redone;
-3. extract: the test set's features with the trained model (global + local) and with the same network at its
-   seeded initial weights (global only: the baseline row ``untrained_global``);
-4. evaluate: EVAL.METHODS on the trained features (global search, spatial verification, ASMK) and global search on
-   the untrained ones; results.json has the evaluation's layout plus the method ``untrained_global``;
-5. pictures: training curves, attention of two queries, and the inlier matches between the query that spatial
-   verification helped most and its best re-ranked positive.
+1. data: the embedded synthetic world (datasets/synthetic.py), generated once per seed and size,
+   then reused;
+2. train: the recipe of the config (configs/synthetic/demo.yaml) for a fixed number of iterations,
+   so that the numbers do not depend on the machine's speed; with TRAIN.RETRIEVAL_EVAL the trainer
+   logs the retrieval mAP; a training of the same config found in OUT/train (an interrupted or
+   finished demo) is continued, not redone;
+3. extract: the test set's features with the trained model (global + local) and with the same
+   network at its seeded initial weights (global only: the baseline row ``untrained_global``);
+4. evaluate: EVAL.METHODS on the trained features (global search, spatial verification, ASMK) and
+   global search on the untrained ones; results.json has the evaluation's layout plus the method
+   ``untrained_global``;
+5. pictures: training curves, attention of two queries, and the inlier matches between the query
+   that spatial verification helped most and its best re-ranked positive.
 
-Every step calls the library the command-line tools call (trainer, extraction runner, evaluation methods, tools/vis)
-with the one config; nothing is tuned for the demo here.
+Every step calls the library the command-line tools call (trainer, extraction runner, evaluation
+methods, tools/vis) with the one config; nothing is tuned for the demo here.
 """
 
 import dataclasses
@@ -30,9 +34,9 @@ import cv2
 import numpy as np
 import torch
 
+from core.checkpoint import config_differences, list_checkpoints
 from core.config import load_cfg
 from core.io import read_json, write_json
-from core.checkpoint import config_differences, list_checkpoints
 from datasets.revisitop import RevisitopDataset
 from datasets.synthetic import generate, make_spec
 from tools.revisitop.protocols import PROTOCOLS
@@ -52,20 +56,25 @@ class DemoOptions:
     config: str = DEFAULT_CONFIG
     iters: int = 0  # training iterations; 0 keeps the config's OPTIM.MAX_ITER
     seed: int = 0  # seeds the synthetic world and the training (weights, data order, augmentation)
-    data_dir: str = ""  # the synthetic world; "" = REPO/data/synthetic[_<size>][_seed<S>] (default_data_dir)
+    # the synthetic world; "" = REPO/data/synthetic[_<size>][_seed<S>] (default_data_dir)
+    data_dir: str = ""
     data_size: str = "default"  # datasets.synthetic.SIZES preset
     threads: int = 0  # torch threads; 0 = the cores this process may use
     opts: tuple = ()  # extra KEY VALUE config overrides
 
 
-# ------------------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------------ helpers
 def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_seconds():
-    """CPU time of this process and of its children that ended (loader workers, generator pool), user + system."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    """CPU time of this process and of its children that ended (loader workers, generator pool),
+    user + system."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
@@ -80,30 +89,42 @@ class StepTimer:
         wall, cpu = time.perf_counter(), cpu_seconds()
         result = function(*args, **kwargs)
         self.steps[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
-        self.log(f"[demo] {name}: {self.steps[name]['wall_s']:.1f} s wall, {self.steps[name]['cpu_s']:.1f} s CPU")
+        self.log(
+            f"[demo] {name}: {self.steps[name]['wall_s']:.1f} s wall, "
+            f"{self.steps[name]['cpu_s']:.1f} s CPU"
+        )
         return result
 
     def totals(self):
-        return {"wall_s": time.perf_counter() - self.start_wall, "cpu_s": cpu_seconds() - self.start_cpu,
-                "steps": self.steps}
+        return {
+            "wall_s": time.perf_counter() - self.start_wall,
+            "cpu_s": cpu_seconds() - self.start_cpu,
+            "steps": self.steps,
+        }
 
 
 def default_data_dir(seed, size="default"):
-    """REPO/data/synthetic for the default world; other sizes and seeds get their own folder beside it."""
-    name = "synthetic" + (f"_{size}" if size != "default" else "") + (f"_seed{seed}" if seed else "")
+    """REPO/data/synthetic for the default world; other sizes and seeds get their own folder beside
+    it."""
+    name = (
+        "synthetic" + (f"_{size}" if size != "default" else "") + (f"_seed{seed}" if seed else "")
+    )
     return str(REPO / "data" / name)
 
 
-# ------------------------------------------------------------------------------------------------ 1. data
+# ------------------------------------------------------------------------------------------ 1. data
 def ensure_synthetic(data_dir, seed, size="default", workers=1, log=print):
-    """Generate the synthetic world in data_dir unless it is there already with this seed and size."""
+    """Generate the synthetic world in data_dir unless it is there already with this seed and
+    size."""
     info_path = os.path.join(data_dir, "info.json")
     if os.path.isfile(info_path):
         info = read_json(info_path)
         if info.get("seed") != seed or info.get("spec") != dataclasses.asdict(make_spec(size)):
-            raise ValueError(f"{data_dir} holds the synthetic world of seed {info.get('seed')} with sizes "
-                             f"{info.get('spec')}, not the {size!r} world of seed {seed}; pass another folder "
-                             f"(--data) or remove it")
+            raise ValueError(
+                f"{data_dir} holds the synthetic world of seed {info.get('seed')} with sizes "
+                f"{info.get('spec')}, not the {size!r} world of seed {seed}; pass another folder "
+                f"(--data) or remove it"
+            )
         log(f"[demo] synthetic landmarks: {data_dir} (seed {seed}, generated before)")
         return info
     log(f"[demo] generating the synthetic landmarks (seed {seed}) in {data_dir}")
@@ -111,28 +132,40 @@ def ensure_synthetic(data_dir, seed, size="default", workers=1, log=print):
 
 
 def demo_config(options, data_dir):
-    """The config: the file, the world's folders, the seed and the iterations, then the user's overrides; the
-    training always goes to OUT/train (train() decides whether what is there is continued or replaced)."""
+    """The config: the file, the world's folders, the seed and the iterations, then the user's
+    overrides; the training always goes to OUT/train (train() decides whether what is there is
+    continued or replaced)."""
     test_root = os.path.join(data_dir, "test")
-    opts = ["TRAIN.DATA_ROOT", os.path.join(data_dir, "train"), "EXTRACT.DATA_ROOT", test_root,
-            "EVAL.DATA_ROOT", test_root, "RNG_SEED", str(options.seed)]
+    opts = [
+        "TRAIN.DATA_ROOT",
+        os.path.join(data_dir, "train"),
+        "EXTRACT.DATA_ROOT",
+        test_root,
+        "EVAL.DATA_ROOT",
+        test_root,
+        "RNG_SEED",
+        str(options.seed),
+    ]
     if options.iters:
         opts += ["OPTIM.MAX_ITER", str(options.iters)]
     cfg = load_cfg(options.config, opts + list(options.opts))
     cfg.OUT_DIR = os.path.join(options.out_dir, "train")
-    if 0 < cfg.OPTIM.MAX_ITER < cfg.LOG_PERIOD:  # a short run still logs (and plots) its last iteration
+    if (
+        0 < cfg.OPTIM.MAX_ITER < cfg.LOG_PERIOD
+    ):  # a short run still logs (and plots) its last iteration
         cfg.LOG_PERIOD = cfg.OPTIM.MAX_ITER
     return cfg
 
 
-# ------------------------------------------------------------------------------------------------ 2. train
-# Keys the trainer fills in or the demo sets itself: they may differ between the saved and the new config.
+# ----------------------------------------------------------------------------------------- 2. train
+# Keys the trainer fills in or the demo sets itself: they may differ between the saved and the new
+# config.
 RESUME_IGNORED_KEYS = ("MODEL.NUM_CLASSES", "TRAIN.AUTO_RESUME")
 
 
 def same_training(cfg):
-    """Whether cfg.OUT_DIR holds checkpoints of a training with this very config: an interrupted (or finished)
-    earlier demo, which exact resume continues to the same weights."""
+    """Whether cfg.OUT_DIR holds checkpoints of a training with this very config: an interrupted (or
+    finished) earlier demo, which exact resume continues to the same weights."""
     saved = os.path.join(cfg.OUT_DIR, "config.yaml")
     if not (os.path.isfile(saved) and list_checkpoints(cfg.OUT_DIR)):
         return False
@@ -142,8 +175,9 @@ def same_training(cfg):
 
 
 def train(cfg, log=print):
-    """Train in this process with cfg; return the path of the final checkpoint. A training of the same config in
-    cfg.OUT_DIR is continued from its newest checkpoint; anything else there is replaced."""
+    """Train in this process with cfg; return the path of the final checkpoint. A training of the
+    same config in cfg.OUT_DIR is continued from its newest checkpoint; anything else there is
+    replaced."""
     from core import trainer
 
     cfg = cfg.clone()
@@ -151,44 +185,57 @@ def train(cfg, log=print):
     if cfg.TRAIN.AUTO_RESUME:
         newest = list_checkpoints(cfg.OUT_DIR)[-1][0]
         if newest == cfg.OPTIM.MAX_ITER:
-            log(f"[demo] {cfg.OUT_DIR} holds this training, finished at iteration {newest}: reusing its model")
+            log(
+                f"[demo] {cfg.OUT_DIR} holds this training, finished at iteration {newest}: "
+                "reusing its model"
+            )
         else:
             log(f"[demo] {cfg.OUT_DIR} holds this training up to iteration {newest}: continuing it")
     else:
-        shutil.rmtree(cfg.OUT_DIR, ignore_errors=True)  # another run's checkpoints and log lines would mix in
+        shutil.rmtree(
+            cfg.OUT_DIR, ignore_errors=True
+        )  # another run's checkpoints and log lines would mix in
     code = trainer.train_in_process(cfg.dump())
     if code != 0:
         raise RuntimeError(f"training stopped with exit code {code}; see the log above")
     checkpoints = list_checkpoints(cfg.OUT_DIR)
     last_iteration = checkpoints[-1][0] if checkpoints else 0
     total = cfg.OPTIM.MAX_ITER
-    if total > 0 and last_iteration != total:  # preempted: the trainer checkpointed early and exited cleanly
-        raise RuntimeError(f"training stopped at iteration {last_iteration} of {total} (interrupted?)")
+    if (
+        total > 0 and last_iteration != total
+    ):  # preempted: the trainer checkpointed early and exited cleanly
+        raise RuntimeError(
+            f"training stopped at iteration {last_iteration} of {total} (interrupted?)"
+        )
     return checkpoints[-1][1]
 
 
-# ------------------------------------------------------------------------------------------------ 3. extract
+# --------------------------------------------------------------------------------------- 3. extract
 def extraction_config(cfg, weights, output_dir, local=True):
     extract_cfg = cfg.clone()
     extract_cfg.TEST.WEIGHTS = weights
     extract_cfg.EXTRACT.OUTPUT_DIR = output_dir
     extract_cfg.EXTRACT.LOCAL = local
-    extract_cfg.DATA_LOADER.NUM_WORKERS = 0  # a few hundred small images: starting workers costs more than it saves
+    # a few hundred small images: starting workers costs more than it saves
+    extract_cfg.DATA_LOADER.NUM_WORKERS = 0
     return extract_cfg
 
 
 def extract(cfg):
-    """Extract the EXTRACT.* dataset into cfg.EXTRACT.OUTPUT_DIR (replacing what an earlier demo left there)."""
+    """Extract the EXTRACT.* dataset into cfg.EXTRACT.OUTPUT_DIR (replacing what an earlier demo
+    left there)."""
     from tools.extraction.runner import run_extraction
 
     shutil.rmtree(cfg.EXTRACT.OUTPUT_DIR, ignore_errors=True)
     code, _ = run_extraction(cfg)
     if code != 0:
-        raise RuntimeError(f"extraction into {cfg.EXTRACT.OUTPUT_DIR} failed for some images (exit code {code})")
+        raise RuntimeError(
+            f"extraction into {cfg.EXTRACT.OUTPUT_DIR} failed for some images (exit code {code})"
+        )
     return cfg.EXTRACT.OUTPUT_DIR
 
 
-# ------------------------------------------------------------------------------------------------ 4. evaluate
+# -------------------------------------------------------------------------------------- 4. evaluate
 def evaluation_config(cfg, features_dir, methods, out_dir):
     eval_cfg = cfg.clone()
     eval_cfg.EVAL.FEATURES_DIR = features_dir
@@ -199,18 +246,24 @@ def evaluation_config(cfg, features_dir, methods, out_dir):
 
 
 def evaluate_methods(cfg):
-    """(evaluation context, {method: raw results}) of cfg.EVAL.METHODS on the stores in EVAL.FEATURES_DIR."""
+    """(evaluation context, {method: raw results}) of cfg.EVAL.METHODS on the stores in
+    EVAL.FEATURES_DIR."""
     from tools.revisitop.evaluation import METHODS, build_context
 
-    shutil.rmtree(cfg.ASMK.CACHE_DIR, ignore_errors=True)  # a codebook of an earlier demo's features must not be reused
+    shutil.rmtree(
+        cfg.ASMK.CACHE_DIR, ignore_errors=True
+    )  # a codebook of an earlier demo's features must not be reused
     context = build_context(cfg)
     return context, {method: METHODS[method](context) for method in cfg.EVAL.METHODS}
 
 
 def results_table(trained, untrained, context):
-    """results.json's dict: the untrained global row first, then the trained methods in EVAL.METHODS order."""
-    return {UNTRAINED: context.summarize(untrained["global"]),
-            **{method: context.summarize(raw) for method, raw in trained.items()}}
+    """results.json's dict: the untrained global row first, then the trained methods in EVAL.METHODS
+    order."""
+    return {
+        UNTRAINED: context.summarize(untrained["global"]),
+        **{method: context.summarize(raw) for method, raw in trained.items()},
+    }
 
 
 def format_results(results, title=""):
@@ -220,30 +273,35 @@ def format_results(results, title=""):
     group = column * len(PROTOCOLS)
     lines = [title] if title else []
     lines.append((" " * (width + 2) + "".join(f"{metric:^{group}}" for metric in metrics)).rstrip())
-    lines.append(f"{'method':<{width}}" + "".join(f"{protocol:>{column}}" for _ in metrics for protocol in PROTOCOLS))
+    lines.append(
+        f"{'method':<{width}}"
+        + "".join(f"{protocol:>{column}}" for _ in metrics for protocol in PROTOCOLS)
+    )
     for method, by_protocol in results.items():
         values = [by_protocol[protocol][metric] for metric in metrics for protocol in PROTOCOLS]
         lines.append(f"{method:<{width}}" + "".join(f"{value:>{column}.2f}" for value in values))
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------ 5. pictures
+# -------------------------------------------------------------------------------------- 5. pictures
 def pick_queries(context, trained):
     """(two queries for the attention pictures, the query for the match picture).
 
-    The match picture shows the query whose Medium AP spatial verification raised most (the first query when no
-    AP rose), so that it shows what re-ranking adds.
+    The match picture shows the query whose Medium AP spatial verification raised most (the first
+    query when no AP rose), so that it shows what re-ranking adds.
     """
     count = len(context.query_rows)
     gains = np.zeros(count)
     if "sv" in trained and "global" in trained:
-        gains = np.asarray(trained["sv"][PICTURE_PROTOCOL][1]) - np.asarray(trained["global"][PICTURE_PROTOCOL][1])
+        gains = np.asarray(trained["sv"][PICTURE_PROTOCOL][1]) - np.asarray(
+            trained["global"][PICTURE_PROTOCOL][1]
+        )
     return sorted({0, count // 2}), int(np.argmax(gains))
 
 
 def best_reranked_positive(context, query):
-    """The database row of the first positive in the query's Medium shortlist re-ranked by spatial verification,
-    or None when the shortlist holds no positive."""
+    """The database row of the first positive in the query's Medium shortlist re-ranked by spatial
+    verification, or None when the shortlist holds no positive."""
     from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification
     from tools.revisitop.protocols import protocol_gnd
 
@@ -251,8 +309,12 @@ def best_reranked_positive(context, query):
     context.local.prepare_queries()
     context.local.prepare_database(np.asarray(shortlist, dtype=np.int64))
     reranked, _ = rerank_with_spatial_verification(
-        {PICTURE_PROTOCOL: [shortlist]}, lambda _: context.local.query(query), context.local.database,
-        options_from_cfg(context.cfg), progress=False)
+        {PICTURE_PROTOCOL: [shortlist]},
+        lambda _: context.local.query(query),
+        context.local.database,
+        options_from_cfg(context.cfg),
+        progress=False,
+    )
     positives = set(protocol_gnd(context.gnd, PICTURE_PROTOCOL)[query]["ok"].tolist())
     return next((row for row in reranked[PICTURE_PROTOCOL][0].tolist() if row in positives), None)
 
@@ -275,13 +337,16 @@ def draw_pictures(cfg, context, trained, train_dir, out_dir, log=print):
     from tools.vis.attention import picture_for_image
     from tools.vis.matches import load_image_and_features, match_picture, write_png
 
-    pictures = {"training_curves": plot_training(train_dir, os.path.join(out_dir, "training_curves.png"))}
+    pictures = {
+        "training_curves": plot_training(train_dir, os.path.join(out_dir, "training_curves.png"))
+    }
     dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, cfg.EVAL.DATASET)
     attention_queries, match_query = pick_queries(context, trained)
     for query in attention_queries:
         name = dataset.query_names[query]
-        pictures[f"attention_{name}"] = picture_for_image(cfg, dataset.image_path(name),
-                                                          os.path.join(out_dir, f"attention_{name}.png"))
+        pictures[f"attention_{name}"] = picture_for_image(
+            cfg, dataset.image_path(name), os.path.join(out_dir, f"attention_{name}.png")
+        )
     row = best_reranked_positive(context, match_query)
     if row is None:
         log(f"[demo] query {match_query} has no positive in its shortlist: no match picture")
@@ -289,43 +354,81 @@ def draw_pictures(cfg, context, trained, train_dir, out_dir, log=print):
     query_name, index_name = dataset.query_names[match_query], context.database_store.names[row]
     query = load_image_and_features(context.query_store, dataset, query_name)
     index = load_image_and_features(context.database_store, dataset, index_name)
-    # Small images are drawn twice as large: pixels, keypoints and the RANSAC threshold alike, so the inliers are
-    # those of the verification that re-ranked them, and the lines and caption stay readable.
+    # Small images are drawn twice as large: pixels, keypoints and the RANSAC threshold alike, so
+    # the inliers are those of the verification that re-ranked them, and the lines and caption stay
+    # readable.
     factor = 2 if max(*query[0].shape[:2], *index[0].shape[:2]) < SMALL_IMAGE else 1
-    options = dataclasses.replace(options_from_cfg(cfg), inlier_threshold=factor * cfg.SV.INLIER_THRESHOLD)
+    options = dataclasses.replace(
+        options_from_cfg(cfg), inlier_threshold=factor * cfg.SV.INLIER_THRESHOLD
+    )
     picture, _ = match_picture(*enlarged(*query, factor), *enlarged(*index, factor), options)
     pictures["matches"] = os.path.join(out_dir, f"matches_{query_name}_{index_name}.png")
     write_png(pictures["matches"], picture)
     return pictures
 
 
-# ------------------------------------------------------------------------------------------------ the demo
+# ----------------------------------------------------------------------------------------- the demo
 def run_demo(options, log=print):
-    """Run every step; return a summary dict (results, paths, timings), also written to OUT/summary.json."""
+    """Run every step; return a summary dict (results, paths, timings), also written to
+    OUT/summary.json."""
     threads = options.threads or available_cores()
-    torch.set_num_threads(threads)  # the loader's and the generator's worker processes run one thread each
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant it tried
+    torch.set_num_threads(
+        threads
+    )  # the loader's and the generator's worker processes run one thread each
+    logging.getLogger("faiss").setLevel(
+        logging.WARNING
+    )  # its loader reports every CPU variant it tried
     timer, out = StepTimer(log), options.out_dir
     data_dir = options.data_dir or default_data_dir(options.seed, options.data_size)
-    cfg = demo_config(options, data_dir)  # a config mistake stops the demo before anything is generated
-    timer.run("data", ensure_synthetic, data_dir, options.seed, options.data_size, workers=threads, log=log)
+    cfg = demo_config(
+        options, data_dir
+    )  # a config mistake stops the demo before anything is generated
+    timer.run(
+        "data",
+        ensure_synthetic,
+        data_dir,
+        options.seed,
+        options.data_size,
+        workers=threads,
+        log=log,
+    )
     checkpoint = timer.run("train", train, cfg, log=log)
     cfg.TEST.WEIGHTS = checkpoint
-    trained_dir = timer.run("extract, trained", extract,
-                            extraction_config(cfg, checkpoint, os.path.join(out, "features")))
-    untrained_dir = timer.run("extract, untrained", extract,
-                              extraction_config(cfg, "", os.path.join(out, "features_untrained"), local=False))
+    trained_dir = timer.run(
+        "extract, trained",
+        extract,
+        extraction_config(cfg, checkpoint, os.path.join(out, "features")),
+    )
+    untrained_dir = timer.run(
+        "extract, untrained",
+        extract,
+        extraction_config(cfg, "", os.path.join(out, "features_untrained"), local=False),
+    )
     trained_cfg = evaluation_config(cfg, trained_dir, cfg.EVAL.METHODS, out)
     context, trained = timer.run("evaluate, trained", evaluate_methods, trained_cfg)
-    _, untrained = timer.run("evaluate, untrained", evaluate_methods,
-                             evaluation_config(cfg, untrained_dir, ["global"], out))
+    _, untrained = timer.run(
+        "evaluate, untrained",
+        evaluate_methods,
+        evaluation_config(cfg, untrained_dir, ["global"], out),
+    )
     results = results_table(trained, untrained, context)
     results_path = os.path.join(out, "results.json")
     write_json(results_path, results)
-    pictures = timer.run("pictures", draw_pictures, trained_cfg, context, trained, cfg.OUT_DIR, out, log=log)
-    summary = {"results": results, "results_path": results_path, "checkpoint": checkpoint, "pictures": pictures,
-               "data_dir": data_dir, "seed": options.seed, "iterations": cfg.OPTIM.MAX_ITER, "threads": threads,
-               "title": context.title, "timing": timer.totals()}
+    pictures = timer.run(
+        "pictures", draw_pictures, trained_cfg, context, trained, cfg.OUT_DIR, out, log=log
+    )
+    summary = {
+        "results": results,
+        "results_path": results_path,
+        "checkpoint": checkpoint,
+        "pictures": pictures,
+        "data_dir": data_dir,
+        "seed": options.seed,
+        "iterations": cfg.OPTIM.MAX_ITER,
+        "threads": threads,
+        "title": context.title,
+        "timing": timer.totals(),
+    }
     write_json(os.path.join(out, "summary.json"), summary)
     return summary
 
@@ -333,9 +436,16 @@ def run_demo(options, log=print):
 def report(summary):
     """The table and where everything is, as text."""
     timing = summary["timing"]
-    lines = [format_results(summary["results"], summary["title"]), "",
-             f"results:    {summary['results_path']}", f"checkpoint: {summary['checkpoint']}"]
+    lines = [
+        format_results(summary["results"], summary["title"]),
+        "",
+        f"results:    {summary['results_path']}",
+        f"checkpoint: {summary['checkpoint']}",
+    ]
     lines += [f"picture:    {path}" for path in summary["pictures"].values()]
-    lines.append(f"time:       {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU (this process and its "
-                 f"workers), {summary['iterations']} iterations, {summary['threads']} threads")
+    lines.append(
+        f"time:       {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU (this process and "
+        "its "
+        f"workers), {summary['iterations']} iterations, {summary['threads']} threads"
+    )
     return "\n".join(lines)

@@ -1,7 +1,9 @@
-"""Draw the loss, top-1 error and learning-rate curves of a training run: ``python tools/plot_training.py OUT_DIR``.
+"""Draw the loss, top-1 error and learning-rate curves of a training run: ``python
+tools/plot_training.py OUT_DIR``.
 
-Reads OUT_DIR/training_log.jsonl (written by the trainer) and writes OUT_DIR/training_curves.png (or --out). A run
-with TRAIN.RETRIEVAL_EVAL gets one more panel: the retrieval mAP (Easy / Medium / Hard) on EVAL.DATASET.
+Reads OUT_DIR/training_log.jsonl (written by the trainer) and writes OUT_DIR/training_curves.png (or
+--out). A run with TRAIN.RETRIEVAL_EVAL gets one more panel: the retrieval mAP (Easy / Medium /
+Hard) on EVAL.DATASET.
 """
 
 import pathlib
@@ -20,9 +22,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from core.io import atomic_path  # noqa: E402
 from core.logging import JSON_LOG_NAME, read_json_log  # noqa: E402
 
-_LOSSES = (("loss", "total"), ("loss_global", "global CE"), ("loss_attention", "attention CE"),
-           ("loss_reconstruction", "reconstruction"))
-_ERRORS = (("global_top1_err", "global", "tab:blue"), ("attention_top1_err", "attention", "tab:green"))
+_LOSSES = (
+    ("loss", "total"),
+    ("loss_global", "global CE"),
+    ("loss_attention", "attention CE"),
+    ("loss_reconstruction", "reconstruction"),
+)
+_ERRORS = (
+    ("global_top1_err", "global", "tab:blue"),
+    ("attention_top1_err", "attention", "tab:green"),
+)
 _RETRIEVAL = (("mAP_E", "Easy"), ("mAP_M", "Medium"), ("mAP_H", "Hard"))
 
 
@@ -32,16 +41,21 @@ def _series(records, key):
 
 
 def plot_training(out_dir, png_path=None):
-    """Write the curves of the run in out_dir to png_path (default OUT_DIR/training_curves.png); return the path."""
+    """Write the curves of the run in out_dir to png_path (default OUT_DIR/training_curves.png);
+    return the path."""
     log_path = os.path.join(out_dir, JSON_LOG_NAME)
     if not os.path.isfile(log_path):
-        raise FileNotFoundError(f"{log_path} does not exist: is {out_dir} the OUT_DIR of a training run?")
+        raise FileNotFoundError(
+            f"{log_path} does not exist: is {out_dir} the OUT_DIR of a training run?"
+        )
     records = read_json_log(log_path)
     train = [r for r in records if r.get("type") == "train_iter"]
     val = [r for r in records if r.get("type") == "val"]
     retrieval = [r for r in records if r.get("type") == "retrieval"]
     if not train:
-        raise ValueError(f"{log_path} holds no training records yet (one is logged every LOG_PERIOD iterations)")
+        raise ValueError(
+            f"{log_path} holds no training records yet (one is logged every LOG_PERIOD iterations)"
+        )
 
     panels = 4 if retrieval else 3
     figure, axes_list = plt.subplots(panels, 1, figsize=(8, 3.3 * panels), sharex=True)
@@ -51,7 +65,9 @@ def plot_training(out_dir, png_path=None):
     loss_axes.set_yscale("log")
     loss_axes.set_ylabel("loss (total; parts unweighted)")
     for key, label, color in _ERRORS:
-        error_axes.plot(*_series(train, key), color=color, alpha=0.6, label=f"train {label} (batch)")
+        error_axes.plot(
+            *_series(train, key), color=color, alpha=0.6, label=f"train {label} (batch)"
+        )
         if val:
             error_axes.plot(*_series(val, key), "o--", color=color, label=f"validation {label}")
     error_axes.set_ylabel("top-1 error (%)")
@@ -78,9 +94,13 @@ def plot_training(out_dir, png_path=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Plot loss, error and learning-rate curves of a training run.")
+    parser = argparse.ArgumentParser(
+        description="Plot loss, error and learning-rate curves of a training run."
+    )
     parser.add_argument("out_dir", help="OUT_DIR of the run (holds training_log.jsonl)")
-    parser.add_argument("--out", default=None, help="PNG to write (default OUT_DIR/training_curves.png)")
+    parser.add_argument(
+        "--out", default=None, help="PNG to write (default OUT_DIR/training_curves.png)"
+    )
     args = parser.parse_args()
     try:
         print(plot_training(args.out_dir, args.out))

@@ -1,11 +1,13 @@
-"""Search a feature store with one image: global top-k, optionally re-ranked by spatial verification.
+"""Search a feature store with one image: global top-k, optionally re-ranked by spatial
+verification.
 
-    python tools/search.py --cfg FILE IMAGE [--store DIR] [--topk K] [--sv] [--draw PNG] [KEY VALUE ...]
+    python tools/search.py --cfg FILE IMAGE [--store DIR] [--topk K] [--sv] [--draw PNG] [KEY VALUE
+    ...]
 
-The image is extracted with the extractor's code (model from the config and TEST.WEIGHTS, EXTRACT.* settings);
-the store defaults to the EVAL.DATASET database store under the features folder. Prints the top-k with global
-scores; with --sv, the SV.SHORTLIST first re-ranked by inlier counts. --draw writes the ranking picture.
-See docs/search.md.
+The image is extracted with the extractor's code (model from the config and TEST.WEIGHTS, EXTRACT.*
+settings); the store defaults to the EVAL.DATASET database store under the features folder. Prints
+the top-k with global scores; with --sv, the SV.SHORTLIST first re-ranked by inlier counts. --draw
+writes the ranking picture. See docs/search.md.
 """
 
 import pathlib
@@ -32,9 +34,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument("image", help="the query image file")
-    parser.add_argument("--store", default="", help="feature store folder (default: the EVAL.DATASET database)")
+    parser.add_argument(
+        "--store", default="", help="feature store folder (default: the EVAL.DATASET database)"
+    )
     parser.add_argument("--topk", type=int, default=10, help="how many images to list")
-    parser.add_argument("--sv", action="store_true", help="re-rank the global shortlist by spatial verification")
+    parser.add_argument(
+        "--sv", action="store_true", help="re-rank the global shortlist by spatial verification"
+    )
     parser.add_argument("--draw", default="", help="write the ranking picture to this PNG")
     # KEY VALUE overrides may come before or after the options
     args, overrides = parser.parse_known_args(argv)

@@ -1,19 +1,23 @@
-"""Local features on demand: re-ranking a database stored global-only (revisitop1m distractors) without storing
-local features of a million images.
+"""Local features on demand: re-ranking a database stored global-only (revisitop1m distractors)
+without storing local features of a million images.
 
-    reader = local_reader(cfg, store, reference=query_store)   # the store itself when it has local features
-    reader.prepare(rows)               # extract the images the cache lacks, in one pass; returns how many
-    features = reader.local_at(row)    # {"locations", "scales", "scores", "descriptors"}, as FeatureStore.local_at
+    # the store itself when it has local features
+    reader = local_reader(cfg, store, reference=query_store)
+    reader.prepare(rows)  # extract the images the cache lacks, in one pass; returns how many
+    # {"locations", "scales", "scores", "descriptors"}, as FeatureStore.local_at
+    features = reader.local_at(row)
 
-The images are found again through the store's provenance (the dataset the extractor recorded) and extracted with
-the extractor's own code (tools.extraction.runner / pyramid) under the current config, local features only. They are
-cached under ``<EXTRACT.OUTPUT_DIR or OUT_DIR/features>/<store name>_local_cache/<key>/``: one feature store per
-``EXTRACT.SHARD_SIZE`` newly extracted images (``part-*``, renamed into place whole), ``<key>`` a hash of the
-provenance that decides local features (model config, checkpoint hash, local scales, selection settings) and of
-the dataset. A later run with the same model reads them back and extracts only what is still missing.
+The images are found again through the store's provenance (the dataset the extractor recorded) and
+extracted with the extractor's own code (tools.extraction.runner / pyramid) under the current
+config, local features only. They are cached under ``<EXTRACT.OUTPUT_DIR or OUT_DIR/features>/<store
+name>_local_cache/<key>/``: one feature store per ``EXTRACT.SHARD_SIZE`` newly extracted images
+(``part-*``, renamed into place whole), ``<key>`` a hash of the provenance that decides local
+features (model config, checkpoint hash, local scales, selection settings) and of the dataset. A
+later run with the same model reads them back and extracts only what is still missing.
 
-This module also holds the provenance comparisons the evaluation and the one-image search share: which recorded keys
-matter for global descriptors, which only for local features, and which differ legitimately between stores.
+This module also holds the provenance comparisons the evaluation and the one-image search share:
+which recorded keys matter for global descriptors, which only for local features, and which differ
+legitimately between stores.
 """
 
 import hashlib
@@ -36,23 +40,36 @@ logger = logging.getLogger(__name__)
 
 CACHE_SUFFIX = "_local_cache"
 PART_PREFIX = "part-"
-# provenance paths that differ legitimately between stores of one run (dotted; a prefix covers its sub-keys)
+# provenance paths that differ legitimately between stores of one run (dotted; a prefix covers its
+# sub-keys)
 RUN_KEYS = ("signature", "dataset", "checkpoint", "num_failures", "failures", "shard", "num_shards")
 # recorded settings that only decide global descriptors, and those that only decide local features
 GLOBAL_ONLY_KEYS = ("config.EXTRACT.GLOBAL", "config.EXTRACT.GLOBAL_SCALES", "global_scales")
-LOCAL_ONLY_KEYS = ("config.EXTRACT.LOCAL", "config.EXTRACT.LOCAL_SCALES", "config.EXTRACT.ATTENTION_THRESHOLD",
-                   "config.EXTRACT.MAX_FEATURES", "config.EXTRACT.NMS_IOU", "config.EXTRACT.FLOAT16", "local_scales",
-                   "float16")
+LOCAL_ONLY_KEYS = (
+    "config.EXTRACT.LOCAL",
+    "config.EXTRACT.LOCAL_SCALES",
+    "config.EXTRACT.ATTENTION_THRESHOLD",
+    "config.EXTRACT.MAX_FEATURES",
+    "config.EXTRACT.NMS_IOU",
+    "config.EXTRACT.FLOAT16",
+    "local_scales",
+    "float16",
+)
 REVISITOP_PARTS = ("_query", "_database")
-_SOURCE_FIELDS = (("DATASET", "name"), ("FORMAT", "format"), ("DATA_ROOT", "root"), ("SPLIT", "split"),
-                  ("DISTRACTORS", "distractors"))
+_SOURCE_FIELDS = (
+    ("DATASET", "name"),
+    ("FORMAT", "format"),
+    ("DATA_ROOT", "root"),
+    ("SPLIT", "split"),
+    ("DISTRACTORS", "distractors"),
+)
 
 
 class ProvenanceMismatch(ValueError):
     """Two sets of features come from different models or settings."""
 
 
-# ------------------------------------------------------------------------------------------------ provenance
+# --------------------------------------------------------------------------------------- provenance
 def _flatten(value, prefix=""):
     if isinstance(value, dict) and value:
         flat = {}
@@ -70,11 +87,13 @@ NOT_RECORDED = "(not recorded: a store of another version)"
 
 
 def provenance_difference(left, right, ignored=RUN_KEYS):
-    """The first recorded setting (dotted path, left value, right value) on which two provenances differ, or None.
-    A setting only one side records reads NOT_RECORDED on the other."""
+    """The first recorded setting (dotted path, left value, right value) on which two provenances
+    differ, or None. A setting only one side records reads NOT_RECORDED on the other."""
     left, right = _flatten(left or {}), _flatten(right or {})
     for path in sorted(set(left) | set(right)):
-        if not _ignored(path, ignored) and left.get(path, NOT_RECORDED) != right.get(path, NOT_RECORDED):
+        if not _ignored(path, ignored) and left.get(path, NOT_RECORDED) != right.get(
+            path, NOT_RECORDED
+        ):
             return path, left.get(path, NOT_RECORDED), right.get(path, NOT_RECORDED)
     return None
 
@@ -82,7 +101,11 @@ def provenance_difference(left, right, ignored=RUN_KEYS):
 def local_provenance(provenance):
     """The part of a provenance that decides local features (what the cache key hashes)."""
     flat = _flatten(provenance or {})
-    return {path: value for path, value in sorted(flat.items()) if not _ignored(path, RUN_KEYS + GLOBAL_ONLY_KEYS)}
+    return {
+        path: value
+        for path, value in sorted(flat.items())
+        if not _ignored(path, RUN_KEYS + GLOBAL_ONLY_KEYS)
+    }
 
 
 def check_same_local_features(reference, provenance, reference_name, name):
@@ -90,20 +113,25 @@ def check_same_local_features(reference, provenance, reference_name, name):
     difference = provenance_difference(reference, provenance, RUN_KEYS + GLOBAL_ONLY_KEYS)
     if difference:
         key, reference_value, value = difference
-        raise ProvenanceMismatch(f"local features of {name} would not match those of {reference_name}: provenance "
-                                 f"{key} is {value!r} here but {reference_value!r} there (use the config the "
-                                 f"features were extracted with)")
+        raise ProvenanceMismatch(
+            f"local features of {name} would not match those of {reference_name}: provenance "
+            f"{key} is {value!r} here but {reference_value!r} there (use the config the "
+            f"features were extracted with)"
+        )
 
 
-# ------------------------------------------------------------------------------------------------ image sources
+# ------------------------------------------------------------------------------------ image sources
 def image_source_of(cfg, store):
-    """The extractor's image source (names, read(i), path(i)) of a store, from the dataset its provenance records.
+    """The extractor's image source (names, read(i), path(i)) of a store, from the dataset its
+    provenance records.
 
-    EXTRACT.* keys fill in what the provenance lacks (stores written by other tools); EXTRACT.DISTRACTOR_ROOT always
-    comes from the config.
+    EXTRACT.* keys fill in what the provenance lacks (stores written by other tools);
+    EXTRACT.DISTRACTOR_ROOT always comes from the config.
     """
     recorded = dict(store.provenance.get("dataset") or {})
-    if recorded.get("format") == "revisitop":  # the extractor records the store's name: <dataset>_query / _database
+    if (
+        recorded.get("format") == "revisitop"
+    ):  # the extractor records the store's name: <dataset>_query / _database
         for part in REVISITOP_PARTS:
             if str(recorded.get("name", "")).endswith(part):
                 recorded["name"] = recorded["name"][: -len(part)]
@@ -120,10 +148,12 @@ def image_source_of(cfg, store):
     for _, source in sources:
         if names <= set(source.names):
             return source
-    raise FeatureStoreError(f"{store.folder}: its images are not among those of EXTRACT.DATASET "
-                            f"{source_cfg.EXTRACT.DATASET!r} in {source_cfg.EXTRACT.DATA_ROOT!r} (stores "
-                            f"{', '.join(name for name, _ in sources)}); set EXTRACT.* to the dataset it was "
-                            f"extracted from")
+    raise FeatureStoreError(
+        f"{store.folder}: its images are not among those of EXTRACT.DATASET "
+        f"{source_cfg.EXTRACT.DATASET!r} in {source_cfg.EXTRACT.DATA_ROOT!r} (stores "
+        f"{', '.join(name for name, _ in sources)}); set EXTRACT.* to the dataset it was "
+        f"extracted from"
+    )
 
 
 class _Images:
@@ -144,17 +174,24 @@ class _Images:
 
 
 def _empty_local(dim):
-    return {"locations": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
-            "scores": np.zeros(0, np.float32), "descriptors": np.zeros((0, dim), np.float32)}
+    return {
+        "locations": np.zeros((0, 2), np.float32),
+        "scales": np.zeros(0, np.float32),
+        "scores": np.zeros(0, np.float32),
+        "descriptors": np.zeros((0, dim), np.float32),
+    }
 
 
-# ------------------------------------------------------------------------------------------------ the cache
+# ---------------------------------------------------------------------------------------- the cache
 class OnDemandLocalFeatures:
-    """Local features of a global-only store's images, extracted when first asked for and cached on disk."""
+    """Local features of a global-only store's images, extracted when first asked for and cached on
+    disk."""
 
     has_local = True
 
-    def __init__(self, store, source, extractor, cache_folder, provenance, num_workers=0, part_size=1000):
+    def __init__(
+        self, store, source, extractor, cache_folder, provenance, num_workers=0, part_size=1000
+    ):
         self.store, self.source, self.extractor = store, source, extractor
         self.folder, self.provenance = cache_folder, provenance
         self.num_workers, self.part_size = num_workers, max(1, int(part_size))
@@ -173,13 +210,23 @@ class OnDemandLocalFeatures:
                     self._where.setdefault(name, (part, row))
 
     def prepare(self, rows):
-        """Make sure the local features of these store rows are available; return how many were extracted now."""
-        names = list(dict.fromkeys(self.store.names[int(row)] for row in np.asarray(rows).reshape(-1)))
+        """Make sure the local features of these store rows are available; return how many were
+        extracted now."""
+        names = list(
+            dict.fromkeys(self.store.names[int(row)] for row in np.asarray(rows).reshape(-1))
+        )
         missing = [name for name in names if name not in self._where]
         for start in range(0, len(missing), self.part_size):
-            self._extract(missing[start:start + self.part_size])
-        logger.info("%s: local features on demand for %d images: %d from the cache in %s, %d newly extracted",
-                    self.store.folder, len(names), len(names) - len(missing), self.folder, len(missing))
+            self._extract(missing[start : start + self.part_size])
+        logger.info(
+            "%s: local features on demand for %d images: %d from the cache in %s, %d newly "
+            "extracted",
+            self.store.folder,
+            len(names),
+            len(names) - len(missing),
+            self.folder,
+            len(missing),
+        )
         return len(missing)
 
     def local_at(self, row):
@@ -194,29 +241,67 @@ class OnDemandLocalFeatures:
             self._source_index = {name: index for index, name in enumerate(self.source.names)}
         absent = [name for name in names if name not in self._source_index]
         if absent:
-            raise FeatureStoreError(f"{self.store.folder}: image {absent[0]!r} is not in the dataset it was "
-                                    f"extracted from (EXTRACT.DATASET / DATA_ROOT / DISTRACTORS)")
+            raise FeatureStoreError(
+                f"{self.store.folder}: image {absent[0]!r} is not in the dataset it was "
+                f"extracted from (EXTRACT.DATASET / DATA_ROOT / DISTRACTORS)"
+            )
         return [self._source_index[name] for name in names]
 
     def _extract(self, names):
-        images = PreparedImages(_Images(self.source, self._indices_in_source(names)), self.extractor.max_image_size)
-        loader = DataLoader(images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item)
-        results = [self.extractor.extract_item(item) for item in tqdm(
-            loader, total=len(names), desc="local features on demand", unit="img", mininterval=1.0)]
-        failures = [{"name": result["name"], "path": result["path"], "reason": result["error"]}
-                    for result in results if result.get("error")]
-        dim = max((result["local"]["descriptors"].shape[1] for result in results if not result.get("error")),
-                  default=0)
-        # unreadable images are cached without features (0 inliers), so that they are not tried again every run
-        local = [_empty_local(dim) if result.get("error") else result["local"] for result in results]
+        images = PreparedImages(
+            _Images(self.source, self._indices_in_source(names)), self.extractor.max_image_size
+        )
+        loader = DataLoader(
+            images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item
+        )
+        results = [
+            self.extractor.extract_item(item)
+            for item in tqdm(
+                loader,
+                total=len(names),
+                desc="local features on demand",
+                unit="img",
+                mininterval=1.0,
+            )
+        ]
+        failures = [
+            {"name": result["name"], "path": result["path"], "reason": result["error"]}
+            for result in results
+            if result.get("error")
+        ]
+        dim = max(
+            (
+                result["local"]["descriptors"].shape[1]
+                for result in results
+                if not result.get("error")
+            ),
+            default=0,
+        )
+        # unreadable images are cached without features (0 inliers), so that they are not tried
+        # again every run
+        local = [
+            _empty_local(dim) if result.get("error") else result["local"] for result in results
+        ]
         number = len(os.listdir(self.folder)) if os.path.isdir(self.folder) else 0
         unique = uuid.uuid4().hex[:8]  # concurrent runs never write the same folder
         target = os.path.join(self.folder, f"{PART_PREFIX}{number:06d}-{unique}")
-        temporary = os.path.join(self.folder, f"partial-{unique}")  # never read: only part-* folders are
-        crop_boxes = {result["name"]: list(result["crop_box"]) for result in results
-                      if not result.get("error") and result.get("crop_box") is not None}
-        write_store(temporary, names, None, local, dict(self.provenance, failures=failures), crop_boxes,
-                    float16=self.extractor.float16)
+        temporary = os.path.join(
+            self.folder, f"partial-{unique}"
+        )  # never read: only part-* folders are
+        crop_boxes = {
+            result["name"]: list(result["crop_box"])
+            for result in results
+            if not result.get("error") and result.get("crop_box") is not None
+        }
+        write_store(
+            temporary,
+            names,
+            None,
+            local,
+            dict(self.provenance, failures=failures),
+            crop_boxes,
+            float16=self.extractor.float16,
+        )
         os.rename(temporary, target)
         part = open_store(target)
         for row, name in enumerate(part.names):
@@ -229,28 +314,46 @@ def _cache_key(provenance, dataset):
 
 
 def build_on_demand(cfg, store):
-    """OnDemandLocalFeatures for a store, extracting with the model and EXTRACT.* settings of cfg."""
+    """OnDemandLocalFeatures for a store, extracting with the model and EXTRACT.* settings of
+    cfg."""
     local_cfg = cfg.clone()
     local_cfg.EXTRACT.GLOBAL, local_cfg.EXTRACT.LOCAL = False, True
-    extractor, provenance = build_extractor(local_cfg, torch.device(resolve_device(cfg.DEVICE)), show_progress=False)
-    dataset = store.provenance.get("dataset") or {"store": os.path.basename(os.path.normpath(str(store.folder)))}
-    cache_folder = os.path.join(output_dir(cfg), os.path.basename(os.path.normpath(str(store.folder))) + CACHE_SUFFIX,
-                                _cache_key(provenance, dataset))
-    return OnDemandLocalFeatures(store, image_source_of(cfg, store), extractor, cache_folder,
-                                 dict(provenance, dataset=dataset), cfg.DATA_LOADER.NUM_WORKERS,
-                                 cfg.EXTRACT.SHARD_SIZE)
+    extractor, provenance = build_extractor(
+        local_cfg, torch.device(resolve_device(cfg.DEVICE)), show_progress=False
+    )
+    dataset = store.provenance.get("dataset") or {
+        "store": os.path.basename(os.path.normpath(str(store.folder)))
+    }
+    cache_folder = os.path.join(
+        output_dir(cfg),
+        os.path.basename(os.path.normpath(str(store.folder))) + CACHE_SUFFIX,
+        _cache_key(provenance, dataset),
+    )
+    return OnDemandLocalFeatures(
+        store,
+        image_source_of(cfg, store),
+        extractor,
+        cache_folder,
+        dict(provenance, dataset=dataset),
+        cfg.DATA_LOADER.NUM_WORKERS,
+        cfg.EXTRACT.SHARD_SIZE,
+    )
 
 
 def local_reader(cfg, store, reference=None):
-    """Something with ``local_at(row)`` and ``prepare(rows)`` for a store: the store itself when it holds local
-    features, else an OnDemandLocalFeatures checked against ``reference`` (a store with local features, e.g. the
-    queries), so that on-demand features are comparable with it."""
+    """Something with ``local_at(row)`` and ``prepare(rows)`` for a store: the store itself when it
+    holds local features, else an OnDemandLocalFeatures checked against ``reference`` (a store with
+    local features, e.g. the queries), so that on-demand features are comparable with it."""
     if store.has_local:
         return _StoreReader(store)
     reader = build_on_demand(cfg, store)
     if reference is not None and reference.has_local:
-        check_same_local_features(reference.provenance, reader.provenance, reference.folder,
-                                  f"{store.folder} (extracted on demand)")
+        check_same_local_features(
+            reference.provenance,
+            reader.provenance,
+            reference.folder,
+            f"{store.folder} (extracted on demand)",
+        )
     return reader
 
 
@@ -270,8 +373,10 @@ class _StoreReader:
 class LocalFeatureAccess:
     """Local features of an evaluation's queries and database, as (locations, descriptors) pairs.
 
-    query(q) reads the q-th evaluated query (store row query_rows[q]); database(row) a database store row. A store
-    without local features is read through OnDemandLocalFeatures, built on first use (it loads the model).
+    query(q) reads the q-th evaluated query (store row query_rows[q]); database(row) a database
+    store row. A store
+    without local features is read through OnDemandLocalFeatures, built on first use (it loads the
+    model).
     """
 
     def __init__(self, cfg, query_store, database_store, query_rows):
@@ -281,13 +386,17 @@ class LocalFeatureAccess:
 
     def reader(self, part):
         if part not in self._readers:
-            store, other = ((self.query_store, self.database_store) if part == "query"
-                            else (self.database_store, self.query_store))
+            store, other = (
+                (self.query_store, self.database_store)
+                if part == "query"
+                else (self.database_store, self.query_store)
+            )
             self._readers[part] = local_reader(self.cfg, store, reference=other)
         return self._readers[part]
 
     def prepare_database(self, rows):
-        """Extract (once) the local features of these database rows when the database store lacks them."""
+        """Extract (once) the local features of these database rows when the database store lacks
+        them."""
         return self.reader("database").prepare(rows)
 
     def prepare_queries(self):
@@ -300,4 +409,3 @@ class LocalFeatureAccess:
     def database(self, row):
         features = self.reader("database").local_at(row)
         return features["locations"], features["descriptors"]
-

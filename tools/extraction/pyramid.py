@@ -1,11 +1,13 @@
 """One image -> its global descriptor and local features, with one network pass per pyramid scale.
 
-The scales are the union of the global and the local scales. At each scale the model runs once and computes only
-what that scale is for: block3 + the local heads at local scales, block4 + the global head at global scales, both
-from one block3 map at scales that are both (``model.extract`` continues block4 from the block3 it computed).
+The scales are the union of the global and the local scales. At each scale the model runs once and
+computes only what that scale is for: block3 + the local heads at local scales, block4 + the global
+head at global scales, both from one block3 map at scales that are both (``model.extract`` continues
+block4 from the block3 it computed).
 
-Global descriptor (official DELG): each scale's embedding L2-normalised, summed over the scales, normalised again.
-Local features: every cell of every local level is a candidate; tools.extraction.selection keeps the best.
+Global descriptor (official DELG): each scale's embedding L2-normalised, summed over the scales,
+normalised again. Local features: every cell of every local level is a candidate;
+tools.extraction.selection keeps the best.
 """
 
 import math
@@ -34,7 +36,9 @@ class ExtractionSettings:
         if not self.global_scales and not self.local_scales:
             raise ValueError("nothing to extract: no global and no local scales")
         if self.max_features < 1:
-            raise ValueError(f"the number of local features must be at least 1, got {self.max_features}")
+            raise ValueError(
+                f"the number of local features must be at least 1, got {self.max_features}"
+            )
 
 
 def pyramid_size(height, width, scale):
@@ -52,30 +56,50 @@ def resize_image(image, size):
 def run_pyramid(model, image, global_scales, local_scales):
     """One model pass per scale over a normalised [1, 3, H, W] image.
 
-    Returns (global descriptor [D] L2-normalised or None, local levels): each level is a dict with ``scale``,
-    ``network_size`` (height, width), ``attention`` [h, w] and ``local`` [d, h, w].
+    Returns (global descriptor [D] L2-normalised or None, local levels): each level is a dict with
+    ``scale``, ``network_size`` (height, width), ``attention`` [h, w] and ``local`` [d, h, w].
     """
     height, width = image.shape[-2:]
     global_sum, levels = None, []
     for scale in sorted(set(global_scales) | set(local_scales)):
         want_global, want_local = scale in global_scales, scale in local_scales
         size = pyramid_size(height, width, scale)
-        outputs = model.extract(resize_image(image, size), want_global=want_global, want_local=want_local)
+        outputs = model.extract(
+            resize_image(image, size), want_global=want_global, want_local=want_local
+        )
         if want_global:
             embedding = F.normalize(outputs["global"][0], dim=0)
             global_sum = embedding if global_sum is None else global_sum + embedding
         if want_local:
-            levels.append({"scale": scale, "network_size": size, "attention": outputs["attention"][0, 0],
-                           "local": outputs["local"][0]})
+            levels.append(
+                {
+                    "scale": scale,
+                    "network_size": size,
+                    "attention": outputs["attention"][0, 0],
+                    "local": outputs["local"][0],
+                }
+            )
     global_descriptor = None if global_sum is None else F.normalize(global_sum, dim=0)
     return global_descriptor, levels
 
 
 def select_from_levels(levels, image_size, geometry, settings):
-    """Local features (tensors, see selection.select_local_features) from run_pyramid's local levels."""
-    candidates = [level_candidates(level["attention"], level["local"], level["scale"], geometry, image_size,
-                                   level["network_size"]) for level in levels]
-    return select_local_features(candidates, settings.attention_threshold, settings.max_features, settings.nms_iou)
+    """Local features (tensors, see selection.select_local_features) from run_pyramid's local
+    levels."""
+    candidates = [
+        level_candidates(
+            level["attention"],
+            level["local"],
+            level["scale"],
+            geometry,
+            image_size,
+            level["network_size"],
+        )
+        for level in levels
+    ]
+    return select_local_features(
+        candidates, settings.attention_threshold, settings.max_features, settings.nms_iou
+    )
 
 
 def extract_image(model, image, image_size, geometry, settings):
@@ -87,7 +111,9 @@ def extract_image(model, image, image_size, geometry, settings):
     Returns {"global": [D] float32 array or None, "local": dict of arrays (see selection) or None}.
     """
     with torch.inference_mode():
-        global_descriptor, levels = run_pyramid(model, image, settings.global_scales, settings.local_scales)
+        global_descriptor, levels = run_pyramid(
+            model, image, settings.global_scales, settings.local_scales
+        )
         local = None
         if settings.local_scales:
             selected = select_from_levels(levels, image_size, geometry, settings)

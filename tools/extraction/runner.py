@@ -1,10 +1,12 @@
 """Extraction of whole image sets into feature stores, on one process or many (torchrun, srun).
 
-Flow: every process lists the shards still to compute (before any of them writes, so all see the same list), takes
-every world_size-th of them, and writes each as it completes (tools.extraction.shards); after a barrier rank 0
-merges the shards of each store in dataset order. DataLoader workers decode and resize images in parallel; the
-pyramid, the heads and the selection run on the device. Images that cannot be read are listed in each store's
-failures.json and the rest goes on; the exit code is 1 when anything failed.
+Flow: every process lists the shards still to compute (before any of them writes, so all see the
+same list), takes
+every world_size-th of them, and writes each as it completes (tools.extraction.shards); after a
+barrier rank 0 merges the shards of each store in dataset order. DataLoader workers decode and
+resize images in parallel; the pyramid, the heads and the selection run on the device. Images that
+cannot be read are listed in each store's failures.json and the rest goes on; the exit code is 1
+when anything failed.
 """
 
 import datetime
@@ -18,9 +20,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.weights import load_weights
 from core.config import ConfigError
 from core.distributed import place_from_environment, resolve_backend, resolve_device
+from core.weights import load_weights
 from datasets.features import FORMAT_VERSION, open_store
 from datasets.transforms import build_normalizer
 from modeling import build_inference_model
@@ -31,17 +33,31 @@ from tools.extraction.sources import PreparedImages, build_sources, keep_item
 logger = logging.getLogger(__name__)
 
 INITIAL_WEIGHTS = "initial-weights"
-ABORT_ENV = "DELG_EXTRACT_ABORT_AFTER_SHARDS"  # fault injection for tests: die abruptly after writing N shards
-BARRIER_TIMEOUT = datetime.timedelta(hours=24)  # rank 0 waits at the barrier for the slowest rank's last shard
-_FEATURE_KEYS = ("GLOBAL", "LOCAL", "GLOBAL_SCALES", "LOCAL_SCALES", "MAX_IMAGE_SIZE", "ATTENTION_THRESHOLD",
-                 "MAX_FEATURES", "NMS_IOU", "FLOAT16", "CROP_QUERIES")
-# MODEL keys that only shape training (class count, losses, the margin head, frozen parts): stores extracted from
-# one checkpoint with configs that differ only there hold the same features, so the provenance leaves them out.
+# fault injection for tests: die abruptly after writing N shards
+ABORT_ENV = "DELG_EXTRACT_ABORT_AFTER_SHARDS"
+BARRIER_TIMEOUT = datetime.timedelta(
+    hours=24
+)  # rank 0 waits at the barrier for the slowest rank's last shard
+_FEATURE_KEYS = (
+    "GLOBAL",
+    "LOCAL",
+    "GLOBAL_SCALES",
+    "LOCAL_SCALES",
+    "MAX_IMAGE_SIZE",
+    "ATTENTION_THRESHOLD",
+    "MAX_FEATURES",
+    "NMS_IOU",
+    "FLOAT16",
+    "CROP_QUERIES",
+)
+# MODEL keys that only shape training (class count, losses, the margin head, frozen parts): stores
+# extracted from one checkpoint with configs that differ only there hold the same features, so the
+# provenance leaves them out.
 _TRAINING_ONLY_KEYS = {"NUM_CLASSES", "FREEZE_BN", "FREEZE_STEM", "LOSS_FUN", "LOSSES"}
 _TRAINING_ONLY_HEAD_KEYS = {"MARGIN_TYPE", "MARGIN", "SCALE"}
 
 
-# ------------------------------------------------------------------------------------------------ builders
+# ----------------------------------------------------------------------------------------- builders
 def build_settings(cfg):
     """ExtractionSettings from EXTRACT.*; a ConfigError names the key of a bad value."""
     extract = cfg.EXTRACT
@@ -49,17 +65,28 @@ def build_settings(cfg):
         raise ConfigError("EXTRACT.GLOBAL and EXTRACT.LOCAL are both False: nothing to extract")
     for key in ("GLOBAL_SCALES", "LOCAL_SCALES"):
         if not extract[key] or not all(isinstance(s, (int, float)) and s > 0 for s in extract[key]):
-            raise ConfigError(f"EXTRACT.{key} must be a non-empty list of positive scales, got {extract[key]}")
-    checks = {"MAX_FEATURES": extract.MAX_FEATURES >= 1, "MAX_IMAGE_SIZE": extract.MAX_IMAGE_SIZE >= 32,
-              "SHARD_SIZE": extract.SHARD_SIZE >= 1, "NMS_IOU": 0 < extract.NMS_IOU <= 1}
+            raise ConfigError(
+                f"EXTRACT.{key} must be a non-empty list of positive scales, got {extract[key]}"
+            )
+    checks = {
+        "MAX_FEATURES": extract.MAX_FEATURES >= 1,
+        "MAX_IMAGE_SIZE": extract.MAX_IMAGE_SIZE >= 32,
+        "SHARD_SIZE": extract.SHARD_SIZE >= 1,
+        "NMS_IOU": 0 < extract.NMS_IOU <= 1,
+    }
     for key, valid in checks.items():
         if not valid:
-            expected = {"NMS_IOU": "in (0, 1]", "MAX_IMAGE_SIZE": "at least 32"}.get(key, "at least 1")
+            expected = {"NMS_IOU": "in (0, 1]", "MAX_IMAGE_SIZE": "at least 32"}.get(
+                key, "at least 1"
+            )
             raise ConfigError(f"EXTRACT.{key} must be {expected}, got {extract[key]}")
     return ExtractionSettings(
         global_scales=tuple(extract.GLOBAL_SCALES) if extract.GLOBAL else (),
         local_scales=tuple(extract.LOCAL_SCALES) if extract.LOCAL else (),
-        attention_threshold=extract.ATTENTION_THRESHOLD, max_features=extract.MAX_FEATURES, nms_iou=extract.NMS_IOU)
+        attention_threshold=extract.ATTENTION_THRESHOLD,
+        max_features=extract.MAX_FEATURES,
+        nms_iou=extract.NMS_IOU,
+    )
 
 
 def output_dir(cfg):
@@ -80,13 +107,16 @@ def checkpoint_digest(path):
 
 
 def build_extraction_model(cfg, device):
-    """The DELG model in eval mode on device with TEST.WEIGHTS loaded (seeded initial weights without them)."""
+    """The DELG model in eval mode on device with TEST.WEIGHTS loaded (seeded initial weights
+    without them)."""
     torch.manual_seed(cfg.RNG_SEED)  # initial weights then agree across processes and runs
     model = build_inference_model(cfg)
     if cfg.TEST.WEIGHTS:  # strict: features from heads missing in the file would be silently random
         load_weights(model, cfg.TEST.WEIGHTS, log=logger.info, strict=True)
     else:
-        logger.warning("TEST.WEIGHTS is empty: extracting with the model's initial (untrained) weights")
+        logger.warning(
+            "TEST.WEIGHTS is empty: extracting with the model's initial (untrained) weights"
+        )
     return model.eval().to(device)
 
 
@@ -94,24 +124,49 @@ def build_extractor(cfg, device, show_progress=True):
     """(Extractor, provenance) for the model and EXTRACT.* settings of cfg on device."""
     settings = build_settings(cfg)
     model = build_extraction_model(cfg, device)
-    provenance = build_provenance(cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings)
-    extractor = Extractor(model, device, settings, build_normalizer(cfg), cfg.EXTRACT.MAX_IMAGE_SIZE,
-                          cfg.DATA_LOADER.NUM_WORKERS, cfg.DATA_LOADER.PIN_MEMORY, cfg.EXTRACT.FLOAT16, show_progress)
+    provenance = build_provenance(
+        cfg, checkpoint_digest(cfg.TEST.WEIGHTS), model.local_geometry, settings
+    )
+    extractor = Extractor(
+        model,
+        device,
+        settings,
+        build_normalizer(cfg),
+        cfg.EXTRACT.MAX_IMAGE_SIZE,
+        cfg.DATA_LOADER.NUM_WORKERS,
+        cfg.DATA_LOADER.PIN_MEMORY,
+        cfg.EXTRACT.FLOAT16,
+        show_progress,
+    )
     return extractor, provenance
 
 
 def build_provenance(cfg, checkpoint, geometry, settings):
     """What decides the features: recorded in every store and hashed into the run signature."""
     config = {section: _plain(cfg[section]) for section in ("MODEL", "RESNET", "INPUT")}
-    if checkpoint != INITIAL_WEIGHTS:  # initial weights are drawn in build order, which the class count changes
-        config["MODEL"] = {key: value for key, value in config["MODEL"].items() if key not in _TRAINING_ONLY_KEYS}
-        config["MODEL"]["HEADS"] = {key: value for key, value in config["MODEL"]["HEADS"].items()
-                                    if key not in _TRAINING_ONLY_HEAD_KEYS}
+    if (
+        checkpoint != INITIAL_WEIGHTS
+    ):  # initial weights are drawn in build order, which the class count changes
+        config["MODEL"] = {
+            key: value for key, value in config["MODEL"].items() if key not in _TRAINING_ONLY_KEYS
+        }
+        config["MODEL"]["HEADS"] = {
+            key: value
+            for key, value in config["MODEL"]["HEADS"].items()
+            if key not in _TRAINING_ONLY_HEAD_KEYS
+        }
     config["EXTRACT"] = {key: _plain(cfg.EXTRACT[key]) for key in _FEATURE_KEYS}
-    return {"format_version": FORMAT_VERSION, "config": config, "checkpoint": cfg.TEST.WEIGHTS,
-            "checkpoint_sha256": checkpoint, "rng_seed": cfg.RNG_SEED if checkpoint == INITIAL_WEIGHTS else None,
-            "global_scales": list(settings.global_scales), "local_scales": list(settings.local_scales),
-            "local_geometry": list(geometry), "float16": bool(cfg.EXTRACT.FLOAT16)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "checkpoint": cfg.TEST.WEIGHTS,
+        "checkpoint_sha256": checkpoint,
+        "rng_seed": cfg.RNG_SEED if checkpoint == INITIAL_WEIGHTS else None,
+        "global_scales": list(settings.global_scales),
+        "local_scales": list(settings.local_scales),
+        "local_geometry": list(geometry),
+        "float16": bool(cfg.EXTRACT.FLOAT16),
+    }
 
 
 def _plain(value):
@@ -120,7 +175,7 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-# ------------------------------------------------------------------------------------------------ processes
+# ---------------------------------------------------------------------------------------- processes
 @dataclass(frozen=True)
 class Place:
     rank: int = 0
@@ -132,14 +187,26 @@ def init_distributed(cfg):
     """Join the process group when launched with WORLD_SIZE > 1; return (Place, torch.device)."""
     device = resolve_device(cfg.DEVICE)
     env_place = place_from_environment(os.environ, cfg.PORT)
-    place = Place() if env_place is None else Place(env_place.rank, env_place.world_size, env_place.local_rank)
+    place = (
+        Place()
+        if env_place is None
+        else Place(env_place.rank, env_place.world_size, env_place.local_rank)
+    )
     if device == "cuda":
         torch.cuda.set_device(place.local_rank)
-        torch.backends.cudnn.benchmark = False  # every image has its own size: autotuning would never pay off
+        # every image has its own size: autotuning would never pay off
+        torch.backends.cudnn.benchmark = False
     if place.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(resolve_backend(cfg.DIST_BACKEND, device), init_method="env://", rank=place.rank,
-                                world_size=place.world_size, timeout=BARRIER_TIMEOUT)
-    return place, torch.device(device, place.local_rank) if device == "cuda" else torch.device("cpu")
+        dist.init_process_group(
+            resolve_backend(cfg.DIST_BACKEND, device),
+            init_method="env://",
+            rank=place.rank,
+            world_size=place.world_size,
+            timeout=BARRIER_TIMEOUT,
+        )
+    return place, torch.device(device, place.local_rank) if device == "cuda" else torch.device(
+        "cpu"
+    )
 
 
 def barrier(device):
@@ -151,7 +218,7 @@ def barrier(device):
         dist.barrier()
 
 
-# ------------------------------------------------------------------------------------------------ extraction
+# --------------------------------------------------------------------------------------- extraction
 @dataclass
 class StoreJob:
     """One output store: its images, shards and the signature that tells complete shards apart."""
@@ -164,8 +231,10 @@ class StoreJob:
 
     def __post_init__(self):
         self.ranges = shard_io.shard_ranges(len(self.source), self.shard_size)
-        self.provenance = dict(self.provenance, signature=shard_io.run_signature(
-            self.provenance, self.source.names, self.shard_size))
+        self.provenance = dict(
+            self.provenance,
+            signature=shard_io.run_signature(self.provenance, self.source.names, self.shard_size),
+        )
 
     @property
     def signature(self):
@@ -175,8 +244,18 @@ class StoreJob:
 class Extractor:
     """Runs the model over prepared images of one process's shards and writes the shards."""
 
-    def __init__(self, model, device, settings, normalizer, max_image_size, num_workers=0, pin_memory=False,
-                 float16=True, show_progress=True):
+    def __init__(
+        self,
+        model,
+        device,
+        settings,
+        normalizer,
+        max_image_size,
+        num_workers=0,
+        pin_memory=False,
+        float16=True,
+        show_progress=True,
+    ):
         self.model = model
         self.device = device
         self.settings = settings
@@ -192,13 +271,21 @@ class Extractor:
 
     def extract_item(self, item):
         if item["error"] is not None:
-            logger.warning("%s: %s (listed in %s, extraction goes on)", item["path"], item["error"],
-                           shard_io.FAILURES_FILE)
+            logger.warning(
+                "%s: %s (listed in %s, extraction goes on)",
+                item["path"],
+                item["error"],
+                shard_io.FAILURES_FILE,
+            )
             return {"name": item["name"], "path": item["path"], "error": item["error"]}
         pixels = item["pixels"].to(self.device, non_blocking=True)
         image = self.normalizer(pixels)[None]
-        features = extract_image(self.model, image, tuple(item["image_size"]), self.geometry, self.settings)
-        if self.float16 and features["local"] is not None:  # halves the memory a shard holds until it is written
+        features = extract_image(
+            self.model, image, tuple(item["image_size"]), self.geometry, self.settings
+        )
+        if (
+            self.float16 and features["local"] is not None
+        ):  # halves the memory a shard holds until it is written
             features["local"]["descriptors"] = features["local"]["descriptors"].astype("float16")
         return dict(features, name=item["name"], crop_box=item["crop_box"])
 
@@ -208,17 +295,32 @@ class Extractor:
         if not indices:
             return 0
         dataset = Subset(PreparedImages(job.source, self.max_image_size), indices)
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            collate_fn=keep_item)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=keep_item,
+        )
         items = iter(loader)
-        progress = tqdm(total=len(indices), desc=job.name, unit="img", disable=not self.show_progress)
+        progress = tqdm(
+            total=len(indices), desc=job.name, unit="img", disable=not self.show_progress
+        )
         for shard in shard_ids:
             results = []
             for _ in job.ranges[shard]:
                 results.append(self.extract_item(next(items)))
                 progress.update(1)
-            shard_io.write_shard(job.folder, shard, len(job.ranges), results, job.provenance, self.float16)
-            logger.info("%s: wrote shard %d of %d (%d images)", job.name, shard, len(job.ranges), len(results))
+            shard_io.write_shard(
+                job.folder, shard, len(job.ranges), results, job.provenance, self.float16
+            )
+            logger.info(
+                "%s: wrote shard %d of %d (%d images)",
+                job.name,
+                shard,
+                len(job.ranges),
+                len(results),
+            )
             self._maybe_abort()
         progress.close()
         return len(indices)
@@ -233,16 +335,30 @@ class Extractor:
 def build_jobs(cfg, provenance):
     jobs = []
     for name, source in build_sources(cfg):
-        dataset = {"name": name, "dataset": cfg.EXTRACT.DATASET, "format": cfg.EXTRACT.FORMAT,
-                   "root": cfg.EXTRACT.DATA_ROOT, "split": cfg.EXTRACT.SPLIT, "distractors": cfg.EXTRACT.DISTRACTORS,
-                   "distractor_root": cfg.EXTRACT.DISTRACTOR_ROOT}
-        jobs.append(StoreJob(name, os.path.join(output_dir(cfg), name), source, dict(provenance, dataset=dataset),
-                             cfg.EXTRACT.SHARD_SIZE))
+        dataset = {
+            "name": name,
+            "dataset": cfg.EXTRACT.DATASET,
+            "format": cfg.EXTRACT.FORMAT,
+            "root": cfg.EXTRACT.DATA_ROOT,
+            "split": cfg.EXTRACT.SPLIT,
+            "distractors": cfg.EXTRACT.DISTRACTORS,
+            "distractor_root": cfg.EXTRACT.DISTRACTOR_ROOT,
+        }
+        jobs.append(
+            StoreJob(
+                name,
+                os.path.join(output_dir(cfg), name),
+                source,
+                dict(provenance, dataset=dataset),
+                cfg.EXTRACT.SHARD_SIZE,
+            )
+        )
     return jobs
 
 
 def run_extraction(cfg):
-    """Extract the EXTRACT.* dataset into its stores; return (exit code, summary dict of this process's work)."""
+    """Extract the EXTRACT.* dataset into its stores; return (exit code, summary dict of this
+    process's work)."""
     joins_group = not dist.is_initialized()  # a caller's own process group is left alone at the end
     place, device = init_distributed(cfg)
     extractor, provenance = build_extractor(cfg, device, show_progress=place.rank == 0)
@@ -255,18 +371,36 @@ def run_extraction(cfg):
 
     summary = {}
     for job, shards in zip(jobs, pending):
-        mine = shards[place.rank::place.world_size]
-        logger.info("%s: %d images in %d shards, %d to extract (%d on this process of %d)", job.name,
-                    len(job.source), len(job.ranges), len(shards), len(mine), place.world_size)
+        mine = shards[place.rank :: place.world_size]
+        logger.info(
+            "%s: %d images in %d shards, %d to extract (%d on this process of %d)",
+            job.name,
+            len(job.source),
+            len(job.ranges),
+            len(shards),
+            len(mine),
+            place.world_size,
+        )
         processed = extractor.run(job, mine)
-        summary[job.name] = {"folder": job.folder, "computed_shards": mine, "images_processed": processed}
+        summary[job.name] = {
+            "folder": job.folder,
+            "computed_shards": mine,
+            "images_processed": processed,
+        }
     barrier(device)
     if place.rank == 0:
         for job in jobs:
             count, failures = shard_io.finish_store(job.folder, job.signature)
             bytes_per_image = open_store(job.folder).bytes_per_image()
-            logger.info("%s: %d images in %s, %.0f bytes per image, %d failed%s", job.name, count, job.folder,
-                        bytes_per_image, len(failures), f" (see {shard_io.FAILURES_FILE})" if failures else "")
+            logger.info(
+                "%s: %d images in %s, %.0f bytes per image, %d failed%s",
+                job.name,
+                count,
+                job.folder,
+                bytes_per_image,
+                len(failures),
+                f" (see {shard_io.FAILURES_FILE})" if failures else "",
+            )
             summary[job.name].update(num_images=count, bytes_per_image=bytes_per_image)
     barrier(device)
     for job in jobs:

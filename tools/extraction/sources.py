@@ -1,9 +1,11 @@
-"""The image sets extraction reads: an image folder, a list file, a GLDv2 index/test CSV, revisitop datasets.
+"""The image sets extraction reads: an image folder, a list file, a GLDv2 index/test CSV, revisitop
+datasets.
 
-Each source is an ordered set of images with ``names``, ``path(i)`` (for failure reports) and ``read(i)`` ->
-(uint8 HxWx3 RGB image, crop box [x1, y1, x2, y2] or None). ``PreparedImages`` wraps a source for DataLoader
-workers: it decodes, applies the EXTRACT.MAX_IMAGE_SIZE limit and turns unreadable images into failure records, so
-that one bad file never stops an extraction.
+Each source is an ordered set of images with ``names``, ``path(i)`` (for failure reports) and
+``read(i)`` -> (uint8 HxWx3 RGB image, crop box [x1, y1, x2, y2] or None). ``PreparedImages`` wraps
+a source for DataLoader
+workers: it decodes, applies the EXTRACT.MAX_IMAGE_SIZE limit and turns unreadable images into
+failure records, so that one bad file never stops an extraction.
 """
 
 import csv
@@ -20,8 +22,20 @@ from datasets.list_dataset import ParseError, numbered_lines
 from datasets.revisitop import RevisitopDataset, RevisitopImages
 from datasets.transforms import resize_longest_side, to_chw_tensor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-MIN_IMAGE_SIDE = 32  # smaller images are upscaled: below this a ResNet's block4 map would be empty or degenerate
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
+# smaller images are upscaled: below this a ResNet's block4 map would be empty or degenerate
+MIN_IMAGE_SIDE = 32
 
 
 class PathImages:
@@ -45,7 +59,8 @@ class PathImages:
 
 
 class RevisitopPart:
-    """The queries (cropped to their box unless the dataset says otherwise) or the database of a revisitop set."""
+    """The queries (cropped to their box unless the dataset says otherwise) or the database of a
+    revisitop set."""
 
     def __init__(self, dataset, part):
         self.dataset = dataset
@@ -68,28 +83,41 @@ def _name_of(relative_path):
 
 
 def folder_images(root):
-    """Every image file under root (recursively), sorted by relative path; names drop the extension."""
+    """Every image file under root (recursively), sorted by relative path; names drop the
+    extension."""
     relative = []
     for folder, subfolders, files in os.walk(root):
         subfolders.sort()
-        relative += [os.path.relpath(os.path.join(folder, f), root) for f in files
-                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        relative += [
+            os.path.relpath(os.path.join(folder, f), root)
+            for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+        ]
     relative.sort()
     if not relative:
-        raise ConfigError(f"EXTRACT.DATA_ROOT {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return PathImages([_name_of(path) for path in relative], [os.path.join(root, path) for path in relative])
+        raise ConfigError(
+            f"EXTRACT.DATA_ROOT {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found"
+        )
+    return PathImages(
+        [_name_of(path) for path in relative], [os.path.join(root, path) for path in relative]
+    )
 
 
 def list_images(list_path, root):
-    """A list file with one image path per line (relative to root), optionally followed by an integer label."""
+    """A list file with one image path per line (relative to root), optionally followed by an
+    integer label."""
     relative = []
     for _, text in numbered_lines(list_path):
         parts = text.rsplit(None, 1)
         has_label = len(parts) == 2 and parts[1].lstrip("-").isdigit()
         relative.append(parts[0] if has_label else text)
     if not relative:
-        raise ConfigError(f"EXTRACT.SPLIT {list_path}: no images listed (expected one image path per line)")
-    return PathImages([_name_of(path) for path in relative], [os.path.join(root, path) for path in relative])
+        raise ConfigError(
+            f"EXTRACT.SPLIT {list_path}: no images listed (expected one image path per line)"
+        )
+    return PathImages(
+        [_name_of(path) for path in relative], [os.path.join(root, path) for path in relative]
+    )
 
 
 def gldv2_images(csv_path, root):
@@ -98,15 +126,21 @@ def gldv2_images(csv_path, root):
         rows = csv.reader(handle)
         header = [field.strip() for field in next(rows, [])]
         if not header or header[0] != "id":
-            raise ParseError(csv_path, 1, "expected a header whose first column is 'id'", ",".join(header))
+            raise ParseError(
+                csv_path, 1, "expected a header whose first column is 'id'", ",".join(header)
+            )
         ids = []
         for row in rows:
             if not row:
                 continue
             image_id = row[0].strip()
             if len(image_id) < 3 or not image_id.replace("_", "").replace("-", "").isalnum():
-                raise ParseError(csv_path, rows.line_num, "expected an image id of at least 3 letters or digits",
-                                 ",".join(row))
+                raise ParseError(
+                    csv_path,
+                    rows.line_num,
+                    "expected an image id of at least 3 letters or digits",
+                    ",".join(row),
+                )
             ids.append(image_id)
     if not ids:
         raise ConfigError(f"EXTRACT.SPLIT {csv_path}: no image ids")
@@ -116,25 +150,38 @@ def gldv2_images(csv_path, root):
 
 def _split_path(split, root):
     if not split:
-        raise ConfigError("EXTRACT.SPLIT must name the list or CSV file for EXTRACT.FORMAT list / gldv2")
+        raise ConfigError(
+            "EXTRACT.SPLIT must name the list or CSV file for EXTRACT.FORMAT list / gldv2"
+        )
     for candidate in (split, os.path.join(root, split)):
         if os.path.isfile(candidate):
             return candidate
-    raise ConfigError(f"EXTRACT.SPLIT {split}: no such file (looked in the working directory and in {root})")
+    raise ConfigError(
+        f"EXTRACT.SPLIT {split}: no such file (looked in the working directory and in {root})"
+    )
 
 
 def build_sources(cfg):
-    """[(store name, source)] for the EXTRACT.* dataset: revisitop sets give a query and a database store."""
+    """[(store name, source)] for the EXTRACT.* dataset: revisitop sets give a query and a database
+    store."""
     extract = cfg.EXTRACT
     root, name, fmt = extract.DATA_ROOT, extract.DATASET, extract.FORMAT
     if not root or not os.path.isdir(root):
-        raise ConfigError(f"EXTRACT.DATA_ROOT {root!r} is not a folder (the dataset's root is needed)")
+        raise ConfigError(
+            f"EXTRACT.DATA_ROOT {root!r} is not a folder (the dataset's root is needed)"
+        )
     if fmt == "revisitop":
-        dataset = RevisitopDataset(root, name, crop_queries=extract.CROP_QUERIES,
-                                   distractors=extract.DISTRACTORS or None,
-                                   distractor_root=extract.DISTRACTOR_ROOT or None)
-        return [(f"{name}_query", RevisitopPart(dataset, "query")),
-                (f"{name}_database", RevisitopPart(dataset, "database"))]
+        dataset = RevisitopDataset(
+            root,
+            name,
+            crop_queries=extract.CROP_QUERIES,
+            distractors=extract.DISTRACTORS or None,
+            distractor_root=extract.DISTRACTOR_ROOT or None,
+        )
+        return [
+            (f"{name}_query", RevisitopPart(dataset, "query")),
+            (f"{name}_database", RevisitopPart(dataset, "database")),
+        ]
     if fmt == "folder":
         return [(name, folder_images(root))]
     if fmt == "list":
@@ -156,16 +203,17 @@ def prepare_image(image, max_image_size):
 
 
 def keep_item(item):
-    """collate_fn of the batch_size=None loaders over PreparedImages: the prepared item itself (module-level, so
-    loader workers can pickle it)."""
+    """collate_fn of the batch_size=None loaders over PreparedImages: the prepared item itself
+    (module-level, so loader workers can pickle it)."""
     return item
 
 
 class PreparedImages(Dataset):
-    """Items for the extraction loop: a dict with index, name, and either the prepared pixels or an error.
+    """Items for the extraction loop: a dict with index, name, and either the prepared pixels or an
+    error.
 
-    Pixels are a uint8 [3, H, W] tensor (normalisation runs on the device); ``image_size`` is the (height, width)
-    of the image as read (after a query crop), the frame of the stored locations.
+    Pixels are a uint8 [3, H, W] tensor (normalisation runs on the device); ``image_size`` is the
+    (height, width) of the image as read (after a query crop), the frame of the stored locations.
     """
 
     def __init__(self, source, max_image_size):
@@ -179,9 +227,15 @@ class PreparedImages(Dataset):
         item = {"index": index, "name": self.source.names[index], "error": None}
         try:
             image, crop_box = self.source.read(index)
-        except (ValueError, OSError) as error:  # ImageReadError is a ValueError, as is a crop outside the image
+        except (
+            ValueError,
+            OSError,
+        ) as error:  # ImageReadError is a ValueError, as is a crop outside the image
             item.update(error=getattr(error, "reason", str(error)), path=self.source.path(index))
             return item
-        item.update(pixels=to_chw_tensor(prepare_image(image, self.max_image_size)), image_size=image.shape[:2],
-                    crop_box=crop_box)
+        item.update(
+            pixels=to_chw_tensor(prepare_image(image, self.max_image_size)),
+            image_size=image.shape[:2],
+            crop_box=crop_box,
+        )
         return item

@@ -1,21 +1,27 @@
-"""ASMK (aggregated selective match kernels) over DELG local features, built on the ``asmk`` package.
+"""ASMK (aggregated selective match kernels) over DELG local features, built on the ``asmk``
+package.
 
-Search by local features alone (``asmk``) or re-order a global shortlist by ASMK similarity (``asmk_rerank``)::
+Search by local features alone (``asmk``) or re-order a global shortlist by ASMK similarity
+(``asmk_rerank``)::
 
     params = AsmkParams(codebook_size=256)                  # or params_from_cfg(cfg)
-    index = AsmkIndex.build(db_descriptors, db_image_ids, params, cache_dir="output/asmk", num_images=len(db))
-    ranks, scores = index.search(q_descriptors, q_image_ids, num_queries=len(queries))   # [n_q, n_db]
+    index = AsmkIndex.build(db_descriptors, db_image_ids, params, cache_dir="output/asmk",
+    num_images=len(db))
+    ranks, scores = index.search(q_descriptors, q_image_ids, num_queries=len(queries))   # [n_q,
+    n_db]
     order, asmk_scores = index.rerank(shortlist, q_descriptors, q_image_ids)             # [n_q, k]
 
-Descriptors come flat, as in the feature store: ``descriptors`` [M, d] (float16 or float32) and ``image_ids`` [M],
-non-decreasing, so that each image owns one contiguous block of rows (the package's convention). Images without
-local features simply own no rows; ``num_images`` / ``num_queries`` say how many images there are in all.
+Descriptors come flat, as in the feature store: ``descriptors`` [M, d] (float16 or float32) and
+``image_ids`` [M], non-decreasing, so that each image owns one contiguous block of rows (the
+package's convention). Images without local features simply own no rows; ``num_images`` /
+``num_queries`` say how many images there are in all.
 
-The package keeps its cache as pickles, which this project never writes, so it is used without ``cache_path``:
-the codebook centroids are stored as ``.npy``, and the inverted file, which is a list of per-visual-word arrays, is
-stored as one CSR layout of ``.npy`` arrays (entries sorted by word plus word offsets). The inverted file is built
-here from the package's quantisation and aggregation with NumPy instead of ``IVF.add`` (a Python loop over every
-entry), which also lets it count trailing images without features; tests check that it equals the package's own.
+The package keeps its cache as pickles, which this project never writes, so it is used without
+``cache_path``: the codebook centroids are stored as ``.npy``, and the inverted file, which is a
+list of per-visual-word arrays, is stored as one CSR layout of ``.npy`` arrays (entries sorted by
+word plus word offsets). The inverted file is built here from the package's quantisation and
+aggregation with NumPy instead of ``IVF.add`` (a Python loop over every entry), which also lets it
+count trailing images without features; tests check that it equals the package's own.
 """
 
 import dataclasses
@@ -54,28 +60,44 @@ class AsmkParams:
     use_idf: bool = False  # idf weighting of visual words (off in the ASMK/HOW papers)
 
     def package_params(self):
-        """The nested parameter dict of ``asmk.ASMKMethod`` (layout of the package's example YAML files)."""
+        """The nested parameter dict of ``asmk.ASMKMethod`` (layout of the package's example YAML
+        files)."""
         return {
             "index": {"gpu_id": None},
             "train_codebook": {"codebook": {"size": int(self.codebook_size)}},
-            "build_ivf": {"kernel": {"binary": bool(self.binary)}, "ivf": {"use_idf": bool(self.use_idf)},
-                          "quantize": {"multiple_assignment": int(self.multiple_assignment_db)}, "aggregate": {}},
+            "build_ivf": {
+                "kernel": {"binary": bool(self.binary)},
+                "ivf": {"use_idf": bool(self.use_idf)},
+                "quantize": {"multiple_assignment": int(self.multiple_assignment_db)},
+                "aggregate": {},
+            },
             "query_ivf": self.query_step_params(),
         }
 
     def query_step_params(self):
-        return {"quantize": {"multiple_assignment": int(self.multiple_assignment_query)}, "aggregate": {},
-                "search": {"topk": None},
-                "similarity": {"similarity_threshold": float(self.similarity_threshold), "alpha": float(self.alpha)}}
+        return {
+            "quantize": {"multiple_assignment": int(self.multiple_assignment_query)},
+            "aggregate": {},
+            "search": {"topk": None},
+            "similarity": {
+                "similarity_threshold": float(self.similarity_threshold),
+                "alpha": float(self.alpha),
+            },
+        }
 
 
 def params_from_cfg(cfg):
     """AsmkParams from the ``ASMK.*`` config keys."""
     asmk_cfg = cfg.ASMK
-    return AsmkParams(codebook_size=int(asmk_cfg.CODEBOOK_SIZE), train_features=int(asmk_cfg.TRAIN_FEATURES),
-                      binary=bool(asmk_cfg.BINARY), multiple_assignment_db=int(asmk_cfg.MULTIPLE_ASSIGNMENT_DB),
-                      multiple_assignment_query=int(asmk_cfg.MULTIPLE_ASSIGNMENT_QUERY), alpha=float(asmk_cfg.ALPHA),
-                      similarity_threshold=float(asmk_cfg.SIMILARITY_THRESHOLD))
+    return AsmkParams(
+        codebook_size=int(asmk_cfg.CODEBOOK_SIZE),
+        train_features=int(asmk_cfg.TRAIN_FEATURES),
+        binary=bool(asmk_cfg.BINARY),
+        multiple_assignment_db=int(asmk_cfg.MULTIPLE_ASSIGNMENT_DB),
+        multiple_assignment_query=int(asmk_cfg.MULTIPLE_ASSIGNMENT_QUERY),
+        alpha=float(asmk_cfg.ALPHA),
+        similarity_threshold=float(asmk_cfg.SIMILARITY_THRESHOLD),
+    )
 
 
 def cache_dir_from_cfg(cfg):
@@ -86,7 +108,8 @@ def cache_dir_from_cfg(cfg):
 def flatten_local(per_image_descriptors):
     """A list of per-image [n_i, d] arrays -> (descriptors [M, d], image_ids [M] int64, num_images).
 
-    The dtype is kept (float16 from the store stays float16, half the memory); blocks become float32 when used.
+    The dtype is kept (float16 from the store stays float16, half the memory); blocks become float32
+    when used.
     """
     arrays = [np.asarray(array) for array in per_image_descriptors]
     dim = max((array.shape[1] for array in arrays if array.ndim == 2 and len(array)), default=0)
@@ -97,7 +120,8 @@ def flatten_local(per_image_descriptors):
 
 
 def local_descriptors_of(store, indices=None):
-    """Local descriptors of a feature store (all images, or ``indices`` in that order), in ``flatten_local`` form."""
+    """Local descriptors of a feature store (all images, or ``indices`` in that order), in
+    ``flatten_local`` form."""
     if indices is None:
         # the whole store: one memory-mapped read instead of a copy per image
         rows, offsets = store.local_rows()
@@ -110,7 +134,8 @@ def local_descriptors_of(store, indices=None):
 class AsmkIndex:
     """A trained codebook and the inverted file of one database; create it with ``AsmkIndex.build``.
 
-    ``codebook_trained`` and ``ivf_built`` say whether this call computed them (False: read from the cache).
+    ``codebook_trained`` and ``ivf_built`` say whether this call computed them (False: read from the
+    cache).
     """
 
     def __init__(self, method, params, num_images, dim, codebook_trained, ivf_built):
@@ -122,23 +147,51 @@ class AsmkIndex:
         self.ivf_built = ivf_built
 
     @classmethod
-    def build(cls, database_descriptors, database_image_ids, params, cache_dir=None, seed=0, num_images=None):
-        """Train the codebook (on at most ``params.train_features`` sampled descriptors) and build the inverted file.
+    def build(
+        cls,
+        database_descriptors,
+        database_image_ids,
+        params,
+        cache_dir=None,
+        seed=0,
+        num_images=None,
+    ):
+        """Train the codebook (on at most ``params.train_features`` sampled descriptors) and build
+        the inverted file.
 
-        With ``cache_dir`` both are read from there when the database features, params and seed match the cached
-        ones (a hash of all of them names the files), and written there otherwise.
+        With ``cache_dir`` both are read from there when the database features, params and seed
+        match the cached ones (a hash of all of them names the files), and written there otherwise.
         """
-        descriptors, image_ids, num_images = _check_features(database_descriptors, database_image_ids, num_images,
-                                                             "database")
+        descriptors, image_ids, num_images = _check_features(
+            database_descriptors, database_image_ids, num_images, "database"
+        )
         if len(descriptors) < params.codebook_size:
-            raise ValueError(f"ASMK.CODEBOOK_SIZE={params.codebook_size} needs at least as many database local "
-                             f"descriptors to train on; the database has {len(descriptors)}")
+            raise ValueError(
+                f"ASMK.CODEBOOK_SIZE={params.codebook_size} needs at least as many database local "
+                f"descriptors to train on; the database has {len(descriptors)}"
+            )
         features_hash = _features_hash(descriptors, image_ids, num_images)
-        codebook_key = _key({"format": CACHE_FORMAT, "features": features_hash, "size": params.codebook_size,
-                             "train_rows": min(len(descriptors), params.train_features), "seed": seed})
-        ivf_key = _key({"codebook": codebook_key, "binary": params.binary, "use_idf": params.use_idf,
-                        "multiple_assignment": params.multiple_assignment_db, "num_images": num_images})
-        codebook_path = os.path.join(cache_dir, f"codebook-{codebook_key}.npy") if cache_dir else None
+        codebook_key = _key(
+            {
+                "format": CACHE_FORMAT,
+                "features": features_hash,
+                "size": params.codebook_size,
+                "train_rows": min(len(descriptors), params.train_features),
+                "seed": seed,
+            }
+        )
+        ivf_key = _key(
+            {
+                "codebook": codebook_key,
+                "binary": params.binary,
+                "use_idf": params.use_idf,
+                "multiple_assignment": params.multiple_assignment_db,
+                "num_images": num_images,
+            }
+        )
+        codebook_path = (
+            os.path.join(cache_dir, f"codebook-{codebook_key}.npy") if cache_dir else None
+        )
         ivf_folder = os.path.join(cache_dir, f"ivf-{ivf_key}") if cache_dir else None
 
         codebook = _load_codebook(codebook_path, params, descriptors.shape[1])
@@ -153,78 +206,113 @@ class AsmkIndex:
         if ivf_built:
             arrays = _build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params)
             if ivf_folder:
-                provenance = {"num_images": num_images, "features": features_hash, "seed": seed,
-                              "codebook": os.path.basename(codebook_path), "params": dataclasses.asdict(params)}
+                provenance = {
+                    "num_images": num_images,
+                    "features": features_hash,
+                    "seed": seed,
+                    "codebook": os.path.basename(codebook_path),
+                    "params": dataclasses.asdict(params),
+                }
                 _save_ivf_arrays(ivf_folder, arrays, provenance)
         ivf = _ivf_from_arrays(arrays, num_images, params.use_idf)
-        logger.info("ASMK: codebook %s, inverted file %s (%d images, %d entries)",
-                    "trained" if codebook_trained else f"read from {codebook_path}",
-                    "built" if ivf_built else f"read from {ivf_folder}", num_images, int(ivf.counts.sum()))
-        method = ASMKMethod(params.package_params(), {}, codebook=codebook, kernel=kernel, inverted_file=ivf)
+        logger.info(
+            "ASMK: codebook %s, inverted file %s (%d images, %d entries)",
+            "trained" if codebook_trained else f"read from {codebook_path}",
+            "built" if ivf_built else f"read from {ivf_folder}",
+            num_images,
+            int(ivf.counts.sum()),
+        )
+        method = ASMKMethod(
+            params.package_params(), {}, codebook=codebook, kernel=kernel, inverted_file=ivf
+        )
         return cls(method, params, num_images, descriptors.shape[1], codebook_trained, ivf_built)
 
     def score_matrix(self, query_descriptors, query_image_ids, num_queries=None):
-        """ASMK similarity of every query to every database image, [n_q, n_db] float32 in database order.
+        """ASMK similarity of every query to every database image, [n_q, n_db] float32 in database
+        order.
 
         Queries without local features score 0 everywhere.
         """
-        descriptors, image_ids, num_queries = _check_features(query_descriptors, query_image_ids, num_queries,
-                                                              "query")
+        descriptors, image_ids, num_queries = _check_features(
+            query_descriptors, query_image_ids, num_queries, "query"
+        )
         scores = np.zeros((num_queries, self.num_images), dtype=np.float32)
         if len(descriptors) == 0:
             return scores
         if descriptors.shape[1] != self.dim:
-            raise ValueError(f"query local descriptors have {descriptors.shape[1]} dimensions, the ASMK codebook "
-                             f"{self.dim}: were queries and database extracted with the same model?")
+            raise ValueError(
+                f"query local descriptors have {descriptors.shape[1]} dimensions, the ASMK "
+                "codebook "
+                f"{self.dim}: were queries and database extracted with the same model?"
+            )
         _, images, ranks, ranked_scores = self.method.query_ivf(
-            np.asarray(descriptors, dtype=np.float32), image_ids, step_params=self.params.query_step_params())
+            np.asarray(descriptors, dtype=np.float32),
+            image_ids,
+            step_params=self.params.query_step_params(),
+        )
         rows = scores[images]
         np.put_along_axis(rows, ranks.astype(np.int64), ranked_scores.astype(np.float32), axis=1)
         scores[images] = rows
         return scores
 
     def search(self, query_descriptors, query_image_ids, topk=None, num_queries=None):
-        """The ``asmk`` method: (ranks [n_q, n_db or topk] database indices, best first; their scores)."""
+        """The ``asmk`` method: (ranks [n_q, n_db or topk] database indices, best first; their
+        scores)."""
         scores = self.score_matrix(query_descriptors, query_image_ids, num_queries)
         ranks = np.argsort(-scores, axis=1, kind="stable")[:, :topk]  # ties keep database order
         return ranks, np.take_along_axis(scores, ranks, axis=1)
 
     def rerank(self, shortlist, query_descriptors, query_image_ids):
-        """The ``asmk_rerank`` method: re-order each query's shortlist [n_q, k] (database indices) by ASMK score.
+        """The ``asmk_rerank`` method: re-order each query's shortlist [n_q, k] (database indices)
+        by ASMK score.
 
-        Returns (the re-ordered shortlist [n_q, k], its ASMK scores); ties keep the shortlist's order.
+        Returns (the re-ordered shortlist [n_q, k], its ASMK scores); ties keep the shortlist's
+        order.
         """
         shortlist = np.asarray(shortlist, dtype=np.int64)
         if shortlist.ndim != 2:
-            raise ValueError(f"shortlist must be [n_queries, k] database indices, got shape {shortlist.shape}")
+            raise ValueError(
+                f"shortlist must be [n_queries, k] database indices, got shape {shortlist.shape}"
+            )
         if shortlist.size and (shortlist.min() < 0 or shortlist.max() >= self.num_images):
             raise ValueError(f"shortlist holds database indices outside 0..{self.num_images - 1}")
         scores = self.score_matrix(query_descriptors, query_image_ids, len(shortlist))
         shortlist_scores = np.take_along_axis(scores, shortlist, axis=1)
         order = np.argsort(-shortlist_scores, axis=1, kind="stable")
-        return np.take_along_axis(shortlist, order, axis=1), np.take_along_axis(shortlist_scores, order, axis=1)
+        return np.take_along_axis(shortlist, order, axis=1), np.take_along_axis(
+            shortlist_scores, order, axis=1
+        )
 
 
 def _check_features(descriptors, image_ids, num_images, what):
-    descriptors = np.asarray(descriptors) if not isinstance(descriptors, np.ndarray) else descriptors
+    descriptors = (
+        np.asarray(descriptors) if not isinstance(descriptors, np.ndarray) else descriptors
+    )
     image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
     if descriptors.ndim != 2 or len(descriptors) != len(image_ids):
-        raise ValueError(f"{what} local features: expected descriptors [M, d] and image ids [M], got shapes "
-                         f"{descriptors.shape} and {image_ids.shape}")
+        raise ValueError(
+            f"{what} local features: expected descriptors [M, d] and image ids [M], got shapes "
+            f"{descriptors.shape} and {image_ids.shape}"
+        )
     if len(image_ids) and (image_ids[0] < 0 or np.any(np.diff(image_ids) < 0)):
-        raise ValueError(f"{what} image ids must be non-negative and non-decreasing (one contiguous block of rows "
-                         "per image)")
+        raise ValueError(
+            f"{what} image ids must be non-negative and non-decreasing (one contiguous block of "
+            "rows "
+            "per image)"
+        )
     needed = int(image_ids[-1]) + 1 if len(image_ids) else 0
     num_images = needed if num_images is None else int(num_images)
     if num_images < needed:
-        raise ValueError(f"{what} image ids go up to {needed - 1}, but there are only {num_images} images")
+        raise ValueError(
+            f"{what} image ids go up to {needed - 1}, but there are only {num_images} images"
+        )
     return descriptors, image_ids, num_images
 
 
 def _features_hash(descriptors, image_ids, num_images):
     digest = hashlib.sha256(f"{descriptors.dtype.str}{descriptors.shape}{num_images}".encode())
     for start in range(0, len(descriptors), _HASH_ROWS):
-        digest.update(np.ascontiguousarray(descriptors[start:start + _HASH_ROWS]).tobytes())
+        digest.update(np.ascontiguousarray(descriptors[start : start + _HASH_ROWS]).tobytes())
     digest.update(np.ascontiguousarray(image_ids).tobytes())
     return digest.hexdigest()
 
@@ -236,9 +324,13 @@ def _key(fields):
 def _train_codebook(descriptors, params, seed):
     rows = np.arange(len(descriptors))
     if len(rows) > params.train_features:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), params.train_features, replace=False))
+        rows = np.sort(
+            np.random.default_rng(seed).choice(len(rows), params.train_features, replace=False)
+        )
     sample = np.asarray(descriptors[rows], dtype=np.float32)
-    logger.info("ASMK: training a %d-word codebook on %d descriptors", params.codebook_size, len(sample))
+    logger.info(
+        "ASMK: training a %d-word codebook on %d descriptors", params.codebook_size, len(sample)
+    )
     return ASMKMethod.initialize_untrained(params.package_params()).train_codebook(sample).codebook
 
 
@@ -247,53 +339,86 @@ def _load_codebook(path, params, dim):
         return None
     centroids = np.load(path, allow_pickle=False)
     if centroids.shape != (params.codebook_size, dim) or centroids.dtype != np.float32:
-        logger.warning("ASMK: %s holds %s %s centroids, expected (%d, %d) float32; training again", path,
-                       centroids.shape, centroids.dtype, params.codebook_size, dim)
+        logger.warning(
+            "ASMK: %s holds %s %s centroids, expected (%d, %d) float32; training again",
+            path,
+            centroids.shape,
+            centroids.dtype,
+            params.codebook_size,
+            dim,
+        )
         return None
-    codebook = asmk_codebook.Codebook(asmk_index.initialize_index(gpu_id=None), size=params.codebook_size)
+    codebook = asmk_codebook.Codebook(
+        asmk_index.initialize_index(gpu_id=None), size=params.codebook_size
+    )
     codebook.index(np.ascontiguousarray(centroids))
     return codebook
 
 
 def _aggregate_database(codebook, kernel, descriptors, image_ids, multiple_assignment):
-    """Quantise and aggregate in blocks of whole images: (residuals, visual words, image ids), image-major."""
+    """Quantise and aggregate in blocks of whole images: (residuals, visual words, image ids),
+    image-major."""
     parts, start = [], 0
     while start < len(descriptors):
         end = min(start + _AGGREGATE_ROWS, len(descriptors))
-        end = int(np.searchsorted(image_ids, image_ids[end - 1], side="right"))  # finish the last image
+        end = int(
+            np.searchsorted(image_ids, image_ids[end - 1], side="right")
+        )  # finish the last image
         block = np.asarray(descriptors[start:end], dtype=np.float32)
-        quantized = codebook.quantize(block, image_ids[start:end], multiple_assignment=multiple_assignment)
+        quantized = codebook.quantize(
+            block, image_ids[start:end], multiple_assignment=multiple_assignment
+        )
         parts.append(kernel.aggregate(*quantized))
         start = end
     return tuple(np.concatenate(columns) for columns in zip(*parts))
 
 
 def _build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params):
-    """The state ``IVF.add`` would produce, computed with array operations, in CSR layout (entries sorted by word)."""
-    vecs, words, owners = _aggregate_database(codebook, kernel, descriptors, image_ids, params.multiple_assignment_db)
-    order = np.argsort(words, kind="stable")  # within a word, images stay in ascending order as in IVF.add
+    """The state ``IVF.add`` would produce, computed with array operations, in CSR layout (entries
+    sorted by word)."""
+    vecs, words, owners = _aggregate_database(
+        codebook, kernel, descriptors, image_ids, params.multiple_assignment_db
+    )
+    order = np.argsort(
+        words, kind="stable"
+    )  # within a word, images stay in ascending order as in IVF.add
     vecs, words, owners = vecs[order], words[order], owners[order].astype(np.int64)
     counts = np.bincount(words, minlength=codebook.size)
     idf = np.ones(codebook.size, dtype=np.float32)
     if params.use_idf:
         used = counts > 0
         idf[used] = np.log(num_images / counts[used]) ** 2
-    return {"vecs": vecs, "image_ids": owners, "word_offsets": np.concatenate([[0], np.cumsum(counts)]),
-            "norm_factor": np.bincount(owners, weights=idf[words].astype(np.float64), minlength=num_images),
-            "idf": idf}
+    return {
+        "vecs": vecs,
+        "image_ids": owners,
+        "word_offsets": np.concatenate([[0], np.cumsum(counts)]),
+        "norm_factor": np.bincount(
+            owners, weights=idf[words].astype(np.float64), minlength=num_images
+        ),
+        "idf": idf,
+    }
 
 
 def _ivf_from_arrays(arrays, num_images, use_idf):
-    """The package's IVF object (per-word lists of entries) over the CSR arrays; the lists are views, not copies."""
+    """The package's IVF object (per-word lists of entries) over the CSR arrays; the lists are
+    views, not copies."""
     offsets = arrays["word_offsets"].tolist()
     lists_vecs, lists_ids = [], []
     for start, end in zip(offsets[:-1], offsets[1:]):
         lists_vecs.append(arrays["vecs"][start:end] if end > start else None)
         lists_ids.append(arrays["image_ids"][start:end] if end > start else None)
-    state = {"norm_factor": arrays["norm_factor"], "n_images": int(num_images), "ivf_vecs": lists_vecs,
-             "ivf_image_ids": lists_ids, "counts": np.diff(arrays["word_offsets"]).astype(np.int32),
-             "idf": arrays["idf"], "imid_offset": 0}
-    return asmk_ivf.IVF.initialize_from_state({"type": "IVF", "params": {"use_idf": bool(use_idf)}, "state": state})
+    state = {
+        "norm_factor": arrays["norm_factor"],
+        "n_images": int(num_images),
+        "ivf_vecs": lists_vecs,
+        "ivf_image_ids": lists_ids,
+        "counts": np.diff(arrays["word_offsets"]).astype(np.int32),
+        "idf": arrays["idf"],
+        "imid_offset": 0,
+    }
+    return asmk_ivf.IVF.initialize_from_state(
+        {"type": "IVF", "params": {"use_idf": bool(use_idf)}, "state": state}
+    )
 
 
 def _save_ivf_arrays(folder, arrays, provenance):
@@ -301,20 +426,31 @@ def _save_ivf_arrays(folder, arrays, provenance):
     os.makedirs(folder, exist_ok=True)
     for name in _IVF_ARRAYS:
         write_npy(os.path.join(folder, f"{name}.npy"), arrays[name])
-    write_json(os.path.join(folder, "meta.json"), {"format": CACHE_FORMAT, "entries": len(arrays["vecs"]),
-                                                   **provenance})
+    write_json(
+        os.path.join(folder, "meta.json"),
+        {"format": CACHE_FORMAT, "entries": len(arrays["vecs"]), **provenance},
+    )
 
 
 def _load_ivf_arrays(folder, params, num_images):
     if not folder or not os.path.isfile(os.path.join(folder, "meta.json")):
         return None
     meta = read_json(os.path.join(folder, "meta.json"))
-    arrays = {name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False) for name in _IVF_ARRAYS}
+    arrays = {
+        name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False)
+        for name in _IVF_ARRAYS
+    }
     offsets = arrays["word_offsets"]
-    consistent = (meta.get("format") == CACHE_FORMAT and meta.get("num_images") == num_images
-                  and len(offsets) == params.codebook_size + 1 and offsets[-1] == len(arrays["vecs"])
-                  == len(arrays["image_ids"]) and len(arrays["norm_factor"]) == num_images)
+    consistent = (
+        meta.get("format") == CACHE_FORMAT
+        and meta.get("num_images") == num_images
+        and len(offsets) == params.codebook_size + 1
+        and offsets[-1] == len(arrays["vecs"]) == len(arrays["image_ids"])
+        and len(arrays["norm_factor"]) == num_images
+    )
     if not consistent:
-        logger.warning("ASMK: the inverted file in %s does not match this database; building it again", folder)
+        logger.warning(
+            "ASMK: the inverted file in %s does not match this database; building it again", folder
+        )
         return None
     return arrays

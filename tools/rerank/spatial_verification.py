@@ -1,19 +1,24 @@
-"""Spatial verification: count geometrically consistent local matches and re-rank a global shortlist by them.
+"""Spatial verification: count geometrically consistent local matches and re-rank a global shortlist
+by them.
 
-    inliers = compute_num_inliers(query_locations, query_descriptors, index_locations, index_descriptors)
-    reranked, inliers = rerank_with_spatial_verification(shortlists, query_local, index_local, options)
+    inliers = compute_num_inliers(query_locations, query_descriptors, index_locations,
+    index_descriptors)
+    reranked, inliers = rerank_with_spatial_verification(shortlists, query_local, index_local,
+    options)
 
 Geometry (``options.method``), all seeded so that a run repeats exactly:
-- ``degensac``: homography by DEGENSAC (pydegensac.findHomography(px_th, conf, max_iters, seed)), the seed
-  project's choice; defaults 20 px, confidence 1.0, 1000 iterations.
-- ``affine``: RANSAC with a 6-parameter affine model as in the official DELG release (skimage.measure.ransac,
-  min_samples 3, residual threshold, max_trials, fixed seed). skimage is not a dependency, so this is our own
-  vectorised NumPy version of the same procedure: all trials at once, best by inlier count (ties: smaller sum of
-  squared residuals, then the earlier trial), a least-squares refit on the inliers, inliers counted again.
-  cv2.estimateAffine2D was not used: it adds Levenberg-Marquardt refinement and confidence-driven early stops and
-  runs on OpenCV's internal generator, so it is a different estimator that one cannot seed per call.
-- ``magsac``: homography by OpenCV's USAC MAGSAC++ (cv2.findHomography with cv2.USAC_MAGSAC), the fallback;
-  cv2.setRNGSeed(seed) before each call.
+- ``degensac``: homography by DEGENSAC (pydegensac.findHomography(px_th, conf, max_iters, seed)),
+  the seed project's choice; defaults 20 px, confidence 1.0, 1000 iterations.
+- ``affine``: RANSAC with a 6-parameter affine model as in the official DELG release
+  (skimage.measure.ransac,
+  min_samples 3, residual threshold, max_trials, fixed seed). skimage is not a dependency, so this
+  is our own vectorised NumPy version of the same procedure: all trials at once, best by inlier
+  count (ties: smaller sum of squared residuals, then the earlier trial), a least-squares refit on
+  the inliers, inliers counted again. cv2.estimateAffine2D was not used: it adds Levenberg-Marquardt
+  refinement and confidence-driven early stops and runs on OpenCV's internal generator, so it is a
+  different estimator that one cannot seed per call.
+- ``magsac``: homography by OpenCV's USAC MAGSAC++ (cv2.findHomography with cv2.USAC_MAGSAC), the
+  fallback; cv2.setRNGSeed(seed) before each call.
 Fewer than 4 putative matches count 0; a fit that fails or degenerates counts 0 and never raises.
 """
 
@@ -35,10 +40,12 @@ _AFFINE_MIN_DETERMINANT = 1e-6  # |det| of a 3-point sample below this: collinea
 
 @dataclasses.dataclass(frozen=True)
 class VerificationOptions:
-    """Matching and geometry settings (the defaults are the task's: NN under 1.0, DEGENSAC 20 px, 1.0, 1000)."""
+    """Matching and geometry settings (the defaults are the task's: NN under 1.0, DEGENSAC 20 px,
+    1.0, 1000)."""
 
     method: str = "degensac"
-    max_distance: float = 1.0  # nearest-neighbour descriptor distance bound (official 1.0, seed 0.99)
+    # nearest-neighbour descriptor distance bound (official 1.0, seed 0.99)
+    max_distance: float = 1.0
     ratio_test: float = 0.0  # Lowe ratio; 0 disables
     mutual: bool = False  # keep only mutual nearest neighbours
     inlier_threshold: float = 20.0  # residual in pixels
@@ -48,9 +55,13 @@ class VerificationOptions:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"spatial verification method {self.method!r} is not one of {', '.join(METHODS)}")
+            raise ValueError(
+                f"spatial verification method {self.method!r} is not one of {', '.join(METHODS)}"
+            )
         if self.max_distance <= 0 or self.inlier_threshold <= 0 or self.max_iters < 1:
-            raise ValueError("max_distance and inlier_threshold must be positive and max_iters at least 1")
+            raise ValueError(
+                "max_distance and inlier_threshold must be positive and max_iters at least 1"
+            )
         if not 0 < self.confidence <= 1:
             raise ValueError(f"confidence must lie in (0, 1], got {self.confidence}")
 
@@ -58,19 +69,34 @@ class VerificationOptions:
 def options_from_cfg(cfg):
     """VerificationOptions from the SV section of the config."""
     sv = cfg.SV
-    return VerificationOptions(method=sv.METHOD, max_distance=sv.MATCH_THRESHOLD, ratio_test=sv.RATIO_TEST,
-                               mutual=sv.MUTUAL, inlier_threshold=sv.INLIER_THRESHOLD, confidence=sv.CONFIDENCE,
-                               max_iters=sv.MAX_ITERS, seed=sv.SEED)
+    return VerificationOptions(
+        method=sv.METHOD,
+        max_distance=sv.MATCH_THRESHOLD,
+        ratio_test=sv.RATIO_TEST,
+        mutual=sv.MUTUAL,
+        inlier_threshold=sv.INLIER_THRESHOLD,
+        confidence=sv.CONFIDENCE,
+        max_iters=sv.MAX_ITERS,
+        seed=sv.SEED,
+    )
 
 
-# -------------------------------------------------------------------------------------------------- geometry
+# ----------------------------------------------------------------------------------------- geometry
 def _degensac_inliers(source, target, options):
     import pydegensac
 
     try:
-        _, mask = pydegensac.findHomography(source, target, options.inlier_threshold, options.confidence,
-                                            options.max_iters, seed=options.seed)
-    except ValueError:  # pydegensac refuses inputs it cannot fit (e.g. fewer than 4 distinct points)
+        _, mask = pydegensac.findHomography(
+            source,
+            target,
+            options.inlier_threshold,
+            options.confidence,
+            options.max_iters,
+            seed=options.seed,
+        )
+    except (
+        ValueError
+    ):  # pydegensac refuses inputs it cannot fit (e.g. fewer than 4 distinct points)
         return None
     mask = np.asarray(mask, dtype=bool).reshape(-1) if mask is not None else None
     return mask if mask is not None and len(mask) == len(source) else None
@@ -81,9 +107,14 @@ def _magsac_inliers(source, target, options):
 
     cv2.setRNGSeed(options.seed)
     try:
-        model, mask = cv2.findHomography(source.astype(np.float32), target.astype(np.float32), cv2.USAC_MAGSAC,
-                                         options.inlier_threshold, maxIters=options.max_iters,
-                                         confidence=options.confidence)
+        model, mask = cv2.findHomography(
+            source.astype(np.float32),
+            target.astype(np.float32),
+            cv2.USAC_MAGSAC,
+            options.inlier_threshold,
+            maxIters=options.max_iters,
+            confidence=options.confidence,
+        )
     except cv2.error:
         return None
     return None if model is None or mask is None else np.asarray(mask, dtype=bool).reshape(-1)
@@ -102,7 +133,8 @@ def _sample_triplets(rng, count, trials):
 
 
 def _affine_residuals(models, source_h, target):
-    """Euclidean residuals [n_models, n] of affine models [n_models, 3, 2] applied to [n, 3] homogeneous points."""
+    """Euclidean residuals [n_models, n] of affine models [n_models, 3, 2] applied to [n, 3]
+    homogeneous points."""
     return np.linalg.norm(np.einsum("nk,mkj->mnj", source_h, models) - target[None], axis=2)
 
 
@@ -129,8 +161,8 @@ _GEOMETRY = {"degensac": _degensac_inliers, "affine": _affine_inliers, "magsac":
 
 
 def inlier_mask(query_points, index_points, options=VerificationOptions()):
-    """Boolean mask [n] of the correspondences [n, 2] -> [n, 2] that fit the configured model (all False when
-    there are fewer than 4 or no model could be fitted)."""
+    """Boolean mask [n] of the correspondences [n, 2] -> [n, 2] that fit the configured model (all
+    False when there are fewer than 4 or no model could be fitted)."""
     source = np.asarray(query_points, dtype=np.float64).reshape(-1, 2)
     target = np.asarray(index_points, dtype=np.float64).reshape(-1, 2)
     if len(source) != len(target):
@@ -145,24 +177,36 @@ def inlier_mask(query_points, index_points, options=VerificationOptions()):
 
 
 def count_inliers(query_points, index_points, options=VerificationOptions()):
-    """Number of inliers of the configured model; 0 below 4 correspondences or when no model fits."""
+    """Number of inliers of the configured model; 0 below 4 correspondences or when no model
+    fits."""
     return int(np.count_nonzero(inlier_mask(query_points, index_points, options)))
 
 
-def compute_num_inliers(query_locations, query_descriptors, index_locations, index_descriptors, device="cpu",
-                        **options):
+def compute_num_inliers(
+    query_locations, query_descriptors, index_locations, index_descriptors, device="cpu", **options
+):
     """Inliers between two images' local features (locations [n, 2], descriptors [n, d]).
 
-    options: the VerificationOptions fields (method, max_distance, ratio_test, mutual, inlier_threshold,
-    confidence, max_iters, seed); defaults: NN under 1.0, no ratio test, DEGENSAC 20 px, 1.0, 1000 iterations.
+    options: the VerificationOptions fields (method, max_distance, ratio_test, mutual,
+    inlier_threshold,
+    confidence, max_iters, seed); defaults: NN under 1.0, no ratio test, DEGENSAC 20 px, 1.0, 1000
+    iterations.
     """
     options = VerificationOptions(**options)
-    (query_rows, index_rows), = putative_matches(query_descriptors, [index_descriptors], options.max_distance,
-                                                 options.ratio_test, options.mutual, device)
-    return count_inliers(np.asarray(query_locations)[query_rows], np.asarray(index_locations)[index_rows], options)
+    ((query_rows, index_rows),) = putative_matches(
+        query_descriptors,
+        [index_descriptors],
+        options.max_distance,
+        options.ratio_test,
+        options.mutual,
+        device,
+    )
+    return count_inliers(
+        np.asarray(query_locations)[query_rows], np.asarray(index_locations)[index_rows], options
+    )
 
 
-# -------------------------------------------------------------------------------------------------- re-ranking
+# --------------------------------------------------------------------------------------- re-ranking
 def _fit_task(correspondences, options):
     return [count_inliers(source, target, options) for source, target in correspondences]
 
@@ -175,32 +219,61 @@ def _init_worker():
 
 
 def _correspondences(query_features, index_features, options, device):
-    """(query points, index points) of the putative matches of one query with each of its index images."""
+    """(query points, index points) of the putative matches of one query with each of its index
+    images."""
     query_locations, query_descriptors = query_features
-    matches = putative_matches(query_descriptors, [descriptors for _, descriptors in index_features],
-                               options.max_distance, options.ratio_test, options.mutual, device)
-    return [(np.asarray(query_locations, np.float64)[query_rows], np.asarray(locations, np.float64)[index_rows])
-            for (query_rows, index_rows), (locations, _) in zip(matches, index_features)]
+    matches = putative_matches(
+        query_descriptors,
+        [descriptors for _, descriptors in index_features],
+        options.max_distance,
+        options.ratio_test,
+        options.mutual,
+        device,
+    )
+    return [
+        (
+            np.asarray(query_locations, np.float64)[query_rows],
+            np.asarray(locations, np.float64)[index_rows],
+        )
+        for (query_rows, index_rows), (locations, _) in zip(matches, index_features)
+    ]
 
 
-def verify_pairs(pairs_by_query, query_local, index_local, options=VerificationOptions(), num_workers=0,
-                 device="cpu", progress=True):
-    """Inlier counts {(query, index): inliers} for every pair; each query's matches come from one batched product.
+def verify_pairs(
+    pairs_by_query,
+    query_local,
+    index_local,
+    options=VerificationOptions(),
+    num_workers=0,
+    device="cpu",
+    progress=True,
+):
+    """Inlier counts {(query, index): inliers} for every pair; each query's matches come from one
+    batched product.
 
-    pairs_by_query: {query: index images to verify}; query_local(q) / index_local(i) return (locations [n, 2],
-    descriptors [n, d]). num_workers > 0 fits the geometry in that many processes while matching goes on.
+    pairs_by_query: {query: index images to verify}; query_local(q) / index_local(i) return
+    (locations [n, 2],
+    descriptors [n, d]). num_workers > 0 fits the geometry in that many processes while matching
+    goes on.
     """
     total = sum(len(indices) for indices in pairs_by_query.values())
     inliers = {}
-    bar = tqdm(total=total, unit="pair", desc=f"spatial verification ({options.method})", disable=not progress,
-               mininterval=1.0)
+    bar = tqdm(
+        total=total,
+        unit="pair",
+        desc=f"spatial verification ({options.method})",
+        disable=not progress,
+        mininterval=1.0,
+    )
     executor, threads = None, torch.get_num_threads()
     if num_workers > 0:
         executor = concurrent.futures.ProcessPoolExecutor(
-            num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+            num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+        )
     if torch.device(device).type == "cpu":
-        # Parallelism comes from the worker processes, not from threads inside these small products: with a busy
-        # core, every multi-threaded op waits a scheduler slice at its barrier (4x slower on 2 shared cores).
+        # Parallelism comes from the worker processes, not from threads inside these small products:
+        # with a busy core, every multi-threaded op waits a scheduler slice at its barrier (4x
+        # slower on 2 shared cores).
         torch.set_num_threads(1)
     pending = {}
     try:
@@ -208,10 +281,12 @@ def verify_pairs(pairs_by_query, query_local, index_local, options=VerificationO
             indices = [int(index) for index in indices]
             if not indices:
                 continue
-            found = _correspondences(query_local(query), [index_local(index) for index in indices], options, device)
+            found = _correspondences(
+                query_local(query), [index_local(index) for index in indices], options, device
+            )
             for start in range(0, len(indices), PAIRS_PER_TASK):
-                keys = [(query, index) for index in indices[start:start + PAIRS_PER_TASK]]
-                task = found[start:start + PAIRS_PER_TASK]
+                keys = [(query, index) for index in indices[start : start + PAIRS_PER_TASK]]
+                task = found[start : start + PAIRS_PER_TASK]
                 if executor is None:
                     _record(inliers, bar, keys, _fit_task(task, options))
                 else:
@@ -232,31 +307,47 @@ def _record(inliers, bar, keys, counts):
 
 
 def _collect(pending, inliers, bar, wait, everything=False):
-    """Record finished tasks; with wait, block until at least one (or, with everything, all) finished."""
+    """Record finished tasks; with wait, block until at least one (or, with everything, all)
+    finished."""
     if not pending:
         return pending
     if wait:
-        when = concurrent.futures.ALL_COMPLETED if everything else concurrent.futures.FIRST_COMPLETED
+        when = (
+            concurrent.futures.ALL_COMPLETED if everything else concurrent.futures.FIRST_COMPLETED
+        )
         concurrent.futures.wait(pending, return_when=when)
     for future in [future for future in pending if future.done()]:
         _record(inliers, bar, pending.pop(future), future.result())
     return pending
 
 
-def rerank_with_spatial_verification(shortlists, query_local, index_local, options=VerificationOptions(),
-                                     num_workers=0, device="cpu", progress=True):
-    """Re-rank shortlists by (inliers, global score), descending, verifying each (query, image) pair once.
+def rerank_with_spatial_verification(
+    shortlists,
+    query_local,
+    index_local,
+    options=VerificationOptions(),
+    num_workers=0,
+    device="cpu",
+    progress=True,
+):
+    """Re-rank shortlists by (inliers, global score), descending, verifying each (query, image) pair
+    once.
 
-    shortlists: {protocol: per query, index images in global-ranking order (junk of the protocol already left
-    out)}. The union over protocols is verified once. Returns ({protocol: per query, re-ranked images},
-    {(query, image): inliers}). Images with equal inlier counts keep their global order (stable sort).
+    shortlists: {protocol: per query, index images in global-ranking order (junk of the protocol
+    already left
+    out)}. The union over protocols is verified once. Returns ({protocol: per query, re-ranked
+    images},
+    {(query, image): inliers}). Images with equal inlier counts keep their global order (stable
+    sort).
     """
     pairs_by_query = {}
     for per_query in shortlists.values():
         for query, indices in enumerate(per_query):
             pairs_by_query.setdefault(query, set()).update(int(index) for index in indices)
     pairs_by_query = {query: sorted(indices) for query, indices in sorted(pairs_by_query.items())}
-    inliers = verify_pairs(pairs_by_query, query_local, index_local, options, num_workers, device, progress)
+    inliers = verify_pairs(
+        pairs_by_query, query_local, index_local, options, num_workers, device, progress
+    )
     reranked = {}
     for protocol, per_query in shortlists.items():
         reranked[protocol] = []

@@ -1,11 +1,13 @@
-"""Google Landmarks v2 retrieval in the evaluation pipeline: mAP@100 of the solution file's test queries.
+"""Google Landmarks v2 retrieval in the evaluation pipeline: mAP@100 of the solution file's test
+queries.
 
-The stores come from two extractor runs with ``EXTRACT.FORMAT gldv2``: ``EXTRACT.DATASET gldv2_test`` over
-``test.csv`` (queries) and ``EXTRACT.DATASET gldv2_index`` over ``index.csv``; ``gldv2_query`` / ``gldv2_database``
-are accepted as well. ``Gldv2Context`` offers the evaluation methods (global, sv, asmk, asmk_rerank) the same
-interface as the revisitop context; its single "protocol" is ``gldv2`` and its metric ``mAP@100`` (in percent, like
-every number of results.json). The metric is the Kaggle one (tools.retrieval.gldv2_metric): the mean is over the
-queries of the solution, so a solution query missing from the query store counts 0.
+The stores come from two extractor runs with ``EXTRACT.FORMAT gldv2``: ``EXTRACT.DATASET
+gldv2_test`` over ``test.csv`` (queries) and ``EXTRACT.DATASET gldv2_index`` over ``index.csv``;
+``gldv2_query`` / ``gldv2_database`` are accepted as well. ``Gldv2Context`` offers the evaluation
+methods (global, sv, asmk, asmk_rerank) the same interface as the revisitop context; its single
+"protocol" is ``gldv2`` and its metric ``mAP@100`` (in percent, like every number of results.json).
+The metric is the Kaggle one (tools.retrieval.gldv2_metric): the mean is over the queries of the
+solution, so a solution query missing from the query store counts 0.
 """
 
 import logging
@@ -27,35 +29,59 @@ STORE_NAMES = (("gldv2_test", "gldv2_index"), ("gldv2_query", "gldv2_database"))
 
 
 def open_gldv2_stores(folder):
-    """(query store, index store) from ``gldv2_test`` / ``gldv2_index`` (or ``gldv2_query`` / ``gldv2_database``)."""
+    """(query store, index store) from ``gldv2_test`` / ``gldv2_index`` (or ``gldv2_query`` /
+    ``gldv2_database``)."""
     for query_name, index_name in STORE_NAMES:
         query, index = os.path.join(folder, query_name), os.path.join(folder, index_name)
         if os.path.isdir(query) and os.path.isdir(index):
             return open_store(query), open_store(index)
     expected = " or ".join(f"{query} + {index}" for query, index in STORE_NAMES)
-    raise FileNotFoundError(f"no GLDv2 feature stores {expected} under {folder} (EVAL.FEATURES_DIR; extract "
-                            f"test.csv and index.csv with EXTRACT.FORMAT gldv2 and those EXTRACT.DATASET names)")
+    raise FileNotFoundError(
+        f"no GLDv2 feature stores {expected} under {folder} (EVAL.FEATURES_DIR; extract "
+        f"test.csv and index.csv with EXTRACT.FORMAT gldv2 and those EXTRACT.DATASET names)"
+    )
 
 
 def solution_queries(solution, query_store, source):
-    """(query ids of the solution present in the store, their store rows); warns about the missing ones."""
+    """(query ids of the solution present in the store, their store rows); warns about the missing
+    ones."""
     names = set(query_store.names)
     present = [query_id for query_id in solution if query_id in names]
     if not present:
-        raise ValueError(f"none of the {len(solution)} queries of {source} is in {query_store.folder}; was the "
-                         f"query store extracted from the GLDv2 test set?")
+        raise ValueError(
+            f"none of the {len(solution)} queries of {source} is in {query_store.folder}; was the "
+            f"query store extracted from the GLDv2 test set?"
+        )
     if len(present) < len(solution):
-        logger.warning("%d of the %d queries of %s are not in %s: they count as AP 0", len(solution) - len(present),
-                       len(solution), source, query_store.folder)
-    return present, np.array([query_store.index_of(query_id) for query_id in present], dtype=np.int64)
+        logger.warning(
+            "%d of the %d queries of %s are not in %s: they count as AP 0",
+            len(solution) - len(present),
+            len(solution),
+            source,
+            query_store.folder,
+        )
+    return present, np.array(
+        [query_store.index_of(query_id) for query_id in present], dtype=np.int64
+    )
 
 
 class Gldv2Context:
-    """What the methods use on GLDv2: stores, the global top-k per query, local features, the metric."""
+    """What the methods use on GLDv2: stores, the global top-k per query, local features, the
+    metric."""
 
     ranking_depth = K  # the metric looks at the first K predictions only
 
-    def __init__(self, cfg, solution, query_store, database_store, query_ids, query_rows, top_scores, top_indices):
+    def __init__(
+        self,
+        cfg,
+        solution,
+        query_store,
+        database_store,
+        query_ids,
+        query_rows,
+        top_scores,
+        top_indices,
+    ):
         self.cfg, self.solution = cfg, solution
         self.query_store, self.database_store = query_store, database_store
         self.query_ids, self.query_rows = list(query_ids), np.asarray(query_rows, dtype=np.int64)
@@ -63,15 +89,19 @@ class Gldv2Context:
         self.device = resolve_device(cfg.EVAL.DEVICE)
         self.local = LocalFeatureAccess(cfg, query_store, database_store, self.query_rows)
         self.cache = {}  # shared between methods (e.g. one ASMK index)
-        self.title = (f"{GLDV2}: {len(self.query_ids)} queries of {len(solution)} in the solution, "
-                      f"{len(database_store)} index images")
+        self.title = (
+            f"{GLDV2}: {len(self.query_ids)} queries of {len(solution)} in the solution, "
+            f"{len(database_store)} index images"
+        )
 
     def shortlists(self, size):
-        """{"gldv2": per query, the first `size` images of the global ranking} (GLDv2 has no junk)."""
+        """{"gldv2": per query, the first `size` images of the global ranking} (GLDv2 has no
+        junk)."""
         return {GLDV2: [ranked[:size] for ranked in self.top_indices]}
 
     def results_from_ranking(self, ranks):
-        """{"gldv2": mAP@100} of a ranking [n_queries, >= min(100, n_index)] (index rows, best first)."""
+        """{"gldv2": mAP@100} of a ranking [n_queries, >= min(100, n_index)] (index rows, best
+        first)."""
         predictions = predictions_from_ranks(ranks, self.query_ids, self.database_store.names, K)
         return {GLDV2: mean_average_precision_at_k(predictions, self.solution, K)}
 
@@ -79,7 +109,8 @@ class Gldv2Context:
         return self.results_from_ranking(self.top_indices)
 
     def results_with_reranked(self, reranked):
-        """mAP@100 when each query's shortlist was re-ordered; the global ranking continues after it."""
+        """mAP@100 when each query's shortlist was re-ordered; the global ranking continues after
+        it."""
         ranks = []
         for ranked, shortlist in zip(self.top_indices, reranked[GLDV2]):
             shortlist = np.asarray(shortlist, dtype=np.int64)

@@ -1,16 +1,18 @@
-"""Google Landmarks v2 retrieval: the official solution file and mAP@100 as the Kaggle challenge defines it.
+"""Google Landmarks v2 retrieval: the official solution file and mAP@100 as the Kaggle challenge
+defines it.
 
-``retrieval_solution_v2.1.csv`` has the header ``id,images,Usage``: a test image id, the space-separated ids of its
-relevant index images, and ``Public``, ``Private`` or ``Ignored``. Ignored rows are test images without ground truth
-(their images field reads ``None``); they are not part of the solution, and neither are rows whose images field is
-empty. For every query of the solution::
+``retrieval_solution_v2.1.csv`` has the header ``id,images,Usage``: a test image id, the
+space-separated ids of its relevant index images, and ``Public``, ``Private`` or ``Ignored``.
+Ignored rows are test images without ground truth (their images field reads ``None``); they are not
+part of the solution, and neither are rows whose images field is empty. For every query of the
+solution::
 
     AP@k(q) = sum_{i <= k} P@i(q) * rel_i(q) / min(m_q, k)
 
-with ``m_q`` its number of relevant index images, ``rel_i`` 1 when the i-th prediction is relevant and not already
-predicted at a better rank (a repeated id earns nothing but keeps its rank), and mAP@k the mean over the queries of
-the solution: a query of the solution without predictions scores 0, predictions for other queries (the ignored
-test images, or the other Usage) are not counted.
+with ``m_q`` its number of relevant index images, ``rel_i`` 1 when the i-th prediction is relevant
+and not already predicted at a better rank (a repeated id earns nothing but keeps its rank), and
+mAP@k the mean over the queries of the solution: a query of the solution without predictions scores
+0, predictions for other queries (the ignored test images, or the other Usage) are not counted.
 """
 
 import csv
@@ -29,14 +31,17 @@ _IMAGE_ID = re.compile(r"[0-9A-Za-z_-]+")
 
 
 def read_retrieval_solution(path, usage=("Public", "Private")):
-    """Return {query id: [relevant index ids]} for the rows of the given usage(s) that have relevant images."""
+    """Return {query id: [relevant index ids]} for the rows of the given usage(s) that have relevant
+    images."""
     wanted = _check_usage(usage)
     solution, skipped = {}, {"Ignored": 0, "other usage": 0, "no relevant images": 0}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)
         header = [field.strip() for field in next(rows, [])]
         if header != SOLUTION_HEADER:
-            raise ParseError(path, 1, f"expected the header '{','.join(SOLUTION_HEADER)}'", ",".join(header))
+            raise ParseError(
+                path, 1, f"expected the header '{','.join(SOLUTION_HEADER)}'", ",".join(header)
+            )
         seen = set()
         for row in rows:
             if not row:
@@ -50,8 +55,13 @@ def read_retrieval_solution(path, usage=("Public", "Private")):
                 skipped["no relevant images"] += 1
             else:
                 solution[query_id] = relevant
-    logger.info("%s: %d queries with ground truth (%s); left out: %s", path, len(solution), "+".join(wanted),
-                ", ".join(f"{count} {what}" for what, count in skipped.items()))
+    logger.info(
+        "%s: %d queries with ground truth (%s); left out: %s",
+        path,
+        len(solution),
+        "+".join(wanted),
+        ", ".join(f"{count} {what}" for what, count in skipped.items()),
+    )
     return solution
 
 
@@ -68,24 +78,38 @@ def _parse_row(path, line_number, row, seen):
         raise ParseError(path, line_number, "expected 3 fields 'id,images,Usage'", text)
     query_id, images, row_usage = (field.strip() for field in row)
     if not _IMAGE_ID.fullmatch(query_id):
-        raise ParseError(path, line_number, f"expected a test image id of letters, digits, '_' or '-', "
-                                            f"not {query_id!r}", text)
+        raise ParseError(
+            path,
+            line_number,
+            f"expected a test image id of letters, digits, '_' or '-', not {query_id!r}",
+            text,
+        )
     if query_id in seen:
-        raise ParseError(path, line_number, f"expected each test image once, {query_id!r} repeats", text)
+        raise ParseError(
+            path, line_number, f"expected each test image once, {query_id!r} repeats", text
+        )
     seen.add(query_id)
     if row_usage not in USAGES:
-        raise ParseError(path, line_number, f"expected Usage {', '.join(USAGES)}, not {row_usage!r}", text)
+        raise ParseError(
+            path, line_number, f"expected Usage {', '.join(USAGES)}, not {row_usage!r}", text
+        )
     if row_usage == "Ignored" or images in ("", "None"):
         return query_id, [], row_usage
     relevant = images.split()
     for index_id in relevant:
         if not _IMAGE_ID.fullmatch(index_id):
-            raise ParseError(path, line_number, f"expected space-separated index image ids, not {index_id!r}", text)
+            raise ParseError(
+                path,
+                line_number,
+                f"expected space-separated index image ids, not {index_id!r}",
+                text,
+            )
     return query_id, list(dict.fromkeys(relevant)), row_usage
 
 
 def average_precision_at_k(ranked_ids, relevant_ids, k=100):
-    """AP@k of one query: ranked_ids best first; relevant_ids non-empty (see the module docstring)."""
+    """AP@k of one query: ranked_ids best first; relevant_ids non-empty (see the module
+    docstring)."""
     relevant = set(relevant_ids)
     if not relevant:
         raise ValueError("AP@k is undefined for a query without relevant images")
@@ -99,16 +123,20 @@ def average_precision_at_k(ranked_ids, relevant_ids, k=100):
 
 
 def mean_average_precision_at_k(predictions, solution, k=100):
-    """mAP@k over the queries of ``solution`` ({query id: relevant ids}); predictions: {query id: ranked ids}."""
+    """mAP@k over the queries of ``solution`` ({query id: relevant ids}); predictions: {query id:
+    ranked ids}."""
     if not solution:
         raise ValueError("the retrieval solution holds no query with relevant images")
-    total = sum(average_precision_at_k(predictions.get(query_id, ()), relevant, k)
-                for query_id, relevant in solution.items())
+    total = sum(
+        average_precision_at_k(predictions.get(query_id, ()), relevant, k)
+        for query_id, relevant in solution.items()
+    )
     return total / len(solution)
 
 
 def predictions_from_ranks(ranks, query_ids, index_ids, k=100):
-    """{query id: [index ids]} from a rank matrix [n_queries, >= k] of index positions (best first)."""
+    """{query id: [index ids]} from a rank matrix [n_queries, >= k] of index positions (best
+    first)."""
     ranks = np.asarray(ranks)[:, :k]
     if len(ranks) != len(query_ids):
         raise ValueError(f"{len(ranks)} rows of ranks for {len(query_ids)} query ids")

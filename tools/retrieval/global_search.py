@@ -1,12 +1,13 @@
 """Exact inner-product search over a database of global descriptors, one chunk of rows at a time.
 
-The database may be a memory-mapped float16 or float32 array of any size: only ``chunk_size`` rows are turned into
-a float32 tensor at once, so a 1M x 2048 database never sits in memory whole and the [n_queries, n_db] score matrix
-is never formed. Scores go to consumers chunk by chunk (``TopK`` here, the rank counter of the evaluation).
+The database may be a memory-mapped float16 or float32 array of any size: only ``chunk_size`` rows
+are turned into a float32 tensor at once, so a 1M x 2048 database never sits in memory whole and the
+[n_queries, n_db] score matrix is never formed. Scores go to consumers chunk by chunk (``TopK``
+here, the rank counter of the evaluation).
 
-Ranking order everywhere in the framework: score descending, ties by database index ascending, which is what a
-stable argsort of the negated scores gives. ``order_keys`` turns (score, index) into one int64 per item that sorts
-in exactly that order, so comparisons never have to special-case ties.
+Ranking order everywhere in the framework: score descending, ties by database index ascending, which
+is what a stable argsort of the negated scores gives. ``order_keys`` turns (score, index) into one
+int64 per item that sorts in exactly that order, so comparisons never have to special-case ties.
 """
 
 import numpy as np
@@ -16,7 +17,8 @@ _LOW_BITS = 0xFFFFFFFF
 
 
 def resolve_device(device):
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error naming the setting."""
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error naming the
+    setting."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -25,10 +27,12 @@ def resolve_device(device):
 
 
 def order_keys(scores, indices):
-    """int64 keys, larger = ranked earlier: (score descending, index ascending). scores float32, indices < 2**32.
+    """int64 keys, larger = ranked earlier: (score descending, index ascending). scores float32,
+    indices < 2**32.
 
-    The float32 bit pattern is made order-preserving (negative floats have their magnitude bits flipped); -0.0 is
-    folded into +0.0 first because the two compare equal. NaN has no place in a ranking and is rejected.
+    The float32 bit pattern is made order-preserving (negative floats have their magnitude bits
+    flipped); -0.0 is folded into +0.0 first because the two compare equal. NaN has no place in a
+    ranking and is rejected.
     """
     scores = np.ascontiguousarray(scores, dtype=np.float32) + np.float32(0.0)
     if np.isnan(scores).any():
@@ -39,17 +43,20 @@ def order_keys(scores, indices):
 
 
 def torch_order_keys(scores, indices):
-    """order_keys of a score tensor and the database indices of its items (a tensor broadcastable to it)."""
+    """order_keys of a score tensor and the database indices of its items (a tensor broadcastable to
+    it)."""
     bits = (scores.float() + 0.0).contiguous().view(torch.int32)  # + 0.0 folds -0.0 into +0.0
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
     return (ordered << 32) | (_LOW_BITS - indices.to(torch.int64))
 
 
 def first_k(scores, indices, k):
-    """(scores, indices) of the k first items of each row in the ranking order, in no particular order.
+    """(scores, indices) of the k first items of each row in the ranking order, in no particular
+    order.
 
-    torch.topk alone keeps an arbitrary subset of the items tied at the k-th place; the rows where it had to choose
-    (rare: exact duplicates) are selected again on order keys, which break ties by database index."""
+    torch.topk alone keeps an arbitrary subset of the items tied at the k-th place; the rows where
+    it had to choose (rare: exact duplicates) are selected again on order keys, which break ties by
+    database index."""
     indices = indices.expand_as(scores)
     values, best = torch.topk(scores, k, dim=1)
     if k < scores.shape[1]:
@@ -63,17 +70,22 @@ def first_k(scores, indices, k):
 
 def as_float32_rows(array, start, stop, device):
     """Rows start:stop of a (memory-mapped) array as a float32 tensor on device."""
-    rows = np.array(array[start:stop], dtype=np.float32)  # a writable copy (memory maps are read-only)
+    rows = np.array(
+        array[start:stop], dtype=np.float32
+    )  # a writable copy (memory maps are read-only)
     return torch.from_numpy(rows).to(device, non_blocking=True)
 
 
 def score_chunks(queries, database, chunk_size=65536, device="cpu"):
-    """Yield (offset, scores [n_queries, rows] float32 tensor on device) over consecutive database chunks."""
+    """Yield (offset, scores [n_queries, rows] float32 tensor on device) over consecutive database
+    chunks."""
     device = resolve_device(device)
     queries = torch.from_numpy(np.array(queries, dtype=np.float32)).to(device)
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and database {tuple(database.shape)} must be 2-D with "
-                         f"the same descriptor dimension")
+        raise ValueError(
+            f"queries {tuple(queries.shape)} and database {tuple(database.shape)} must be 2-D with "
+            f"the same descriptor dimension"
+        )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     for offset in range(0, database.shape[0], chunk_size):
@@ -82,8 +94,8 @@ def score_chunks(queries, database, chunk_size=65536, device="cpu"):
 
 
 class TopK:
-    """Keeps the k first database items per query in the ranking order over chunks (ties at the k-th place
-    included); ``result`` orders them."""
+    """Keeps the k first database items per query in the ranking order over chunks (ties at the k-th
+    place included); ``result`` orders them."""
 
     def __init__(self, num_queries, k):
         self.k = int(k)
@@ -95,7 +107,9 @@ class TopK:
         chunk_scores, chunk_indices = first_k(scores.float(), columns, min(self.k, scores.shape[1]))
         merged_scores = torch.cat([self.scores, chunk_scores.cpu()], dim=1)
         merged_indices = torch.cat([self.indices, chunk_indices.cpu()], dim=1)
-        self.scores, self.indices = first_k(merged_scores, merged_indices, min(self.k, merged_scores.shape[1]))
+        self.scores, self.indices = first_k(
+            merged_scores, merged_indices, min(self.k, merged_scores.shape[1])
+        )
 
     def result(self):
         """(scores [n_q, k] float32, indices [n_q, k] int64), each row in ranking order."""
@@ -105,7 +119,8 @@ class TopK:
 
 
 def exact_search(queries, database, k, chunk_size=65536, device="cpu"):
-    """Top-k database items per query by inner product: (scores [n_q, k], indices [n_q, k]), ranking order."""
+    """Top-k database items per query by inner product: (scores [n_q, k], indices [n_q, k]), ranking
+    order."""
     k = min(int(k), database.shape[0])
     top = TopK(len(queries), k)
     for offset, scores in score_chunks(queries, database, chunk_size, device):
@@ -114,17 +129,21 @@ def exact_search(queries, database, k, chunk_size=65536, device="cpu"):
 
 
 def faiss_search(queries, database, k, chunk_size=65536):
-    """The same search through a faiss IndexFlatIP (exact; holds the database as float32 in memory)."""
+    """The same search through a faiss IndexFlatIP (exact; holds the database as float32 in
+    memory)."""
     import faiss
 
     k = min(int(k), database.shape[0])
     index = faiss.IndexFlatIP(database.shape[1])
     for offset in range(0, database.shape[0], chunk_size):
-        index.add(np.ascontiguousarray(database[offset:offset + chunk_size], dtype=np.float32))
+        index.add(np.ascontiguousarray(database[offset : offset + chunk_size], dtype=np.float32))
     scores, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    # faiss orders by score alone, and which of the items tied at the k-th place it keeps is its own choice
+    # faiss orders by score alone, and which of the items tied at the k-th place it keeps is its own
+    # choice
     order = np.argsort(-order_keys(scores, indices), axis=1, kind="stable")
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices.astype(np.int64), order, 1)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(
+        indices.astype(np.int64), order, 1
+    )
 
 
 def search(queries, database, k, chunk_size=65536, device="cpu", use_faiss=False):

@@ -1,1 +1,2 @@
-"""revisitop evaluation: the E/M/H protocols, the benchmark's metrics, the evaluation pipeline and its CLI."""
+"""revisitop evaluation: the E/M/H protocols, the benchmark's metrics, the evaluation pipeline and
+its CLI."""

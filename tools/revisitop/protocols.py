@@ -1,4 +1,5 @@
-"""The revisitop Easy / Medium / Hard protocols: which images count as positives and which are ignored.
+"""The revisitop Easy / Medium / Hard protocols: which images count as positives and which are
+ignored.
 
 This is the one place the three definitions live (revisitop's example_evaluate.py):
     Easy:   positives = easy,          ignored = junk + hard
@@ -18,12 +19,15 @@ _DEFINITIONS = {
 
 def _indices(entry, key, query):
     if key not in entry:
-        raise KeyError(f"ground truth of query {query} has no {key!r} list (expected keys easy, hard, junk)")
+        raise KeyError(
+            f"ground truth of query {query} has no {key!r} list (expected keys easy, hard, junk)"
+        )
     return np.asarray(entry[key], dtype=np.int64).reshape(-1)
 
 
 def protocol_gnd(gnd_raw, protocol):
-    """One protocol's ground truth: a list (one per query) of {"ok": int64 array, "junk": int64 array}."""
+    """One protocol's ground truth: a list (one per query) of {"ok": int64 array, "junk": int64
+    array}."""
     if protocol not in _DEFINITIONS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     ok_keys, junk_keys = _DEFINITIONS[protocol]

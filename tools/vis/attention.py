@@ -1,9 +1,11 @@
-"""Picture of a local-feature extraction: the attention heatmap and the selected keypoints over the image.
+"""Picture of a local-feature extraction: the attention heatmap and the selected keypoints over the
+image.
 
     python tools/vis/attention.py IMAGE --cfg FILE [--out PNG] [KEY VALUE ...]
 
-The heatmap is the attention of the pyramid level nearest scale 1; each keypoint is a circle whose radius grows
-with 1 / scale (features from coarse levels describe larger regions), coloured by attention score.
+The heatmap is the attention of the pyramid level nearest scale 1; each keypoint is a circle whose
+radius grows with 1 / scale (features from coarse levels describe larger regions), coloured by
+attention score.
 """
 
 import pathlib
@@ -33,15 +35,18 @@ KEYPOINT_RADIUS = 4.0  # points (1/72 inch) on the picture for a feature at scal
 def attention_and_keypoints(model, image, image_size, geometry, settings):
     """Run the local pyramid on a normalised [1, 3, H, W] image.
 
-    Returns (attention [h, w] array of the level nearest scale 1, its extent (left, right, bottom, top) in pixels
-    of the image as read, selected features as arrays).
+    Returns (attention [h, w] array of the level nearest scale 1, its extent (left, right, bottom,
+    top) in pixels of the image as read, selected features as arrays).
     """
     with torch.inference_mode():
         _, levels = run_pyramid(model, image, (), settings.local_scales)
         selected = select_from_levels(levels, image_size, geometry, settings)
     level = min(levels, key=lambda item: abs(math.log(item["scale"])))
-    return level["attention"].float().cpu().numpy(), _extent(level, image_size, geometry), \
-        {field: values.float().cpu().numpy() for field, values in selected.items()}
+    return (
+        level["attention"].float().cpu().numpy(),
+        _extent(level, image_size, geometry),
+        {field: values.float().cpu().numpy() for field, values in selected.items()},
+    )
 
 
 def _extent(level, image_size, geometry):
@@ -57,15 +62,24 @@ def _extent(level, image_size, geometry):
 
 
 def draw_attention(image, attention, extent, features, out_path, title=""):
-    """Write a PNG: image, attention heatmap (semi-transparent) and keypoint circles sized by 1 / scale."""
+    """Write a PNG: image, attention heatmap (semi-transparent) and keypoint circles sized by 1 /
+    scale."""
     height, width = image.shape[:2]
     figure, axis = plt.subplots(figsize=(8, 8 * height / max(width, 1)), dpi=100)
     axis.imshow(image)
-    heat = axis.imshow(attention, cmap="inferno", alpha=0.5, extent=extent, interpolation="bilinear")
+    heat = axis.imshow(
+        attention, cmap="inferno", alpha=0.5, extent=extent, interpolation="bilinear"
+    )
     locations, scales, scores = features["locations"], features["scales"], features["scores"]
     radii = KEYPOINT_RADIUS / np.maximum(scales, 1e-3)
-    axis.scatter(locations[:, 0], locations[:, 1], s=(2 * radii) ** 2, facecolors="none",
-                 edgecolors=plt.cm.viridis(_unit(scores)), linewidths=0.8)
+    axis.scatter(
+        locations[:, 0],
+        locations[:, 1],
+        s=(2 * radii) ** 2,
+        facecolors="none",
+        edgecolors=plt.cm.viridis(_unit(scores)),
+        linewidths=0.8,
+    )
     axis.set_xlim(-0.5, width - 0.5)
     axis.set_ylim(height - 0.5, -0.5)
     axis.set_axis_off()
@@ -99,18 +113,22 @@ def picture_for_image(cfg, image_path, out_path):
     image = read_image(image_path)
     pixels = to_chw_tensor(prepare_image(image, cfg.EXTRACT.MAX_IMAGE_SIZE)).to(device)
     normalised = build_normalizer(cfg)(pixels)[None]
-    attention, extent, features = attention_and_keypoints(model, normalised, image.shape[:2],
-                                                          tuple(model.local_geometry), settings)
+    attention, extent, features = attention_and_keypoints(
+        model, normalised, image.shape[:2], tuple(model.local_geometry), settings
+    )
     title = f"{os.path.basename(image_path)}: {len(features['scores'])} keypoints"
     return draw_attention(image, attention, extent, features, out_path, title)
 
 
 def parse_arguments(argv=None):
-    """IMAGE --cfg FILE [--out PNG] [KEY VALUE ...], in any order (the image is the first bare argument)."""
+    """IMAGE --cfg FILE [--out PNG] [KEY VALUE ...], in any order (the image is the first bare
+    argument)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", help="image file")
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
-    parser.add_argument("--out", default="", help="PNG to write (default OUT_DIR/vis/<image>_attention.png)")
+    parser.add_argument(
+        "--out", default="", help="PNG to write (default OUT_DIR/vis/<image>_attention.png)"
+    )
     args, opts = parser.parse_known_args(argv)
     unknown = [opt for opt in opts if opt.startswith("--")]
     if unknown:

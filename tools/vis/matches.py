@@ -1,10 +1,12 @@
-"""Picture of spatial verification: a query and an index image side by side, inlier matches drawn as lines.
+"""Picture of spatial verification: a query and an index image side by side, inlier matches drawn as
+lines.
 
-    python tools/vis/matches.py --cfg FILE --query NAME --index NAME [--out matches.png] [--outliers] [KEY VALUE ...]
+    python tools/vis/matches.py --cfg FILE --query NAME --index NAME [--out matches.png]
+    [--outliers] [KEY VALUE ...]
 
-The features come from the EVAL.DATASET stores (EVAL.FEATURES_DIR) and the images from EVAL.DATA_ROOT/jpg; the
-query is cropped to the box it was extracted with, so that its keypoints land where they belong. Matching and
-geometry follow the SV.* settings.
+The features come from the EVAL.DATASET stores (EVAL.FEATURES_DIR) and the images from
+EVAL.DATA_ROOT/jpg; the query is cropped to the box it was extracted with, so that its keypoints
+land where they belong. Matching and geometry follow the SV.* settings.
 """
 
 import pathlib
@@ -32,21 +34,32 @@ GAP = 10  # pixels between the two images
 
 
 def side_by_side(left, right, gap=GAP):
-    """One white canvas with left and right (uint8 RGB) top-aligned; returns (canvas, x offset of right)."""
+    """One white canvas with left and right (uint8 RGB) top-aligned; returns (canvas, x offset of
+    right)."""
     height = max(left.shape[0], right.shape[0])
     canvas = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
     canvas[: left.shape[0], : left.shape[1]] = left
-    canvas[: right.shape[0], left.shape[1] + gap:] = right
+    canvas[: right.shape[0], left.shape[1] + gap :] = right
     return canvas, left.shape[1] + gap
 
 
-def draw_matches(query_image, index_image, query_points, index_points, inliers=None, show_outliers=False,
-                 thickness=1):
-    """Canvas with lines between matched (x, y) points: inliers green, other putative matches red if asked."""
+def draw_matches(
+    query_image,
+    index_image,
+    query_points,
+    index_points,
+    inliers=None,
+    show_outliers=False,
+    thickness=1,
+):
+    """Canvas with lines between matched (x, y) points: inliers green, other putative matches red if
+    asked."""
     canvas, offset = side_by_side(query_image, index_image)
     query_points = np.asarray(query_points, dtype=np.float64).reshape(-1, 2)
     index_points = np.asarray(index_points, dtype=np.float64).reshape(-1, 2) + [offset, 0]
-    inliers = np.ones(len(query_points), bool) if inliers is None else np.asarray(inliers, dtype=bool)
+    inliers = (
+        np.ones(len(query_points), bool) if inliers is None else np.asarray(inliers, dtype=bool)
+    )
     layers = [(~inliers, OUTLIER_COLOUR)] if show_outliers else []
     for selection, colour in layers + [(inliers, INLIER_COLOUR)]:
         for start, end in zip(query_points[selection], index_points[selection]):
@@ -57,17 +70,34 @@ def draw_matches(query_image, index_image, query_points, index_points, inliers=N
     return canvas
 
 
-def match_picture(query_image, query_features, index_image, index_features, options, show_outliers=False,
-                  device="cpu"):
+def match_picture(
+    query_image,
+    query_features,
+    index_image,
+    index_features,
+    options,
+    show_outliers=False,
+    device="cpu",
+):
     """(picture, inlier count) for two images and their (locations, descriptors)."""
-    (query_rows, index_rows), = putative_matches(query_features[1], [index_features[1]], options.max_distance,
-                                                 options.ratio_test, options.mutual, device)
+    ((query_rows, index_rows),) = putative_matches(
+        query_features[1],
+        [index_features[1]],
+        options.max_distance,
+        options.ratio_test,
+        options.mutual,
+        device,
+    )
     query_points = np.asarray(query_features[0])[query_rows]
     index_points = np.asarray(index_features[0])[index_rows]
     inliers = inlier_mask(query_points, index_points, options)
-    picture = draw_matches(query_image, index_image, query_points, index_points, inliers, show_outliers)
+    picture = draw_matches(
+        query_image, index_image, query_points, index_points, inliers, show_outliers
+    )
     caption = f"{int(inliers.sum())} inliers / {len(inliers)} putative ({options.method})"
-    scale = float(np.clip(picture.shape[1] / 900, 0.3, 0.7))  # readable, and not wider than small pictures
+    scale = float(
+        np.clip(picture.shape[1] / 900, 0.3, 0.7)
+    )  # readable, and not wider than small pictures
     origin = (6, int(8 + 24 * scale))
     put_caption(picture, caption, origin, scale)
     return picture, int(inliers.sum())
@@ -83,7 +113,8 @@ def write_png(path, rgb):
 
 
 def load_image_and_features(store, dataset, name):
-    """(uint8 RGB image in the frame of the store's keypoints, (locations, descriptors)) of one image."""
+    """(uint8 RGB image in the frame of the store's keypoints, (locations, descriptors)) of one
+    image."""
     image = read_image(dataset.image_path(name))
     box = store.crop_boxes.get(name)
     if box is not None:
@@ -99,7 +130,9 @@ def main(argv=None):
     parser.add_argument("--query", required=True, help="query image name (as in the ground truth)")
     parser.add_argument("--index", required=True, help="database image name")
     parser.add_argument("--out", default="matches.png", help="output PNG")
-    parser.add_argument("--outliers", action="store_true", help="also draw the putative matches that failed")
+    parser.add_argument(
+        "--outliers", action="store_true", help="also draw the putative matches that failed"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
@@ -107,8 +140,14 @@ def main(argv=None):
     dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, split_dataset_name(cfg.EVAL.DATASET)[0])
     query_image, query_features = load_image_and_features(query_store, dataset, args.query)
     index_image, index_features = load_image_and_features(database_store, dataset, args.index)
-    picture, inliers = match_picture(query_image, query_features, index_image, index_features, options_from_cfg(cfg),
-                                     args.outliers)
+    picture, inliers = match_picture(
+        query_image,
+        query_features,
+        index_image,
+        index_features,
+        options_from_cfg(cfg),
+        args.outliers,
+    )
     write_png(args.out, picture)
     print(f"{args.out}: {args.query} vs {args.index}, {inliers} inliers")
     return 0

@@ -1,11 +1,12 @@
 """Picture of a query's ranking before and after re-ranking: a grid PNG and an HTML page.
 
-    python tools/vis/ranking.py --cfg FILE --query NAME_OR_INDEX [--protocol M] [--topk 10] [--out ranking.png]
+    python tools/vis/ranking.py --cfg FILE --query NAME_OR_INDEX [--protocol M] [--topk 10] [--out
+    ranking.png]
                                 [--html ranking.html] [KEY VALUE ...]
 
-Row 1 is the global ranking, row 2 the shortlist re-ranked by spatial verification (SV.* settings); each row starts
-with the query. Borders: green = positive, red = negative, grey = junk of the chosen protocol (the global ranking
-still holds junk; the re-ranked shortlist never does).
+Row 1 is the global ranking, row 2 the shortlist re-ranked by spatial verification (SV.* settings);
+each row starts with the query. Borders: green = positive, red = negative, grey = junk of the chosen
+protocol (the global ranking still holds junk; the re-ranked shortlist never does).
 """
 
 import pathlib
@@ -36,8 +37,12 @@ from tools.revisitop.protocols import protocol_gnd  # noqa: E402
 from tools.vis.matches import load_image_and_features, write_png  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
-BORDER_COLOURS = {"positive": (30, 170, 30), "negative": (210, 40, 40), "junk": (150, 150, 150),
-                  "query": (30, 90, 220)}  # RGB
+BORDER_COLOURS = {
+    "positive": (30, 170, 30),
+    "negative": (210, 40, 40),
+    "junk": (150, 150, 150),
+    "query": (30, 90, 220),
+}  # RGB
 TILE = 160
 BORDER = 6
 
@@ -45,66 +50,93 @@ BORDER = 6
 def label_ranking(ranked, ok, junk):
     """'positive' / 'junk' / 'negative' for each ranked database index."""
     ok, junk = set(np.asarray(ok).tolist()), set(np.asarray(junk).tolist())
-    return ["positive" if image in ok else "junk" if image in junk else "negative"
-            for image in np.asarray(ranked).tolist()]
+    return [
+        "positive" if image in ok else "junk" if image in junk else "negative"
+        for image in np.asarray(ranked).tolist()
+    ]
 
 
 def tile(image, label, size=TILE, border=BORDER, caption=""):
-    """The image letterboxed into a size x size tile with a border in the label's colour and a caption."""
+    """The image letterboxed into a size x size tile with a border in the label's colour and a
+    caption."""
     inner = size - 2 * border
     scale = inner / max(image.shape[:2])
-    resized = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                         interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(
+        image,
+        (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
     result = np.full((size, size, 3), BORDER_COLOURS[label], dtype=np.uint8)
     result[border:-border, border:-border] = 255
     top, left = border + (inner - resized.shape[0]) // 2, border + (inner - resized.shape[1]) // 2
-    result[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    result[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
     if caption:
         put_caption(result, caption, (border + 2, size - border - 4), 0.4, padding=1)
     return result
 
 
 def ranking_grid(query_image, rows, size=TILE):
-    """rows: [(images, labels, captions)]; each row starts with the query tile. Returns one RGB canvas."""
+    """rows: [(images, labels, captions)]; each row starts with the query tile. Returns one RGB
+    canvas."""
     width = 1 + max(len(images) for images, _, _ in rows)
     canvas = np.full((len(rows) * size, width * size, 3), 255, dtype=np.uint8)
     for row, (images, labels, captions) in enumerate(rows):
         tiles = [tile(query_image, "query", size, caption="query")]
-        tiles += [tile(image, label, size, caption=caption) for image, label, caption in zip(images, labels, captions)]
+        tiles += [
+            tile(image, label, size, caption=caption)
+            for image, label, caption in zip(images, labels, captions)
+        ]
         for column, picture in enumerate(tiles):
-            canvas[row * size:(row + 1) * size, column * size:(column + 1) * size] = picture
+            canvas[row * size : (row + 1) * size, column * size : (column + 1) * size] = picture
     return canvas
 
 
 def ranking_html(title, query_path, rows):
     """An HTML page: rows [(row title, [(image path, label, caption)])] with coloured borders."""
+
     def cell(path, label, caption):
         colour = "rgb({},{},{})".format(*BORDER_COLOURS[label])
-        return (f'<figure><img src="{html.escape(str(path))}" style="border:6px solid {colour}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        return (
+            f'<figure><img src="{html.escape(str(path))}" style="border:6px solid {colour}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
 
     body = [f"<h1>{html.escape(title)}</h1>"]
     for row_title, cells in rows:
-        body.append(f"<h2>{html.escape(row_title)}</h2><div class=row>{cell(query_path, 'query', 'query')}"
-                    + "".join(cell(*entry) for entry in cells) + "</div>")
-    style = ("body{font-family:sans-serif} .row{display:flex;flex-wrap:wrap} figure{margin:4px}"
-             " img{height:140px} figcaption{font-size:12px}")
-    return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>" + "".join(
-        body)
+        body.append(
+            f"<h2>{html.escape(row_title)}</h2><div class=row>{cell(query_path, 'query', 'query')}"
+            + "".join(cell(*entry) for entry in cells)
+            + "</div>"
+        )
+    style = (
+        "body{font-family:sans-serif} .row{display:flex;flex-wrap:wrap} figure{margin:4px}"
+        " img{height:140px} figcaption{font-size:12px}"
+    )
+    return (
+        "<!doctype html><meta "
+        f"charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>" + "".join(body)
+    )
 
 
 def query_rankings(cfg, query, protocol, topk):
-    """(query name, [("global", ids, labels), ("sv", ids, labels)], inliers, stores, dataset) for one query."""
+    """(query name, [("global", ids, labels), ("sv", ids, labels)], inliers, stores, dataset) for
+    one query."""
     base, with_distractors = split_dataset_name(cfg.EVAL.DATASET)
     dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, base)
     ground_truth = load_gnd(gnd_path(cfg.EVAL.DATA_ROOT, base))
     query_store, database_store = open_stores(features_dir(cfg), cfg.EVAL.DATASET)
-    query_rows, gnd = align_ground_truth(ground_truth, query_store, database_store, with_distractors, base)
+    query_rows, gnd = align_ground_truth(
+        ground_truth, query_store, database_store, with_distractors, base
+    )
     number = int(query) if str(query).isdigit() else ground_truth["qimlist"].index(query)
     entry = protocol_gnd(gnd, protocol)[number]
-    descriptor = np.asarray(query_store.global_descriptors()[query_rows[number]], dtype=np.float32)[None]
+    descriptor = np.asarray(query_store.global_descriptors()[query_rows[number]], dtype=np.float32)[
+        None
+    ]
     depth = cfg.SV.SHORTLIST + len(entry["junk"])
-    _, ranked = exact_search(descriptor, database_store.global_descriptors(), depth, cfg.EVAL.CHUNK_SIZE)
+    _, ranked = exact_search(
+        descriptor, database_store.global_descriptors(), depth, cfg.EVAL.CHUNK_SIZE
+    )
     shortlist = ranked[0][~np.isin(ranked[0], entry["junk"])][: cfg.SV.SHORTLIST]
 
     def local(store, row):
@@ -112,8 +144,12 @@ def query_rankings(cfg, query, protocol, topk):
         return features["locations"], features["descriptors"]
 
     reranked, inliers = rerank_with_spatial_verification(
-        {protocol: [shortlist]}, lambda _: local(query_store, query_rows[number]),
-        lambda row: local(database_store, row), options_from_cfg(cfg), progress=False)
+        {protocol: [shortlist]},
+        lambda _: local(query_store, query_rows[number]),
+        lambda row: local(database_store, row),
+        options_from_cfg(cfg),
+        progress=False,
+    )
     rows = []
     for name, ids in (("global", ranked[0][:topk]), ("sv", reranked[protocol][0][:topk])):
         rows.append((name, ids, label_ranking(ids, entry["ok"], entry["junk"])))
@@ -124,31 +160,56 @@ def query_rankings(cfg, query, protocol, topk):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
-    parser.add_argument("--query", required=True, help="query name or its number in the ground truth")
-    parser.add_argument("--protocol", default="M", choices=["E", "M", "H"], help="which positives and junk")
+    parser.add_argument(
+        "--query", required=True, help="query name or its number in the ground truth"
+    )
+    parser.add_argument(
+        "--protocol", default="M", choices=["E", "M", "H"], help="which positives and junk"
+    )
     parser.add_argument("--topk", type=int, default=10, help="images per row")
     parser.add_argument("--out", default="ranking.png", help="output PNG")
     parser.add_argument("--html", default="", help="also write an HTML page here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
-    name, rows, inliers, (query_store, database_store), dataset = query_rankings(cfg, args.query, args.protocol,
-                                                                                  args.topk)
+    name, rows, inliers, (query_store, database_store), dataset = query_rankings(
+        cfg, args.query, args.protocol, args.topk
+    )
     query_image, _ = load_image_and_features(query_store, dataset, name)
     grid_rows, html_rows = [], []
     for row_name, ids, labels in rows:
         names = [database_store.names[int(image)] for image in ids]
-        captions = [f"{rank + 1}" + (f" ({inliers[int(image)]})" if row_name == "sv" else "")
-                    for rank, image in enumerate(ids)]
-        images = [load_image_and_features(database_store, dataset, image_name)[0] for image_name in names]
+        captions = [
+            f"{rank + 1}" + (f" ({inliers[int(image)]})" if row_name == "sv" else "")
+            for rank, image in enumerate(ids)
+        ]
+        images = [
+            load_image_and_features(database_store, dataset, image_name)[0] for image_name in names
+        ]
         grid_rows.append((images, labels, captions))
-        html_rows.append((row_name, [(os.path.abspath(dataset.image_path(image_name)), label, f"{caption} {image_name}")
-                                     for image_name, label, caption in zip(names, labels, captions)]))
+        html_rows.append(
+            (
+                row_name,
+                [
+                    (
+                        os.path.abspath(dataset.image_path(image_name)),
+                        label,
+                        f"{caption} {image_name}",
+                    )
+                    for image_name, label, caption in zip(names, labels, captions)
+                ],
+            )
+        )
     write_png(args.out, ranking_grid(query_image, grid_rows))
     if args.html:
         title = f"{cfg.EVAL.DATASET} query {name}, protocol {args.protocol}"
-        write_text(args.html, ranking_html(title, os.path.abspath(dataset.image_path(name)), html_rows))
-    print(f"{args.out}: query {name}, protocol {args.protocol}, top {args.topk} before and after re-ranking")
+        write_text(
+            args.html, ranking_html(title, os.path.abspath(dataset.image_path(name)), html_rows)
+        )
+    print(
+        f"{args.out}: query {name}, protocol {args.protocol}, top {args.topk} before and after "
+        "re-ranking"
+    )
     return 0
 
 

@@ -1,7 +1,8 @@
 """Captions on pictures: white text on a dark box, readable on any background.
 
-An outline drawn as the same text with a thicker stroke does not work with OpenCV's Hershey fonts: the advance of
-each glyph grows with the stroke thickness, so the outline drifts away from the text along the line."""
+An outline drawn as the same text with a thicker stroke does not work with OpenCV's Hershey fonts:
+the advance of each glyph grows with the stroke thickness, so the outline drifts away from the text
+along the line."""
 
 import cv2
 
