@@ -10,17 +10,19 @@ numbers, strings, lists and dicts (RNG states are converted to tensors), so
 import os
 import random
 import re
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import yaml
 
-from core.io import torch_save
+from core.io import check_free_space, torch_save
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "delg-training-checkpoint"
 _NAME = re.compile(r"checkpoint_(\d+)\.pth$")
+CORRUPT_SUFFIX = ".corrupt"
 _REQUIRED = ("format", "model", "optimizer", "position", "rng", "config")
 
 
@@ -44,6 +46,10 @@ class Position:
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
+    def __init__(self, path, reason=None):
+        super().__init__(path if reason is None else f"{path}: {reason}")
+        self.reason = reason
+
 
 # -------------------------------------------------------------------------------------------- files
 def checkpoint_path(out_dir, global_iter):
@@ -51,7 +57,7 @@ def checkpoint_path(out_dir, global_iter):
 
 
 def list_checkpoints(out_dir):
-    """[(global iteration, path)] of the checkpoints in out_dir, oldest first."""
+    """[(global iteration, path)] of the checkpoints in out_dir, oldest first (readable or not)."""
     folder = os.path.join(out_dir, CHECKPOINT_DIR)
     if not os.path.isdir(folder):
         return []
@@ -63,32 +69,103 @@ def list_checkpoints(out_dir):
     return sorted(found)
 
 
-def save_checkpoint(out_dir, state, keep):
+def set_aside(path, reason, report):
+    """Rename an unreadable checkpoint to <path>.corrupt (never deleted: it may be worth a look) so
+    that neither resume nor rotation counts it; report(message) names it in one line."""
+    target = path + CORRUPT_SUFFIX
+    number = 1
+    while os.path.exists(target):
+        number += 1
+        target = f"{path}{CORRUPT_SUFFIX}{number}"
+    os.replace(path, target)
+    report(f"checkpoint {path} is unreadable ({reason}); moved aside to {target}")
+    return target
+
+
+def readable_checkpoints(out_dir, report):
+    """[(global iteration, path)] of the checkpoints that read back, oldest first; the others are
+    set aside (set_aside). The check memory-maps each file, so it costs little for large ones, and a
+    file is checked once per process unless it changes."""
+    readable = []
+    for iteration, path in list_checkpoints(out_dir):
+        try:
+            _check_once(path)
+        except CheckpointError as error:
+            set_aside(path, error.reason, report)
+            continue
+        readable.append((iteration, path))
+    return readable
+
+
+_CHECKED = set()  # (path, size, mtime) of files that read back whole
+
+
+def _check_once(path):
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _CHECKED:
+        read_training_checkpoint(path, mmap=True)
+        _CHECKED.add(key)
+
+
+def save_checkpoint(out_dir, state, keep, report=print):
     """Write state atomically as the checkpoint of its global iteration, keep the newest `keep`;
-    return the path."""
+    return the path.
+
+    Unreadable checkpoints are set aside first, so they neither count as newer nor survive in place
+    of readable ones. Before writing, the free space is checked against the checkpoint's size: the
+    oldest checkpoints that rotation would delete anyway are removed first when that makes room
+    (never the newest readable one), and a shortage raises DiskFullError (core.io).
+    """
     path = checkpoint_path(out_dir, state["position"]["global_iter"])
+    readable = [entry for entry in readable_checkpoints(out_dir, report) if entry[1] != path]
+    keep = max(keep, 1)
+    needed = _estimated_size(state, readable)
+    surplus = readable[: min(len(readable) - (keep - 1), len(readable) - 1)]
+    folder = os.path.dirname(path)
+    while surplus and shutil.disk_usage(folder).free < needed:
+        _, oldest = surplus.pop(0)
+        os.remove(oldest)
+        readable = readable[1:]
+    check_free_space(folder, needed, f"checkpoint {os.path.basename(path)}")
     torch_save(state, path)
-    for _, old in list_checkpoints(out_dir)[: -max(keep, 1)]:
+    _check_once(path)
+    for _, old in readable[: max(len(readable) - (keep - 1), 0)]:
         os.remove(old)
     return path
 
 
-def read_training_checkpoint(path):
+def _estimated_size(state, readable):
+    """Bytes the checkpoint will take: its tensors' bytes or the newest readable checkpoint's size,
+    whichever is larger, plus 1 MiB for the archive's structure and the config text."""
+    previous = os.path.getsize(readable[-1][1]) if readable else 0
+    return max(_tensor_bytes(state), previous) + 2**20
+
+
+def _tensor_bytes(value):
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
+
+
+def read_training_checkpoint(path, mmap=False):
     """Load a training checkpoint (weights_only) and check it is complete; raise CheckpointError
-    otherwise."""
+    otherwise. mmap only maps the tensors (a cheap check that the file reads back)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # truncated zip, bad magic, unexpected types, I/O errors
-        raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+        raise CheckpointError(path, f"{type(error).__name__}: {error}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path}: not a training checkpoint of this framework (no format '{FORMAT}')"
+            path, f"not a training checkpoint of this framework (no format '{FORMAT}')"
         )
     missing = [key for key in _REQUIRED if key not in state]
     if missing:
-        raise CheckpointError(
-            f"{path}: incomplete training checkpoint, missing {', '.join(missing)}"
-        )
+        raise CheckpointError(path, f"incomplete training checkpoint, missing {', '.join(missing)}")
     return state
 
 
@@ -96,14 +173,14 @@ def newest_readable_checkpoint(out_dir, report):
     """(path, state) of the newest checkpoint that reads back whole, or (None, None) when there is
     none.
 
-    Unreadable newer files (a truncated copy, a disk error) are reported through report(message) and
-    skipped.
+    Unreadable newer files (a truncated copy, a disk error, garbage) are set aside as *.corrupt and
+    named through report(message).
     """
     for _, path in reversed(list_checkpoints(out_dir)):
         try:
             return path, read_training_checkpoint(path)
         except CheckpointError as error:
-            report(f"skipping checkpoint {error}; trying the one before it")
+            set_aside(path, error.reason, report)
     return None, None
 
 

@@ -16,7 +16,7 @@ import simplejson
 import torch
 
 JSON_LOG_NAME = "training_log.jsonl"
-_FORMAT = "[%(asctime)s %(filename)s:%(lineno)d] %(message)s"
+_FORMAT = "[%(asctime)s %(levelname)s %(filename)s:%(lineno)d] %(message)s"
 
 
 def setup_logging(out_dir, is_main, to_file=False):

@@ -38,6 +38,7 @@ from core.checkpoint import (
 )
 from core.config import cfg, dump_cfg, load_cfg, merge_dict
 from core.data import make_train_loader
+from core.io import EXIT_DISK_FULL, DiskFullError
 from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
 from core.meters import TrainMeter, top1_errors
 from core.optimizer import build_lr_schedule, build_optimizer, set_lr
@@ -60,6 +61,7 @@ logger = get_logger(__name__)
 EXIT_CONFIG = 2  # a config key, data file or checkpoint that does not fit (the message says which)
 EXIT_NONFINITE = 3  # the run stopped after TRAIN.MAX_NONFINITE_STEPS non-finite losses in a row
 EXIT_BAD_IMAGES = 4  # more images failed to decode than TRAIN.MAX_BAD_IMAGE_FRACTION allows
+# EXIT_DISK_FULL = 5 (core.io): a checkpoint did not fit on the disk of OUT_DIR
 _STAT_NAMES = (
     "preempt",
     "images",
@@ -115,6 +117,9 @@ def train_in_process(cfg_text):
     merge_dict(cfg, yaml.safe_load(cfg_text), "the launcher's config")
     try:
         return train_model()
+    except DiskFullError as error:
+        logger.error("stopping: %s", error)
+        return EXIT_DISK_FULL
     except (
         ValueError,
         FileNotFoundError,
@@ -288,7 +293,8 @@ def resume_or_initialise(run):
         if state is not None:
             return resume_from(run, path, state)
         logger.info(
-            "TRAIN.AUTO_RESUME: no checkpoint in %s, starting from the beginning", cfg.OUT_DIR
+            "TRAIN.AUTO_RESUME: no readable checkpoint in %s, starting from the beginning",
+            cfg.OUT_DIR,
         )
     elif earlier := list_checkpoints(cfg.OUT_DIR):
         # Starting afresh beside them would mix two runs: rotation keeps the highest iterations, so
@@ -339,7 +345,7 @@ def write_checkpoint(run, position):
             "nonfinite_total": run.nonfinite_total,
             "bad_images": run.bad_images.state_dict(),
         }
-        path = save_checkpoint(cfg.OUT_DIR, state, cfg.TRAIN.KEEP_CHECKPOINTS)
+        path = save_checkpoint(cfg.OUT_DIR, state, cfg.TRAIN.KEEP_CHECKPOINTS, logger.warning)
         logger.info("checkpoint %s", path)
     dist.barrier()
     return path

@@ -112,7 +112,8 @@ def test_corrupt_newest_checkpoint_falls_back_and_replays_exactly(runs):
     Path(newest).write_bytes(data[: len(data) // 3])  # a copy cut short
     assert train(tiny_opts(data_root, out_dir, "TRAIN.AUTO_RESUME", "True")) == 0
     log = (out_dir / "stdout.log").read_text()
-    assert f"skipping checkpoint {newest}: unreadable" in log
+    assert f"checkpoint {newest} is unreadable (" in log
+    assert f"moved aside to {newest}.corrupt" in log and Path(f"{newest}.corrupt").is_file()
     assert f"resumed from {out_dir}/checkpoints/checkpoint_000000004.pth" in log
     _, weights = final_model(out_dir)
     assert_same_weights(weights, final_model(runs[1] / "straight")[1])
