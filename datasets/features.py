@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from core.io import atomic_path, read_json, write_json, write_npy
+from core.io import atomic_path, check_free_space, read_json, write_json, write_npy
 
 FORMAT_VERSION = 1
 LOCAL_FIELDS = ("locations", "scales", "scores", "descriptors")
@@ -37,7 +37,7 @@ def write_store(
     names = [str(name) for name in names]
     if global_descriptors is None and local_features is None:
         raise FeatureStoreError(f"{folder}: nothing to write (no global and no local features)")
-    os.makedirs(folder, exist_ok=True)
+    check_free_space(folder, _bytes_of(global_descriptors, local_features), f"the store {folder}")
     meta_path = os.path.join(folder, "meta.json")
     if os.path.isfile(
         meta_path
@@ -63,6 +63,14 @@ def write_store(
         meta["local_dim"] = _write_local(folder, local_features, float16)
     write_json(meta_path, meta)
     return meta
+
+
+def _bytes_of(global_descriptors, local_features):
+    """Bytes the arrays will take on disk (float32 at most), plus 64 KiB for headers and meta."""
+    total = 4 * np.size(global_descriptors) if global_descriptors is not None else 0
+    for features in local_features or ():
+        total += sum(4 * np.size(features[field]) + 8 for field in LOCAL_FIELDS)
+    return int(total) + 2**16
 
 
 def _check_rows(folder, what, count, expected):
@@ -171,6 +179,48 @@ class FeatureStore:
         self.names = list(self.meta["names"])
         self._index = {name: i for i, name in enumerate(self.names)}
         self._arrays = {}
+        self._check_sizes()
+
+    def _check_sizes(self):
+        """Check every array against meta.json (rows per image, dimensions, offsets), so a truncated
+        or mismatched file is named on open instead of failing somewhere in a search."""
+        count = len(self.names)
+        if self.has_global:
+            rows, dim = self._shape("global")[:1], self._shape("global")[1:]
+            self._expect("global", rows == (count,), f"{count} rows (one per image in meta.json)")
+            self._expect(
+                "global", dim == (self.meta["global_dim"],), f"{self.meta['global_dim']} columns"
+            )
+        if self.has_local:
+            self._expect(
+                "local_offsets",
+                self._shape("local_offsets") == (count + 1,),
+                f"{count + 1} offsets",
+            )
+            offsets = self._array("local_offsets")
+            total = int(offsets[-1])
+            self._expect(
+                "local_offsets",
+                int(offsets[0]) == 0 and bool(np.all(np.diff(offsets) >= 0)),
+                "offsets rising from 0",
+            )
+            for field in LOCAL_FIELDS:
+                rows = self._shape(f"local_{field}")[0]
+                self._expect(
+                    f"local_{field}",
+                    rows == total,
+                    f"{total} rows (local_offsets.npy ends at {total})",
+                )
+
+    def _shape(self, stem):
+        return tuple(self._array(stem).shape)
+
+    def _expect(self, stem, ok, expected):
+        if not ok:
+            raise FeatureStoreError(
+                f"{os.path.join(self.folder, stem + '.npy')}: shape {self._shape(stem)} does not "
+                f"match meta.json, expected {expected}; the store is damaged, extract it again"
+            )
 
     def __len__(self):
         return len(self.names)
@@ -196,7 +246,12 @@ class FeatureStore:
             path = os.path.join(self.folder, f"{stem}.npy")
             if not os.path.isfile(path):
                 raise FeatureStoreError(f"{self.folder}: {stem}.npy is missing")
-            self._arrays[stem] = np.load(path, mmap_mode="r", allow_pickle=False)
+            try:
+                self._arrays[stem] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as error:  # truncated: "mmap length is greater than ..."
+                raise FeatureStoreError(
+                    f"{path}: unreadable ({error}); the store is damaged, extract it again"
+                ) from None
         return self._arrays[stem]
 
     def global_descriptors(self):

@@ -14,8 +14,11 @@ import pickle
 import numpy as np
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle names a global outside the allow-list; nothing it names was called."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The pickle names a global outside the allow-list; nothing it names was called.
+
+    A ValueError too, as every bad input file is: scripts report it in one line and exit with 2.
+    """
 
 
 class PickleReadError(ValueError):

@@ -6,8 +6,9 @@
     python tools/extractor.py --merge STORE_FOLDER [...]  # merge finished shards by hand
 
 The dataset, its root and the output folder are EXTRACT.* keys; TEST.WEIGHTS names the checkpoint. A
-run started again with the same arguments continues where it stopped. Exit code 1 when an image
-could not be read.
+run started again with the same arguments continues where it stopped. Exit codes: 1 when an image
+could not be read, 2 for a mistake in the arguments or inputs (one line names it), 5 when a shard or
+store did not fit on the disk (one line names the folder, the space needed and free).
 """
 
 import pathlib
@@ -19,11 +20,13 @@ import os  # noqa: E402
 
 from core.config import ConfigError, load_cfg_or_exit, parse_args  # noqa: E402
 from core.distributed import LaunchError, place_from_environment  # noqa: E402
+from core.io import EXIT_DISK_FULL, DiskFullError  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from core.weights import WeightsError  # noqa: E402
 from datasets.features import FeatureStoreError  # noqa: E402
 from datasets.list_dataset import ParseError  # noqa: E402
 from datasets.revisitop import GroundTruthError  # noqa: E402
+from datasets.safe_pickle import PickleReadError, UnsafePickleError  # noqa: E402
 from tools.extraction import runner, shards  # noqa: E402
 
 # Mistakes in the arguments or the inputs: one line naming the file or key, no traceback.
@@ -33,6 +36,8 @@ USER_ERRORS = (
     FeatureStoreError,
     ParseError,
     GroundTruthError,
+    PickleReadError,
+    UnsafePickleError,
     FileNotFoundError,
     LaunchError,
 )
@@ -51,6 +56,9 @@ def main(argv=None):
     args = parse_args(__doc__.splitlines()[0], _extra_arguments, argv)
     try:
         return _run(args)
+    except DiskFullError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_DISK_FULL
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

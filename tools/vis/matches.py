@@ -125,6 +125,14 @@ def load_image_and_features(store, dataset, name):
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except (ValueError, FileNotFoundError) as error:  # a damaged store or ground truth: one line
+        print(f"matches error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument("--query", required=True, help="query image name (as in the ground truth)")

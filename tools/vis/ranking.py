@@ -158,6 +158,14 @@ def query_rankings(cfg, query, protocol, topk):
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except (ValueError, FileNotFoundError) as error:  # a damaged store or ground truth: one line
+        print(f"ranking error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument(
