@@ -6,17 +6,12 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import write_store
+from tools.extraction.provenance import ProvenanceMismatch
+from tools.extraction.stores import open_store_pair
+from tools.retrieval.methods import METHODS, format_table, register_method
+from tools.revisitop.context import RevisitopContext, global_pass
 from tools.revisitop.evaluate import main
-from tools.revisitop.evaluation import (
-    METHODS,
-    EvaluationContext,
-    ProvenanceMismatch,
-    evaluate,
-    format_table,
-    global_pass,
-    open_stores,
-    register_method,
-)
+from tools.revisitop.evaluation import evaluate
 from tools.revisitop.metrics import compute_map
 from tools.revisitop.protocols import protocol_gnds
 
@@ -142,8 +137,8 @@ def test_shortlists_leave_out_each_protocols_junk(tmp_path):
     queries, database, gnd_raw = make_world(tmp_path)
     cfg = _cfg(tmp_path)
     relevant, top_scores, top_indices = global_pass(queries, database, gnd_raw, 40, 16, "cpu")
-    query_store, database_store = open_stores(tmp_path / "features", "tiny")
-    context = EvaluationContext(
+    query_store, database_store = open_store_pair(tmp_path / "features", "tiny")
+    context = RevisitopContext(
         cfg, gnd_raw, query_store, database_store, np.arange(5), relevant, top_scores, top_indices
     )
     lists = context.shortlists(30)

@@ -213,7 +213,7 @@ def test_training_only_keys_leave_the_provenance_alone(tmp_path):
     """Stores extracted from one checkpoint with configs that differ only in training keys (losses,
     margin head, class count) hold the same features: the provenance, and so evaluation's check,
     must not tell them apart. A feature key does."""
-    from tools.revisitop.evaluation import provenance_difference
+    from tools.extraction.provenance import difference
 
     data = _folder(tmp_path / "data", [(48, 64)])
     model = build_model(load_cfg("", [*TINY_MODEL, "MODEL.NUM_CLASSES", "7"]))
@@ -240,7 +240,7 @@ def test_training_only_keys_leave_the_provenance_alone(tmp_path):
     assert stores["a"].provenance == stores["b"].provenance
     _assert_same_store(stores["a"], stores["b"])
     assert (
-        provenance_difference(stores["a"].provenance, stores["c"].provenance, ())[0]
+        difference(stores["a"].provenance, stores["c"].provenance, ())[0]
         == "config.MODEL.HEADS.GEM_P"
     )
 

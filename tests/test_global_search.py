@@ -9,7 +9,7 @@ from tools.retrieval.global_search import (
     score_chunks,
     search,
 )
-from tools.revisitop.evaluation import global_pass
+from tools.revisitop.context import global_pass
 from tools.revisitop.metrics import compute_map, protocol_results_from_ranks
 from tools.revisitop.protocols import protocol_gnds
 

@@ -21,7 +21,8 @@ from core.config import load_cfg
 from datasets.features import open_store
 from datasets.revisitop import load_ground_truth
 from tests.tiny import REPO, TINY_PRESET, extract_tiny_world
-from tools.retrieval.one_image import default_store_folder, extract_query
+from tools.extraction.stores import database_store_folder
+from tools.retrieval.one_image import extract_query
 from tools.search import main
 
 
@@ -96,7 +97,7 @@ def test_near_duplicate_of_a_landmark_view_comes_first(synthetic, tmp_path):
 def test_one_image_extraction_is_the_extractors(synthetic):
     root, options = synthetic
     cfg = load_cfg(TINY_PRESET, options)
-    store = open_store(default_store_folder(cfg))
+    store = open_store(database_store_folder(cfg))
     name = store.names[7]
     query = extract_query(cfg, root / "data" / "test" / "jpg" / f"{name}.jpg", with_local=True)
     np.testing.assert_allclose(query.global_descriptor, store.global_descriptors()[7], atol=1e-5)

@@ -248,13 +248,14 @@ def evaluation_config(cfg, features_dir, methods, out_dir):
 def evaluate_methods(cfg):
     """(evaluation context, {method: raw results}) of cfg.EVAL.METHODS on the stores in
     EVAL.FEATURES_DIR."""
-    from tools.revisitop.evaluation import METHODS, build_context
+    from tools.retrieval.methods import raw_results
+    from tools.revisitop.evaluation import build_context  # imports every method module
 
     shutil.rmtree(
         cfg.ASMK.CACHE_DIR, ignore_errors=True
     )  # a codebook of an earlier demo's features must not be reused
     context = build_context(cfg)
-    return context, {method: METHODS[method](context) for method in cfg.EVAL.METHODS}
+    return context, raw_results(context, cfg.EVAL.METHODS)
 
 
 def results_table(trained, untrained, context):
@@ -332,10 +333,11 @@ def enlarged(image, features, factor):
 
 def draw_pictures(cfg, context, trained, train_dir, out_dir, log=print):
     """Training curves, two attention pictures and one match picture; returns {what: path}."""
+    from core.io import write_png
     from tools.plot_training import plot_training
     from tools.rerank.spatial_verification import options_from_cfg
     from tools.vis.attention import picture_for_image
-    from tools.vis.matches import load_image_and_features, match_picture, write_png
+    from tools.vis.matches import load_image_and_features, match_picture
 
     pictures = {
         "training_curves": plot_training(train_dir, os.path.join(out_dir, "training_curves.png"))

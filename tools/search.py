@@ -21,13 +21,9 @@ from core.config import load_cfg_or_exit  # noqa: E402
 from core.distributed import LaunchError  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from datasets.features import FeatureStoreError, open_store  # noqa: E402
-from tools.retrieval.one_image import (  # noqa: E402
-    default_store_folder,
-    draw_result,
-    extract_query,
-    format_result,
-    search_store,
-)
+from tools.extraction.stores import database_store_folder  # noqa: E402
+from tools.retrieval.one_image import extract_query, format_result, search_store  # noqa: E402
+from tools.vis.search_result import draw_result  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -57,7 +53,7 @@ def main(argv=None):
     cfg = load_cfg_or_exit(args.cfg_file, overrides)
     setup_logging(cfg.OUT_DIR, is_main=True)
     try:
-        store = open_store(args.store or default_store_folder(cfg))
+        store = open_store(args.store or database_store_folder(cfg))
         query = extract_query(cfg, args.image, with_local=args.sv)
         result = search_store(cfg, query, store, args.topk, verify=args.sv)
         print(format_result(result, store, query), flush=True)

@@ -15,9 +15,8 @@ name>_local_cache/<key>/``: one feature store per ``EXTRACT.SHARD_SIZE`` newly e
 features (model config, checkpoint hash, local scales, selection settings) and of the dataset. A
 later run with the same model reads them back and extracts only what is still missing.
 
-This module also holds the provenance comparisons the evaluation and the one-image search share:
-which recorded keys matter for global descriptors, which only for local features, and which differ
-legitimately between stores.
+On-demand features must match the local features of the store they are compared with (the
+queries): tools.extraction.provenance decides that.
 """
 
 import hashlib
@@ -33,29 +32,15 @@ from tqdm import tqdm
 
 from core.distributed import resolve_device
 from datasets.features import FeatureStoreError, open_store, write_store
-from tools.extraction.runner import build_extractor, output_dir
+from tools.extraction.provenance import GLOBAL_ONLY_KEYS, RUN_KEYS, local_part, require_same
+from tools.extraction.runner import build_extractor
 from tools.extraction.sources import PreparedImages, build_sources, keep_item
+from tools.extraction.stores import dataset_of_store, output_dir
 
 logger = logging.getLogger(__name__)
 
 CACHE_SUFFIX = "_local_cache"
 PART_PREFIX = "part-"
-# provenance paths that differ legitimately between stores of one run (dotted; a prefix covers its
-# sub-keys)
-RUN_KEYS = ("signature", "dataset", "checkpoint", "num_failures", "failures", "shard", "num_shards")
-# recorded settings that only decide global descriptors, and those that only decide local features
-GLOBAL_ONLY_KEYS = ("config.EXTRACT.GLOBAL", "config.EXTRACT.GLOBAL_SCALES", "global_scales")
-LOCAL_ONLY_KEYS = (
-    "config.EXTRACT.LOCAL",
-    "config.EXTRACT.LOCAL_SCALES",
-    "config.EXTRACT.ATTENTION_THRESHOLD",
-    "config.EXTRACT.MAX_FEATURES",
-    "config.EXTRACT.NMS_IOU",
-    "config.EXTRACT.FLOAT16",
-    "local_scales",
-    "float16",
-)
-REVISITOP_PARTS = ("_query", "_database")
 _SOURCE_FIELDS = (
     ("DATASET", "name"),
     ("FORMAT", "format"),
@@ -63,61 +48,6 @@ _SOURCE_FIELDS = (
     ("SPLIT", "split"),
     ("DISTRACTORS", "distractors"),
 )
-
-
-class ProvenanceMismatch(ValueError):
-    """Two sets of features come from different models or settings."""
-
-
-# --------------------------------------------------------------------------------------- provenance
-def _flatten(value, prefix=""):
-    if isinstance(value, dict) and value:
-        flat = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
-
-
-def _ignored(path, ignored):
-    return any(path == key or path.startswith(key + ".") for key in ignored)
-
-
-NOT_RECORDED = "(not recorded: a store of another version)"
-
-
-def provenance_difference(left, right, ignored=RUN_KEYS):
-    """The first recorded setting (dotted path, left value, right value) on which two provenances
-    differ, or None. A setting only one side records reads NOT_RECORDED on the other."""
-    left, right = _flatten(left or {}), _flatten(right or {})
-    for path in sorted(set(left) | set(right)):
-        if not _ignored(path, ignored) and left.get(path, NOT_RECORDED) != right.get(
-            path, NOT_RECORDED
-        ):
-            return path, left.get(path, NOT_RECORDED), right.get(path, NOT_RECORDED)
-    return None
-
-
-def local_provenance(provenance):
-    """The part of a provenance that decides local features (what the cache key hashes)."""
-    flat = _flatten(provenance or {})
-    return {
-        path: value
-        for path, value in sorted(flat.items())
-        if not _ignored(path, RUN_KEYS + GLOBAL_ONLY_KEYS)
-    }
-
-
-def check_same_local_features(reference, provenance, reference_name, name):
-    """Raise ProvenanceMismatch naming the first setting where two local extractions differ."""
-    difference = provenance_difference(reference, provenance, RUN_KEYS + GLOBAL_ONLY_KEYS)
-    if difference:
-        key, reference_value, value = difference
-        raise ProvenanceMismatch(
-            f"local features of {name} would not match those of {reference_name}: provenance "
-            f"{key} is {value!r} here but {reference_value!r} there (use the config the "
-            f"features were extracted with)"
-        )
 
 
 # ------------------------------------------------------------------------------------ image sources
@@ -129,12 +59,9 @@ def image_source_of(cfg, store):
     EXTRACT.DISTRACTOR_ROOT always comes from the config.
     """
     recorded = dict(store.provenance.get("dataset") or {})
-    if (
-        recorded.get("format") == "revisitop"
-    ):  # the extractor records the store's name: <dataset>_query / _database
-        for part in REVISITOP_PARTS:
-            if str(recorded.get("name", "")).endswith(part):
-                recorded["name"] = recorded["name"][: -len(part)]
+    # the extractor records the store's name: <dataset>_query / _database
+    if recorded.get("format") == "revisitop":
+        recorded["name"] = dataset_of_store(str(recorded.get("name", "")))
     source_cfg = cfg.clone()
     for key, field in _SOURCE_FIELDS:
         if recorded.get(field) is not None:
@@ -309,7 +236,7 @@ class OnDemandLocalFeatures:
 
 
 def _cache_key(provenance, dataset):
-    fields = {"local": local_provenance(provenance), "dataset": dataset}
+    fields = {"local": local_part(provenance), "dataset": dataset}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -348,11 +275,13 @@ def local_reader(cfg, store, reference=None):
         return _StoreReader(store)
     reader = build_on_demand(cfg, store)
     if reference is not None and reference.has_local:
-        check_same_local_features(
+        require_same(
             reference.provenance,
             reader.provenance,
-            reference.folder,
-            f"{store.folder} (extracted on demand)",
+            f"the local features of {reference.folder}",
+            f"those of {store.folder} extracted on demand",
+            ignoring=RUN_KEYS + GLOBAL_ONLY_KEYS,
+            hint="use the config the features were extracted with",
         )
     return reader
 

@@ -10,7 +10,6 @@ when anything failed.
 """
 
 import datetime
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -23,38 +22,22 @@ from tqdm import tqdm
 from core.config import ConfigError
 from core.distributed import place_from_environment, resolve_backend, resolve_device
 from core.weights import load_weights
-from datasets.features import FORMAT_VERSION, open_store
+from datasets.features import open_store
 from datasets.transforms import build_normalizer
 from modeling import build_inference_model
 from tools.extraction import shards as shard_io
+from tools.extraction.provenance import build_provenance, checkpoint_digest
 from tools.extraction.pyramid import ExtractionSettings, extract_image
 from tools.extraction.sources import PreparedImages, build_sources, keep_item
+from tools.extraction.stores import output_dir
 
 logger = logging.getLogger(__name__)
 
-INITIAL_WEIGHTS = "initial-weights"
 # fault injection for tests: die abruptly after writing N shards
 ABORT_ENV = "DELG_EXTRACT_ABORT_AFTER_SHARDS"
 BARRIER_TIMEOUT = datetime.timedelta(
     hours=24
 )  # rank 0 waits at the barrier for the slowest rank's last shard
-_FEATURE_KEYS = (
-    "GLOBAL",
-    "LOCAL",
-    "GLOBAL_SCALES",
-    "LOCAL_SCALES",
-    "MAX_IMAGE_SIZE",
-    "ATTENTION_THRESHOLD",
-    "MAX_FEATURES",
-    "NMS_IOU",
-    "FLOAT16",
-    "CROP_QUERIES",
-)
-# MODEL keys that only shape training (class count, losses, the margin head, frozen parts): stores
-# extracted from one checkpoint with configs that differ only there hold the same features, so the
-# provenance leaves them out.
-_TRAINING_ONLY_KEYS = {"NUM_CLASSES", "FREEZE_BN", "FREEZE_STEM", "LOSS_FUN", "LOSSES"}
-_TRAINING_ONLY_HEAD_KEYS = {"MARGIN_TYPE", "MARGIN", "SCALE"}
 
 
 # ----------------------------------------------------------------------------------------- builders
@@ -87,23 +70,6 @@ def build_settings(cfg):
         max_features=extract.MAX_FEATURES,
         nms_iou=extract.NMS_IOU,
     )
-
-
-def output_dir(cfg):
-    return cfg.EXTRACT.OUTPUT_DIR or os.path.join(cfg.OUT_DIR, "features")
-
-
-def checkpoint_digest(path):
-    """sha256 of the checkpoint file, or INITIAL_WEIGHTS when none is given."""
-    if not path:
-        return INITIAL_WEIGHTS
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"TEST.WEIGHTS {path}: no such checkpoint file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_extraction_model(cfg, device):
@@ -139,40 +105,6 @@ def build_extractor(cfg, device, show_progress=True):
         show_progress,
     )
     return extractor, provenance
-
-
-def build_provenance(cfg, checkpoint, geometry, settings):
-    """What decides the features: recorded in every store and hashed into the run signature."""
-    config = {section: _plain(cfg[section]) for section in ("MODEL", "RESNET", "INPUT")}
-    if (
-        checkpoint != INITIAL_WEIGHTS
-    ):  # initial weights are drawn in build order, which the class count changes
-        config["MODEL"] = {
-            key: value for key, value in config["MODEL"].items() if key not in _TRAINING_ONLY_KEYS
-        }
-        config["MODEL"]["HEADS"] = {
-            key: value
-            for key, value in config["MODEL"]["HEADS"].items()
-            if key not in _TRAINING_ONLY_HEAD_KEYS
-        }
-    config["EXTRACT"] = {key: _plain(cfg.EXTRACT[key]) for key in _FEATURE_KEYS}
-    return {
-        "format_version": FORMAT_VERSION,
-        "config": config,
-        "checkpoint": cfg.TEST.WEIGHTS,
-        "checkpoint_sha256": checkpoint,
-        "rng_seed": cfg.RNG_SEED if checkpoint == INITIAL_WEIGHTS else None,
-        "global_scales": list(settings.global_scales),
-        "local_scales": list(settings.local_scales),
-        "local_geometry": list(geometry),
-        "float16": bool(cfg.EXTRACT.FLOAT16),
-    }
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return list(value) if isinstance(value, tuple) else value
 
 
 # ---------------------------------------------------------------------------------------- processes

@@ -21,6 +21,7 @@ from datasets.image_io import read_image
 from datasets.list_dataset import ParseError, numbered_lines
 from datasets.revisitop import RevisitopDataset, RevisitopImages
 from datasets.transforms import resize_longest_side, to_chw_tensor
+from tools.extraction.stores import PARTS, part_store_names
 
 IMAGE_EXTENSIONS = (
     ".jpg",
@@ -179,8 +180,8 @@ def build_sources(cfg):
             distractor_root=extract.DISTRACTOR_ROOT or None,
         )
         return [
-            (f"{name}_query", RevisitopPart(dataset, "query")),
-            (f"{name}_database", RevisitopPart(dataset, "database")),
+            (store_name, RevisitopPart(dataset, part))
+            for store_name, part in zip(part_store_names(name), PARTS)
         ]
     if fmt == "folder":
         return [(name, folder_images(root))]

@@ -3,8 +3,9 @@ queries.
 
 The stores come from two extractor runs with ``EXTRACT.FORMAT gldv2``: ``EXTRACT.DATASET
 gldv2_test`` over ``test.csv`` (queries) and ``EXTRACT.DATASET gldv2_index`` over ``index.csv``;
-``gldv2_query`` / ``gldv2_database`` are accepted as well. ``Gldv2Context`` offers the evaluation
-methods (global, sv, asmk, asmk_rerank) the same interface as the revisitop context; its single
+``gldv2_query`` / ``gldv2_database`` are accepted as well (tools/extraction/stores.py).
+``Gldv2Context`` offers the evaluation methods the interface of tools.retrieval.methods, like the
+revisitop context; ``build_gldv2_context(cfg)`` builds it. Its single
 "protocol" is ``gldv2`` and its metric ``mAP@100`` (in percent, like every number of results.json).
 The metric is the Kaggle one (tools.retrieval.gldv2_metric): the mean is over the queries of the
 solution, so a solution query missing from the query store counts 0.
@@ -15,31 +16,20 @@ import os
 
 import numpy as np
 
-from datasets.features import open_store
 from tools.extraction.on_demand import LocalFeatureAccess
-from tools.retrieval.gldv2_metric import mean_average_precision_at_k, predictions_from_ranks
-from tools.retrieval.global_search import resolve_device
+from tools.extraction.provenance import check_store_pair
+from tools.extraction.stores import GLDV2, features_dir, open_store_pair
+from tools.retrieval.gldv2_metric import (
+    mean_average_precision_at_k,
+    predictions_from_ranks,
+    read_retrieval_solution,
+)
+from tools.retrieval.global_search import resolve_device, search
 
 logger = logging.getLogger(__name__)
 
-GLDV2 = "gldv2"  # the EVAL.DATASET name, also the protocol name in results.json
 METRIC = "mAP@100"
 K = 100
-STORE_NAMES = (("gldv2_test", "gldv2_index"), ("gldv2_query", "gldv2_database"))
-
-
-def open_gldv2_stores(folder):
-    """(query store, index store) from ``gldv2_test`` / ``gldv2_index`` (or ``gldv2_query`` /
-    ``gldv2_database``)."""
-    for query_name, index_name in STORE_NAMES:
-        query, index = os.path.join(folder, query_name), os.path.join(folder, index_name)
-        if os.path.isdir(query) and os.path.isdir(index):
-            return open_store(query), open_store(index)
-    expected = " or ".join(f"{query} + {index}" for query, index in STORE_NAMES)
-    raise FileNotFoundError(
-        f"no GLDv2 feature stores {expected} under {folder} (EVAL.FEATURES_DIR; extract "
-        f"test.csv and index.csv with EXTRACT.FORMAT gldv2 and those EXTRACT.DATASET names)"
-    )
 
 
 def solution_queries(solution, query_store, source):
@@ -82,10 +72,14 @@ class Gldv2Context:
         top_scores,
         top_indices,
     ):
-        self.cfg, self.solution = cfg, solution
-        self.query_store, self.database_store = query_store, database_store
-        self.query_ids, self.query_rows = list(query_ids), np.asarray(query_rows, dtype=np.int64)
-        self.top_scores, self.top_indices = top_scores, top_indices
+        self.cfg = cfg
+        self.solution = solution
+        self.query_store = query_store
+        self.database_store = database_store
+        self.query_ids = list(query_ids)
+        self.query_rows = np.asarray(query_rows, dtype=np.int64)
+        self.top_scores = top_scores
+        self.top_indices = top_indices
         self.device = resolve_device(cfg.EVAL.DEVICE)
         self.local = LocalFeatureAccess(cfg, query_store, database_store, self.query_rows)
         self.cache = {}  # shared between methods (e.g. one ASMK index)
@@ -93,6 +87,14 @@ class Gldv2Context:
             f"{GLDV2}: {len(self.query_ids)} queries of {len(solution)} in the solution, "
             f"{len(database_store)} index images"
         )
+
+    @property
+    def query_descriptors(self):
+        return np.asarray(self.query_store.global_descriptors(), dtype=np.float32)[self.query_rows]
+
+    @property
+    def database_descriptors(self):
+        return self.database_store.global_descriptors()
 
     def shortlists(self, size):
         """{"gldv2": per query, the first `size` images of the global ranking} (GLDv2 has no
@@ -119,3 +121,29 @@ class Gldv2Context:
 
     def summarize(self, results):
         return {GLDV2: {METRIC: 100.0 * float(results[GLDV2])}}
+
+
+def build_gldv2_context(cfg):
+    """The Gldv2Context of the stores under features_dir(cfg) and EVAL.SOLUTION_FILE."""
+    if not cfg.EVAL.SOLUTION_FILE or not os.path.isfile(cfg.EVAL.SOLUTION_FILE):
+        raise FileNotFoundError(
+            f"EVAL.SOLUTION_FILE {cfg.EVAL.SOLUTION_FILE!r}: no such file (EVAL.DATASET gldv2 "
+            f"needs the solution file, retrieval_solution_v2.1.csv)"
+        )
+    solution = read_retrieval_solution(cfg.EVAL.SOLUTION_FILE)
+    query_store, database_store = open_store_pair(features_dir(cfg), GLDV2)
+    check_store_pair(query_store, database_store)
+    query_ids, query_rows = solution_queries(solution, query_store, cfg.EVAL.SOLUTION_FILE)
+    queries = np.asarray(query_store.global_descriptors(), dtype=np.float32)[query_rows]
+    depth = max(K, cfg.SV.SHORTLIST, cfg.EVAL.SEARCH_TOPK)
+    top_scores, top_indices = search(
+        queries,
+        database_store.global_descriptors(),
+        depth,
+        cfg.EVAL.CHUNK_SIZE,
+        cfg.EVAL.DEVICE,
+        cfg.EVAL.USE_FAISS,
+    )
+    return Gldv2Context(
+        cfg, solution, query_store, database_store, query_ids, query_rows, top_scores, top_indices
+    )

@@ -2,10 +2,11 @@
 
     # the extractor's code and EXTRACT.* settings
     query = extract_query(cfg, "photo.jpg", with_local=True)
-    store = open_store(default_store_folder(cfg))  # or any store with global descriptors
+    # tools.extraction.stores.database_store_folder, or any store with global descriptors
+    store = open_store(database_store_folder(cfg))
     result = search_store(cfg, query, store, topk=10, verify=True)
     print(format_result(result, store))
-    draw_result("ranking.png", cfg, query, result, store)
+    draw_result("ranking.png", cfg, query, result, store)  # tools/vis/search_result.py
 
 The image goes through exactly what the extractor does to a database image (no crop): the
 EXTRACT.MAX_IMAGE_SIZE limit, the pyramid, local selection. The store must come from the same model
@@ -21,28 +22,12 @@ import numpy as np
 import torch
 
 from core.distributed import resolve_device
-from datasets.image_io import read_image
-from tools.extraction.on_demand import (
-    LOCAL_ONLY_KEYS,
-    RUN_KEYS,
-    ProvenanceMismatch,
-    check_same_local_features,
-    image_source_of,
-    local_reader,
-    provenance_difference,
-)
+from tools.extraction.on_demand import local_reader
+from tools.extraction.provenance import GLOBAL_ONLY_KEYS, LOCAL_ONLY_KEYS, RUN_KEYS, require_same
 from tools.extraction.runner import build_extractor
 from tools.extraction.sources import PathImages, PreparedImages
 from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification
-from tools.retrieval.gldv2_evaluation import GLDV2, STORE_NAMES
 from tools.retrieval.global_search import search
-from tools.revisitop.evaluation import features_dir, split_dataset_name
-from tools.vis.matches import write_png
-from tools.vis.ranking import ranking_grid
-
-# tools/vis/ranking.py's grey border: a user's image has no ground truth to colour by
-
-NEUTRAL_LABEL = "junk"
 
 
 @dataclasses.dataclass
@@ -80,43 +65,29 @@ def extract_query(cfg, image_path, with_local=True):
     )
 
 
-def default_store_folder(cfg):
-    """The EVAL.DATASET database store under the features folder (EVAL.FEATURES_DIR,
-    EXTRACT.OUTPUT_DIR, ...)."""
-    folder = features_dir(cfg)
-    if cfg.EVAL.DATASET == GLDV2:
-        candidates = [index for _, index in STORE_NAMES]
-    else:
-        candidates = [
-            f"{name}_database"
-            for name in dict.fromkeys([cfg.EVAL.DATASET, split_dataset_name(cfg.EVAL.DATASET)[0]])
-        ]
-    for name in candidates:
-        if os.path.isdir(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    raise FileNotFoundError(
-        f"no store {' or '.join(candidates)} under {folder} (EVAL.DATASET, EVAL.FEATURES_DIR); "
-        f"name one with --store"
-    )
-
-
 def check_store(query, store, verify):
     """The store must hold global descriptors from the same model and settings as the query's
     extraction."""
     if not store.has_global:
         raise ValueError(f"{store.folder} holds no global descriptors: it cannot be searched")
-    difference = provenance_difference(
-        query.provenance, store.provenance, RUN_KEYS + LOCAL_ONLY_KEYS
+    hint = "use the config and TEST.WEIGHTS the store was extracted with"
+    require_same(
+        store.provenance,
+        query.provenance,
+        str(store.folder),
+        "this query",
+        ignoring=RUN_KEYS + LOCAL_ONLY_KEYS,
+        hint=hint,
     )
-    if difference:
-        key, query_value, store_value = difference
-        raise ProvenanceMismatch(
-            f"{store.folder} was extracted with other settings: provenance {key} is "
-            f"{store_value!r} there but {query_value!r} for this query (use the config and "
-            f"TEST.WEIGHTS the store was extracted with)"
-        )
     if verify and store.has_local:
-        check_same_local_features(store.provenance, query.provenance, store.folder, "the query")
+        require_same(
+            store.provenance,
+            query.provenance,
+            f"the local features of {store.folder}",
+            "those of the query",
+            ignoring=RUN_KEYS + GLOBAL_ONLY_KEYS,
+            hint=hint,
+        )
 
 
 def search_store(cfg, query, store, topk=10, verify=False):
@@ -189,34 +160,3 @@ def format_result(result, store, query=None):
                 f"{store.names[row]}{score}"
             )
     return "\n".join(lines)
-
-
-def draw_result(path, cfg, query, result, store):
-    """The ranking picture (tools/vis/ranking.py): the global top-k row and, when verified, the
-    re-ranked row."""
-    source = image_source_of(cfg, store)
-    position = {name: index for index, name in enumerate(source.names)}
-
-    def images(rows):
-        return [source.read(position[store.names[int(row)]])[0] for row in rows]
-
-    rows = [
-        (
-            images(result.ranked),
-            [NEUTRAL_LABEL] * len(result.ranked),
-            [f"{rank} {score:.2f}" for rank, score in enumerate(result.scores, start=1)],
-        )
-    ]
-    if result.reranked is not None:
-        rows.append(
-            (
-                images(result.reranked),
-                [NEUTRAL_LABEL] * len(result.reranked),
-                [
-                    f"{rank} ({result.inliers[int(row)]})"
-                    for rank, row in enumerate(result.reranked, start=1)
-                ],
-            )
-        )
-    write_png(path, ranking_grid(read_image(query.path), rows))
-    return path

@@ -10,9 +10,10 @@ tools/rerank/asmk_search.py).
 One AsmkIndex per evaluation serves both: whichever runs first builds it from the database store's
 local features and the ASMK.* keys (codebook and inverted file read from ASMK.CACHE_DIR when an
 earlier run left them), scores the queries against the database once, in batches of queries, and
-leaves both results in ``context.cache``. evaluation.py registers ASMK_METHODS. The methods need
-only the context interface shared by the revisitop and the GLDv2 contexts (cfg, database_store,
-query_rows, local, shortlists, ranking_depth, results_from_ranking, results_with_reranked, cache).
+leaves both results in ``context.cache``. The methods register themselves (tools/revisitop/
+evaluation.py imports this module) and need only the context interface of tools.retrieval.methods
+(cfg, database_store, query_rows, local, shortlists, ranking_depth, results_from_ranking,
+results_with_reranked, cache).
 """
 
 import logging
@@ -27,12 +28,12 @@ from tools.rerank.asmk_search import (
     local_descriptors_of,
     params_from_cfg,
 )
+from tools.retrieval.methods import register_method
 
 logger = logging.getLogger(__name__)
 
-SCORES_AT_ONCE = (
-    1 << 26
-)  # query x database ASMK scores held in memory at a time (256 MB of float32)
+# query x database ASMK scores held in memory at a time (256 MB of float32)
+SCORES_AT_ONCE = 1 << 26
 
 
 def shared_index(context):
@@ -111,3 +112,5 @@ def evaluate_asmk_rerank(context):
 
 
 ASMK_METHODS = {"asmk": evaluate_asmk, "asmk_rerank": evaluate_asmk_rerank}
+for _name, _function in ASMK_METHODS.items():
+    register_method(_name, _function)

@@ -20,12 +20,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.config import load_cfg_or_exit  # noqa: E402
-from core.io import atomic_path  # noqa: E402
+from core.io import write_png  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
 from datasets.revisitop import RevisitopDataset  # noqa: E402
+from tools.extraction.stores import features_dir, open_store_pair, split_dataset_name  # noqa: E402
 from tools.rerank.matching import putative_matches  # noqa: E402
 from tools.rerank.spatial_verification import inlier_mask, options_from_cfg  # noqa: E402
-from tools.revisitop.evaluation import features_dir, open_stores, split_dataset_name  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
 INLIER_COLOUR = (40, 200, 40)  # RGB
@@ -103,15 +103,6 @@ def match_picture(
     return picture, int(inliers.sum())
 
 
-def write_png(path, rgb):
-    """Write an RGB uint8 picture as PNG, atomically."""
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    with atomic_path(str(path)) as tmp, open(tmp, "wb") as handle:
-        handle.write(encoded.tobytes())
-
-
 def load_image_and_features(store, dataset, name):
     """(uint8 RGB image in the frame of the store's keypoints, (locations, descriptors)) of one
     image."""
@@ -144,7 +135,7 @@ def _main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
-    query_store, database_store = open_stores(features_dir(cfg), cfg.EVAL.DATASET)
+    query_store, database_store = open_store_pair(features_dir(cfg), cfg.EVAL.DATASET)
     dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, split_dataset_name(cfg.EVAL.DATASET)[0])
     query_image, query_features = load_image_and_features(query_store, dataset, args.query)
     index_image, index_features = load_image_and_features(database_store, dataset, args.index)

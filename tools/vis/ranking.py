@@ -22,19 +22,14 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.config import load_cfg_or_exit  # noqa: E402
-from core.io import write_text  # noqa: E402
+from core.io import write_png, write_text  # noqa: E402
 from datasets.revisitop import RevisitopDataset, gnd_path  # noqa: E402
+from tools.extraction.stores import features_dir, open_store_pair, split_dataset_name  # noqa: E402
 from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification  # noqa: E402
 from tools.retrieval.global_search import exact_search  # noqa: E402
-from tools.revisitop.evaluation import (  # noqa: E402
-    align_ground_truth,
-    features_dir,
-    load_gnd,
-    open_stores,
-    split_dataset_name,
-)
+from tools.revisitop.context import align_ground_truth, load_gnd  # noqa: E402
 from tools.revisitop.protocols import protocol_gnd  # noqa: E402
-from tools.vis.matches import load_image_and_features, write_png  # noqa: E402
+from tools.vis.matches import load_image_and_features  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
 BORDER_COLOURS = {
@@ -124,7 +119,7 @@ def query_rankings(cfg, query, protocol, topk):
     base, with_distractors = split_dataset_name(cfg.EVAL.DATASET)
     dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, base)
     ground_truth = load_gnd(gnd_path(cfg.EVAL.DATA_ROOT, base))
-    query_store, database_store = open_stores(features_dir(cfg), cfg.EVAL.DATASET)
+    query_store, database_store = open_store_pair(features_dir(cfg), cfg.EVAL.DATASET)
     query_rows, gnd = align_ground_truth(
         ground_truth, query_store, database_store, with_distractors, base
     )
