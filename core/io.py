@@ -132,14 +132,3 @@ def write_png(path, rgb):
         raise ValueError(f"{path}: PNG encoding failed")
     with atomic_path(str(path)) as tmp, open(tmp, "wb") as handle:
         handle.write(encoded.tobytes())
-
-
-def write_png(path, rgb):
-    """Write an RGB uint8 picture [H, W, 3] as PNG, atomically."""
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    with atomic_path(str(path)) as tmp, open(tmp, "wb") as handle:
-        handle.write(encoded.tobytes())
