@@ -1,0 +1,1 @@
+"""Interoperability: the official DELF/DELG feature files, ONNX export of the extraction network."""

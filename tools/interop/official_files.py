@@ -1,0 +1,175 @@
+"""One image's features in the official DELF/DELG files, and the conventions that map them to ours.
+
+The official ``extract_features.py`` writes ``<name>.delg_global`` (a serialized DatumProto of shape
+[D]) and ``<name>.delg_local`` (a serialized DelfFeatures; DELF's ``.delf`` files are the same
+message) per image. Conventions, official -> ours (the store, datasets/features.py):
+
+- location: (y, x) floats in pixels of the image the features were extracted from (a query: its
+  crop) -> (x, y), the same numbers swapped;
+- scale: 1 / pyramid scale -> the pyramid scale (see ``pyramid_scales``);
+- strength: the attention score -> ``scores``; orientation: always 0, not stored;
+- descriptor: a DatumProto of shape [d], L2-normalised float32 -> a row of ``descriptors``.
+
+Every value is a float32 on both sides, so a store -> files -> store round trip is exact.
+"""
+
+import os
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from tools.interop.delf_pb import DatumProto, DelfFeatures
+
+GLOBAL_EXTENSION = ".delg_global"
+LOCAL_EXTENSION = ".delg_local"
+DELF_EXTENSION = ".delf"  # DELF's local features: the same DelfFeatures message
+# the official DELG pyramid (delg_gld_config.pbtxt) as the float32 values TensorFlow computes
+OFFICIAL_SCALES = (0.25, 0.35355338, 0.5, 0.70710677, 1.0, 1.4142135, 2.0)
+
+
+class OfficialFileError(ValueError):
+    """A file that is missing or not a valid official feature file; the message names the file and
+    says why (``path`` and ``reason`` hold both parts)."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+# ----------------------------------------------------------------------------------------- scales
+def official_scales(scales):
+    """Pyramid scales s -> the official per-feature value 1 / s (float32)."""
+    return (1.0 / np.asarray(scales, dtype=np.float64)).astype(np.float32)
+
+
+def pyramid_scales(values, known=OFFICIAL_SCALES):
+    """Official values 1 / s -> pyramid scales s (float32).
+
+    A value that a known scale k exports to exactly (``official_scales(k) == value``) gives k back
+    bit for bit; others give float32(1 / value). Without the known scales the reciprocal of a
+    float32 reciprocal misses the original by one unit in the last place for about one scale in
+    six.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    scales = (1.0 / values.astype(np.float64)).astype(np.float32)
+    known = np.unique(np.asarray(known, dtype=np.float32))
+    if len(known) and len(values):
+        exported = official_scales(known)
+        match = values[:, None] == exported[None, :]
+        found = match.any(axis=1)
+        scales[found] = known[match[found].argmax(axis=1)]
+    return scales
+
+
+# ---------------------------------------------------------------------------------------- tensors
+def _datum(values):
+    datum = DatumProto()
+    values = np.asarray(values, dtype=np.float32)
+    datum.shape.dim.extend(values.shape)
+    datum.float_list.value.extend(values.ravel().tolist())
+    return datum
+
+
+def _datum_array(datum, path, what):
+    if datum.WhichOneof("kind_oneof") != "float_list":
+        kind = datum.WhichOneof("kind_oneof") or "no values"
+        raise OfficialFileError(path, f"{what} holds {kind}, expected a float_list")
+    values = np.asarray(datum.float_list.value, dtype=np.float32)
+    shape = tuple(int(dim) for dim in datum.shape.dim) or (len(values),)
+    if int(np.prod(shape)) != len(values):
+        raise OfficialFileError(path, f"{what} has shape {list(shape)} but {len(values)} values")
+    return values.reshape(shape)
+
+
+def _parse(message_class, path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise OfficialFileError(path, f"cannot be read ({error.strerror})") from None
+    try:
+        return message_class.FromString(data)
+    except DecodeError as error:
+        raise OfficialFileError(
+            path, f"not a serialized {message_class.DESCRIPTOR.name} ({error})"
+        ) from None
+
+
+def _write(path, message):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.partial"
+    with open(temporary, "wb") as handle:
+        handle.write(message.SerializeToString())
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------------- global files
+def write_global(path, descriptor):
+    """Write a [D] global descriptor as a .delg_global file."""
+    descriptor = np.asarray(descriptor, dtype=np.float32)
+    if descriptor.ndim != 1:
+        raise ValueError(f"{path}: a global descriptor is one vector, got shape {descriptor.shape}")
+    _write(path, _datum(descriptor))
+
+
+def read_global(path):
+    """The [D] float32 global descriptor of a .delg_global file."""
+    values = _datum_array(_parse(DatumProto, path), path, "the global descriptor")
+    if values.ndim != 1 or not len(values):
+        raise OfficialFileError(
+            path, f"the global descriptor has shape {list(values.shape)}, expected [D] with D > 0"
+        )
+    if not np.all(np.isfinite(values)):
+        raise OfficialFileError(path, "the global descriptor holds non-finite values")
+    return values
+
+
+# ------------------------------------------------------------------------------------ local files
+def write_local(path, locations, scales, scores, descriptors):
+    """Write one image's local features (our conventions: locations (x, y), pyramid scales) as a
+    .delg_local / .delf file in the official conventions."""
+    locations = np.asarray(locations, dtype=np.float32).reshape(-1, 2)
+    inverse = official_scales(scales)
+    scores = np.asarray(scores, dtype=np.float32)
+    descriptors = np.asarray(descriptors, dtype=np.float32)
+    if not len(locations) == len(inverse) == len(scores) == len(descriptors):
+        raise ValueError(f"{path}: local feature arrays of different lengths")
+    features = DelfFeatures()
+    for row in range(len(scores)):
+        feature = features.feature.add()
+        feature.y, feature.x = float(locations[row, 1]), float(locations[row, 0])
+        feature.scale = float(inverse[row])
+        feature.orientation = 0.0
+        feature.strength = float(scores[row])
+        feature.descriptor.CopyFrom(_datum(descriptors[row]))
+    _write(path, features)
+
+
+def read_local(path, known_scales=OFFICIAL_SCALES):
+    """One image's local features in our conventions: locations [n, 2] (x, y), scales [n] (pyramid
+    scales, see pyramid_scales), scores [n], descriptors [n, d], all float32."""
+    features = _parse(DelfFeatures, path).feature
+    count = len(features)
+    rows = [
+        _datum_array(feature.descriptor, path, f"feature {i}'s descriptor")
+        for i, feature in enumerate(features)
+    ]
+    dims = {row.shape for row in rows}
+    if len(dims) > 1 or any(len(shape) != 1 for shape in dims):
+        raise OfficialFileError(
+            path, f"descriptors of shapes {sorted(map(list, dims))}, expected one shape [d]"
+        )
+    dim = rows[0].shape[0] if rows else 0
+    fields = np.array(
+        [(f.x, f.y, f.scale, f.strength) for f in features], dtype=np.float32
+    ).reshape(count, 4)
+    if not np.all(np.isfinite(fields)) or (count and not np.all(np.isfinite(np.stack(rows)))):
+        raise OfficialFileError(path, "non-finite feature values")
+    if np.any(fields[:, 2] <= 0):
+        raise OfficialFileError(path, "a feature scale is not positive (expected 1 / scale)")
+    return {
+        "locations": np.ascontiguousarray(fields[:, :2]),
+        "scales": pyramid_scales(fields[:, 2], known_scales),
+        "scores": np.ascontiguousarray(fields[:, 3]),
+        "descriptors": np.stack(rows) if rows else np.zeros((0, dim), np.float32),
+    }
