@@ -129,6 +129,8 @@ _C.TRAIN.MAX_BAD_IMAGE_FRACTION = 0.01  # stop when more than this fraction of i
 # stop after this many non-finite losses in a row (each is skipped)
 _C.TRAIN.MAX_NONFINITE_STEPS = 5
 _C.TRAIN.RETRIEVAL_EVAL = False  # evaluate retrieval mAP (EVAL.* dataset) every EVAL_PERIOD epochs
+# also write the JSON log's scalars as TensorBoard curves in OUT_DIR (needs tensorboard)
+_C.TRAIN.TENSORBOARD = False
 
 # --------------------------------------------------------------------------------------- validation
 _C.TEST = CfgNode()

@@ -39,11 +39,13 @@ def get_logger(name):
 
 
 class JsonLog:
-    """Appends records (dicts) as JSON lines; a no-op outside the main process."""
+    """Appends records (dicts) as JSON lines; a no-op outside the main process. Every record also
+    goes to each of ``sinks`` (objects with ``write(record)``, e.g. core.tensorboard's)."""
 
-    def __init__(self, out_dir, enabled=True):
+    def __init__(self, out_dir, enabled=True, sinks=()):
         self.path = os.path.join(out_dir, JSON_LOG_NAME)
         self.enabled = enabled
+        self.sinks = list(sinks) if enabled else []
         if enabled:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -53,6 +55,8 @@ class JsonLog:
         line = simplejson.dumps(record, ignore_nan=True, sort_keys=False) + "\n"
         with open(self.path, "a") as handle:
             handle.write(line)
+        for sink in self.sinks:
+            sink.write(record)
 
 
 def read_json_log(path):

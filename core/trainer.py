@@ -43,6 +43,7 @@ from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, tra
 from core.meters import TrainMeter, top1_errors
 from core.optimizer import build_lr_schedule, build_optimizer, set_lr
 from core.retrieval_eval import build_retrieval_validator
+from core.tensorboard import build_log_sinks
 from core.validation import validate, validate_retrieval
 from core.weights import load_weights
 from datasets.loader import (
@@ -245,7 +246,9 @@ def build_run(device):
         epoch_iters=epoch_iters,
         total_iters=total_iters,
         max_epoch=math.ceil(total_iters / epoch_iters),
-        json_log=JsonLog(cfg.OUT_DIR, enabled=dist.is_main_process()),
+        json_log=JsonLog(
+            cfg.OUT_DIR, dist.is_main_process(), build_log_sinks(cfg, dist.is_main_process())
+        ),
         preemption=dist.PreemptionFlag(),
         bad_images=FailureBudget(cfg.TRAIN.MAX_BAD_IMAGE_FRACTION),
     )
