@@ -8,6 +8,7 @@ numbers, strings, lists and dicts (RNG states are converted to tensors), so
 """
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -18,6 +19,7 @@ import torch
 import yaml
 
 from core.io import check_free_space, torch_save
+from core.weights import refusal_reason
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "delg-training-checkpoint"
@@ -157,8 +159,11 @@ def read_training_checkpoint(path, mmap=False):
     otherwise. mmap only maps the tensors (a cheap check that the file reads back)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as error:  # truncated zip, bad magic, unexpected types, I/O errors
-        raise CheckpointError(path, f"{type(error).__name__}: {error}") from None
+    except pickle.UnpicklingError as error:  # Python objects: refused, never run
+        raise CheckpointError(path, f"refused: {refusal_reason(error)}") from None
+    except Exception as error:  # truncated zip, bad magic, I/O errors
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(path, f"{type(error).__name__}: {first_line}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             path, f"not a training checkpoint of this framework (no format '{FORMAT}')"

@@ -14,6 +14,7 @@ import sys
 from yacs.config import CfgNode
 
 from core.io import write_text
+from core.yaml_file import YamlFileError, read_yaml
 
 _C = CfgNode()
 cfg = _C
@@ -90,7 +91,8 @@ _C.OPTIM.LR_POLICY = "lin"  # lin (linear to zero, official), cos (seed) or step
 _C.OPTIM.STEPS = []
 _C.OPTIM.LR_MULT = 0.1  # multiplier of the steps policy
 _C.OPTIM.MAX_EPOCH = 100  # training length in epochs
-# when > 0, training length in iterations (overrides MAX_EPOCH; fixed-budget runs)
+# when > 0, training length in iterations (overrides MAX_EPOCH; fixed-budget runs); OPTIM.MAX_EPOCH
+# on the command line resets it to 0, so the later source wins
 _C.OPTIM.MAX_ITER = 0
 _C.OPTIM.MOMENTUM = 0.9  # SGD momentum
 _C.OPTIM.NESTEROV = False  # Nesterov momentum (seed True)
@@ -312,25 +314,28 @@ def merge_dict(config, values, source):
 
 
 def merge_file(config, path):
-    """Merge a YAML file into config."""
-    import yaml
-
+    """Merge a YAML file into config (a key given twice in the file is an error naming its line)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    with open(path) as handle:
-        try:
-            values = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    try:
+        values = read_yaml(path) or {}
+    except YamlFileError as error:
+        raise ConfigError(str(error)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     merge_dict(config, values, path)
 
 
 def merge_list(config, pairs):
-    """Merge ``KEY VALUE`` command-line pairs into config."""
+    """Merge ``KEY VALUE`` command-line pairs into config.
+
+    The later source wins for the training length too: OPTIM.MAX_EPOCH given here (without
+    OPTIM.MAX_ITER) resets a MAX_ITER the file set, which would otherwise override the epochs.
+    """
     if len(pairs) % 2:
         raise ConfigError(f"overrides come as KEY VALUE pairs; {pairs[-1]!r} has no value")
+    if "OPTIM.MAX_EPOCH" in pairs[0::2] and "OPTIM.MAX_ITER" not in pairs[0::2]:
+        config.OPTIM.MAX_ITER = 0
     for key, value in zip(pairs[0::2], pairs[1::2]):
         try:
             _set(config, key, _coerce(key, value, _lookup(key)))

@@ -49,6 +49,7 @@ from core.weights import load_weights
 from datasets.loader import (
     FailureBudget,
     TooManyBadImagesError,
+    build_failure_budget,
     build_train_dataset,
     build_val_dataset,
     build_val_loader,
@@ -250,7 +251,7 @@ def build_run(device):
             cfg.OUT_DIR, dist.is_main_process(), build_log_sinks(cfg, dist.is_main_process())
         ),
         preemption=dist.PreemptionFlag(),
-        bad_images=FailureBudget(cfg.TRAIN.MAX_BAD_IMAGE_FRACTION),
+        bad_images=build_failure_budget(cfg, len(train_set)),
     )
 
 

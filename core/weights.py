@@ -42,16 +42,28 @@ def read_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        detail = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
         raise WeightsError(
-            f"{path}: refused by torch.load(weights_only=True): not a PyTorch weights file, or one "
-            "that "
-            f"stores Python objects which could run code ({detail})"
+            f"{path}: refused: not a PyTorch weights file, or one that stores Python objects which "
+            f"could run code when loaded ({refusal_reason(error)}); it was not loaded. Use a file "
+            "of tensors only (a state_dict saved by torch.save)"
         ) from None
     except Exception as error:  # truncated zip, wrong magic number, I/O errors
         raise WeightsError(
             f"{path}: unreadable as a PyTorch file ({type(error).__name__}: {error})"
         ) from None
+
+
+def refusal_reason(error):
+    """What torch's weights_only unpickler refused (e.g. 'unsupported GLOBAL posix.system'),
+    without its advice to load with weights_only=False, which would run the file's code."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    found = [
+        line
+        for line in lines
+        if ("GLOBAL" in line or "Unsupported" in line or "unsupported" in line)
+        and "weights_only" not in line
+    ]
+    return found[0].rstrip(".") if found else "objects other than tensors and plain data"
 
 
 def state_dict_of(checkpoint, path="checkpoint"):

@@ -50,39 +50,53 @@ def read_gldv2_csv(path):
     )
 
 
+def _records(path, rows):
+    """Yield (line where the record starts, row) for the non-empty rows. A quote left open makes
+    the csv module read the following lines into one field: that is an error at the line where the
+    quote opened, showing that line only."""
+    start = rows.line_num + 1
+    for row in rows:
+        if any("\n" in field or "\r" in field for field in row):
+            first_line = ",".join(row).splitlines()[0]
+            raise ParseError(
+                path,
+                start,
+                f"a quote opened on this line is not closed (the csv reader ran on to line "
+                f"{rows.line_num})",
+                first_line,
+            )
+        if row:
+            yield start, row
+        start = rows.line_num + 1
+
+
 def _read_clean_rows(path, rows):
     images = {}
-    for row in rows:
-        if not row:
-            continue
+    for line, row in _records(path, rows):
         if len(row) != 2:
             raise ParseError(
-                path, rows.line_num, "expected 'landmark_id,image_id image_id ...'", ",".join(row)
+                path, line, "expected 'landmark_id,image_id image_id ...'", ",".join(row)
             )
-        landmark_id = _parse_landmark_id(path, rows.line_num, row[0], row)
+        landmark_id = _parse_landmark_id(path, line, row[0], row)
         ids = row[1].split()
         if not ids:
             raise ParseError(
-                path, rows.line_num, "expected at least one image id after the comma", ",".join(row)
+                path, line, "expected at least one image id after the comma", ",".join(row)
             )
         for image_id in ids:
-            _check_image_id(path, rows.line_num, image_id, row)
+            _check_image_id(path, line, image_id, row)
         images.setdefault(landmark_id, []).extend(ids)
     return images
 
 
 def _read_full_rows(path, rows):
     images = {}
-    for row in rows:
-        if not row:
-            continue
-        if (
-            len(row) < 3
-        ):  # URLs may hold commas, so the id is the first field and the landmark the last
-            raise ParseError(path, rows.line_num, "expected 'id,url,landmark_id'", ",".join(row))
+    for line, row in _records(path, rows):
+        if len(row) < 3:  # URLs may hold commas, so the id is the first field and the landmark last
+            raise ParseError(path, line, "expected 'id,url,landmark_id'", ",".join(row))
         image_id = row[0].strip()
-        _check_image_id(path, rows.line_num, image_id, row)
-        landmark_id = _parse_landmark_id(path, rows.line_num, row[-1], row)
+        _check_image_id(path, line, image_id, row)
+        landmark_id = _parse_landmark_id(path, line, row[-1], row)
         images.setdefault(landmark_id, []).append(image_id)
     return images
 

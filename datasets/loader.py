@@ -81,6 +81,9 @@ class TooManyBadImagesError(RuntimeError):
     """More images failed to decode than the configured fraction allows."""
 
 
+GRACE_IMAGES = 1000  # the budget's grace: a fraction of at least this many images (or all of them)
+
+
 class FailureBudget:
     """Counts (seen, failed) images and raises once failed > max_fraction * max(seen, min_images).
 
@@ -122,6 +125,14 @@ class FailureBudget:
 
 
 # ----------------------------------------------------------------------------------------- builders
+def build_failure_budget(cfg, num_images):
+    """The bad-image budget of a training set of num_images: failures may reach
+    TRAIN.MAX_BAD_IMAGE_FRACTION of the images seen, counted from min(GRACE_IMAGES, num_images)
+    images so that one bad image among the first batches does not stop a large run; a set smaller
+    than the grace gets no more allowance than its own size gives."""
+    return FailureBudget(cfg.TRAIN.MAX_BAD_IMAGE_FRACTION, min_images=min(GRACE_IMAGES, num_images))
+
+
 def train_data_root(cfg):
     """TRAIN.DATA_ROOT, or datasets/data/<TRAIN.DATASET> in the repository when it is empty."""
     return cfg.TRAIN.DATA_ROOT or str(REPO_ROOT / "datasets" / "data" / cfg.TRAIN.DATASET)
@@ -166,6 +177,19 @@ def _cached_split(path, fmt, val_fraction, seed, stamp):
     for image_path, label in samples:
         paths_by_label.setdefault(label, []).append(image_path)
     mapping = ClassMapping.identity(max(paths_by_label) + 1)
+    if len(paths_by_label) < mapping.num_classes:
+        logger.warning(
+            "%s: %d distinct labels up to %d; list labels are class indices as they are (as in the "
+            "seed project), so the classifier gets %d classes of which %d have no image. Number "
+            "the labels 0..%d for a head of %d classes",
+            path,
+            len(paths_by_label),
+            mapping.num_classes - 1,
+            mapping.num_classes,
+            mapping.num_classes - len(paths_by_label),
+            len(paths_by_label) - 1,
+            len(paths_by_label),
+        )
     train, val = split_train_val(paths_by_label, val_fraction, seed)
     return to_samples(train, mapping), to_samples(val, mapping), mapping
 
