@@ -1,0 +1,104 @@
+"""ONNX export of one pyramid level: onnxruntime agrees with PyTorch at several image sizes, and an
+extraction of the tiny synthetic test set through onnxruntime evaluates to the same mAP."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import load_cfg
+from datasets.features import open_store
+from tests.tiny import TINY_EXTRACTION, TINY_PRESET, extract_tiny_world
+from tools import export_onnx as export_onnx_script
+from tools.extraction import runner
+from tools.extraction.runner import build_extraction_model, run_extraction
+from tools.interop.onnx_export import OnnxExtractionModel, export_onnx, open_session, parity
+from tools.revisitop.evaluation import evaluate
+
+pytest.importorskip("onnx", reason="onnx (requirements-interop.txt)")
+pytest.importorskip("onnxruntime", reason="onnxruntime (requirements-interop.txt)")
+
+TOLERANCE = 1e-4  # fp32
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(tiny untrained model, path of its ONNX export)."""
+    model = build_extraction_model(load_cfg(TINY_PRESET, TINY_EXTRACTION), torch.device("cpu"))
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(model, str(path), sample_size=(96, 128))
+    return model, path
+
+
+def test_onnxruntime_matches_pytorch_at_other_sizes(exported):
+    model, path = exported
+    report = parity(model, open_session(path), [(112, 112), (75, 101)])  # neither is the sample's
+    for size, differences in report.items():
+        assert set(differences) == {"global", "attention", "local"}
+        assert max(differences.values()) <= TOLERANCE, (size, differences)
+    assert report[(75, 101)]["local"] > 0  # two runtimes, not one graph compared with itself
+
+
+def test_adapter_returns_what_was_asked_in_the_model_layout(exported):
+    model, path = exported
+    onnx_model = OnnxExtractionModel(path, structure=model)
+    assert tuple(onnx_model.local_geometry) == tuple(model.local_geometry)
+    image = torch.randn(1, 3, 90, 70)
+    with torch.inference_mode():
+        expected = model.extract(image, want_global=False, want_local=True)
+    got = onnx_model.extract(image, want_global=False, want_local=True)
+    assert set(got) == {"attention", "local"}
+    for name, value in got.items():
+        assert value.shape == expected[name].shape and value.dtype == torch.float32
+        assert torch.allclose(value, expected[name], atol=TOLERANCE)
+
+
+def test_script_reports_the_differences(tmp_path, capsys):
+    code = export_onnx_script.main(
+        [
+            "--cfg",
+            TINY_PRESET,
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--sizes",
+            "64x80,97x65",
+            *TINY_EXTRACTION,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "m.onnx").is_file()
+    assert "64x80: max abs difference global=" in out and "97x65:" in out
+    assert export_onnx_script.main(["--cfg", TINY_PRESET, "--out", "x.onnx", "--sizes", "64"]) == 2
+
+
+def test_extraction_through_onnxruntime_evaluates_the_same(exported, tmp_path, monkeypatch):
+    model, path = exported
+    options = extract_tiny_world(tmp_path)  # through PyTorch, into tmp_path/out
+    torch_dir = Path(tmp_path) / "out" / "features"
+    onnx_options = [*options, "OUT_DIR", str(tmp_path / "onnx_out")]
+    monkeypatch.setattr(
+        runner, "build_extraction_model", lambda cfg, device: OnnxExtractionModel(path, model)
+    )
+    exit_code, _ = run_extraction(load_cfg(TINY_PRESET, onnx_options))
+    assert exit_code == 0
+    onnx_dir = Path(tmp_path) / "onnx_out" / "features"
+    for name in ("synth_query", "synth_database"):
+        a, b = open_store(torch_dir / name), open_store(onnx_dir / name)
+        assert a.names == b.names and a.provenance == b.provenance
+        assert np.abs(a.global_descriptors() - b.global_descriptors()).max() <= TOLERANCE
+    results = {}
+    for label, features in (("torch", torch_dir), ("onnx", onnx_dir)):
+        cfg = load_cfg(
+            TINY_PRESET,
+            [
+                *options,
+                "EVAL.FEATURES_DIR",
+                str(features),
+                "OUT_DIR",
+                str(tmp_path / f"eval_{label}"),
+            ],
+        )
+        cfg.EVAL.METHODS = ["global", "sv"]
+        results[label] = evaluate(cfg)
+    assert results["onnx"] == results["torch"]

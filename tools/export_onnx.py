@@ -1,0 +1,70 @@
+"""Export one pyramid level of the DELG extraction network to ONNX and check it with onnxruntime.
+
+    python tools/export_onnx.py --cfg FILE --out model.onnx [--sizes 256x256,321x187] TEST.WEIGHTS W
+
+The graph maps a normalised image [1, 3, H, W] (H and W dynamic) to the global embedding, the
+attention map and the local descriptor map (tools/interop/onnx_export.py); the pyramid, selection
+and geometry stay in tools/extraction and run around any runtime. The check runs the exported model
+with onnxruntime at each size and prints the max abs difference from PyTorch per output. Exit codes:
+0 exported and within --tolerance, 1 a difference above it, 2 a mistake in the arguments or inputs.
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
+
+import torch  # noqa: E402
+
+from core.config import ConfigError, load_cfg_or_exit, parse_args  # noqa: E402
+from core.logging import setup_logging  # noqa: E402
+from core.weights import WeightsError  # noqa: E402
+from tools.extraction.runner import build_extraction_model  # noqa: E402
+from tools.interop.onnx_export import export_onnx, open_session, parity  # noqa: E402
+
+
+def _extra_arguments(parser):
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--sizes",
+        default="256x256,321x187",
+        help="image sizes HxW of the onnxruntime check, comma-separated (default 256x256,321x187)",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest accepted max abs difference"
+    )
+
+
+def parse_sizes(text):
+    try:
+        sizes = [tuple(int(side) for side in item.lower().split("x")) for item in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
+        raise ValueError(f"--sizes {text!r}: expected HxW[,HxW...], e.g. 256x256,321x187")
+    return sizes
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], _extra_arguments, argv)
+    cfg = load_cfg_or_exit(args.cfg_file, args.opts)
+    setup_logging("", is_main=True)
+    try:
+        sizes = parse_sizes(args.sizes)
+        model = build_extraction_model(cfg, torch.device("cpu"))
+        export_onnx(model, args.out)
+    except (ConfigError, WeightsError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = parity(model, open_session(args.out), sizes)
+    worst = 0.0
+    for (height, width), differences in report.items():
+        line = " ".join(f"{name}={value:.2e}" for name, value in differences.items())
+        print(f"{height}x{width}: max abs difference {line}")
+        worst = max(worst, *differences.values())
+    print(f"{args.out}: written; largest difference {worst:.2e} (tolerance {args.tolerance:.0e})")
+    return 0 if worst <= args.tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
