@@ -45,9 +45,10 @@ _C.MODEL.LOCAL = CfgNode()
 # autoencoder (paper: 1024 -> 128 -> 1024) or seed (512-d BN(conv1x1))
 _C.MODEL.LOCAL.TYPE = "autoencoder"
 _C.MODEL.LOCAL.ATTENTION_DIM = 512  # hidden channels of the attention network
-# what the attention network reads: decoder (the autoencoder's output, official TF2 DELG) or
-# block3 (the block3 features, TF1 DELF and the seed)
-_C.MODEL.LOCAL.ATTENTION_INPUT = "block3"
+# what the autoencoder head's attention network reads: decoder (ReLU of the decoder output; the
+# attention classifier pools L2-normalised block3: official TF2 DELG) or block3 (attention on block3,
+# the classifier pools the decoder output: TF1 DELF wiring). The seed head always reads block3.
+_C.MODEL.LOCAL.ATTENTION_INPUT = "decoder"
 # local descriptor dimension (autoencoder bottleneck; 512 for seed)
 _C.MODEL.LOCAL.DESCRIPTOR_DIM = 128
 
@@ -65,8 +66,10 @@ _C.RESNET.WIDTH_PER_GROUP = 64  # base width; 32 gives a half-width network (fas
 # stride on the 1x1 conv (official Keras R50, rf 291) or the 3x3 (torchvision, seed)
 _C.RESNET.STRIDE_1X1 = True
 
-# stem: torchvision (conv1 padding 3, max-pool padding 1), keras (official TF2: conv1 TF 'same',
-# max-pool 'valid') or slim (tf-slim resnet_v1 of the TF1 releases: conv1 pad 3, pool1 TF 'SAME')
+# stem: torchvision (conv1 padding 3, max-pool padding 1; what torchvision's ImageNet weights were
+# trained with), keras (official TF2: conv1 TF 'same' = 2 before / 3 after on an even side,
+# max-pool 'valid') or slim (tf-slim resnet_v1 of the TF1 releases: conv1 padding 3, pool1 TF
+# 'SAME' = 0 before / 1 after on an even side); TF 'SAME' is computed for every input size
 _C.RESNET.STEM = "torchvision"
 
 # --------------------------------------------------------------------------------------- batch norm

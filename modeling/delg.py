@@ -14,9 +14,10 @@ import modeling.local_head  # noqa: F401  (registers the local heads)
 import modeling.margin_heads  # noqa: F401  (registers the margin heads)
 from core.config import ConfigError
 from modeling.geometry import local_geometry
+from modeling.local_head import ATTENTION_INPUTS
 from modeling.pooling import GeM
 from modeling.registry import BACKBONES, LOCAL_HEADS, MARGIN_HEADS
-from modeling.resnet import STAGE_DEPTHS, STANDARD_BLOCK
+from modeling.resnet import STAGE_DEPTHS, STANDARD_BLOCK, STEMS
 
 
 class DELG(nn.Module):
@@ -103,6 +104,8 @@ def build_backbone(cfg):
         raise ConfigError(f"MODEL.LOCAL_STRIDE must be 16 or 32, got {cfg.MODEL.LOCAL_STRIDE}")
     if cfg.RESNET.NUM_GROUPS < 1 or cfg.RESNET.WIDTH_PER_GROUP < 1:
         raise ConfigError("RESNET.NUM_GROUPS and RESNET.WIDTH_PER_GROUP must be positive")
+    if cfg.RESNET.STEM not in STEMS:
+        raise ConfigError(f"RESNET.STEM must be one of {STEMS}, got {cfg.RESNET.STEM!r}")
     return BACKBONES.get(cfg.MODEL.TYPE)(
         depth=depth,
         block=block,
@@ -115,6 +118,7 @@ def build_backbone(cfg):
         zero_init_final_gamma=cfg.BN.ZERO_INIT_FINAL_GAMMA,
         freeze_bn=cfg.MODEL.FREEZE_BN,
         freeze_stem=cfg.MODEL.FREEZE_STEM,
+        stem=cfg.RESNET.STEM,
     )
 
 
@@ -154,10 +158,30 @@ def build_model(cfg=None):
             "MODEL.LOCAL.ATTENTION_DIM "
             f"({local.ATTENTION_DIM})"
         )
+    _check_attention_input(local)
     margin_head = MARGIN_HEADS.get(heads.MARGIN_TYPE)(
         heads.REDUCTION_DIM, model_cfg.NUM_CLASSES, heads.SCALE, heads.MARGIN
     )
     local_head = LOCAL_HEADS.get(local.TYPE)(
-        backbone.block3_channels, local.ATTENTION_DIM, local.DESCRIPTOR_DIM, cfg.BN.EPS, cfg.BN.MOM
+        backbone.block3_channels,
+        local.ATTENTION_DIM,
+        local.DESCRIPTOR_DIM,
+        cfg.BN.EPS,
+        cfg.BN.MOM,
+        **_local_head_options(local),
     )
     return DELG(backbone, local_head, margin_head, heads.GEM_P, heads.GEM_LEARNABLE)
+
+
+def _check_attention_input(local):
+    if local.ATTENTION_INPUT not in ATTENTION_INPUTS:
+        raise ConfigError(
+            f"MODEL.LOCAL.ATTENTION_INPUT must be one of {ATTENTION_INPUTS}, "
+            f"got {local.ATTENTION_INPUT!r}"
+        )
+
+
+def _local_head_options(local):
+    """Options of the autoencoder head only: the seed head has no decoder (its attention always
+    reads block3), so MODEL.LOCAL.ATTENTION_INPUT does not apply to it."""
+    return {"attention_input": local.ATTENTION_INPUT} if local.TYPE == "autoencoder" else {}

@@ -16,6 +16,12 @@ Values for ResNet-50 block3 (see tests/test_model_geometry.py):
   either way because padding == (rf - 1) / 2, only the box size (used by NMS) differs.
 The 1x1 max-pool of local stride 32 adds nothing to rf or padding: rf 291 (267), padding 145 (133),
 stride 32.
+
+TF stems (RESNET.STEM) pad by the input size (modeling.same_padding); a padding layer counts with
+its padding before an even side. With the stride on the 1x1 conv: keras stem padding 142 (conv1 2
+before, max-pool none: 3 px less than the torchvision stem), slim stem 143 (pool1 0 before). The
+official extraction code uses rf 291, padding 145 for every layout, i.e. its stored centres sit
+3 (keras) or 2 (slim) px before the true receptive-field centres.
 """
 
 from collections import namedtuple
@@ -42,6 +48,9 @@ def compose_geometry(modules):
     ignored)."""
     receptive_field, jump, padding = 1, 1, 0
     for module in modules:
+        if hasattr(module, "geometry_padding"):  # a size-dependent padding layer (SamePad2d)
+            padding += module.geometry_padding * jump
+            continue
         if not isinstance(module, _SPATIAL):
             continue
         kernel = _square(module.kernel_size, "kernel", module)

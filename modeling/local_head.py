@@ -3,9 +3,12 @@ their losses need.
 
 Two variants share the attention network (conv1x1 -> hidden, BN, ReLU, conv1x1 -> 1, softplus):
 - ``autoencoder`` (the paper): descriptor = conv1x1 in -> d (no activation); decoder conv1x1 d ->
-  in, ReLU. The
-  attention classifier sees mean_hw(attention * L2-normalised decoder output); the reconstruction
-  loss is the MSE between the decoder output and block3.
+  in, ReLU; the reconstruction loss is the MSE between the decoder output and block3. What the
+  attention network reads (``attention_input``):
+  ``decoder`` (official TF2 DELG, ``Delf.global_and_local_forward_pass``): attention on the decoder
+  output; the attention classifier sees mean_hw(attention * L2-normalised block3).
+  ``block3`` (TF1 DELF wiring): attention on block3; the attention classifier sees
+  mean_hw(attention * L2-normalised decoder output).
 - ``seed`` (the seed project): descriptor = BN(conv1(x)) of the attention network, the 512-d map
   taken before the
   ReLU; the attention classifier sees mean_hw(attention * L2-normalised descriptor); no
@@ -71,28 +74,53 @@ def attention_pool(features, attention):
     return (attention * F.normalize(features, dim=1)).mean(dim=(2, 3))
 
 
+ATTENTION_INPUTS = ("decoder", "block3")
+
+
 @LOCAL_HEADS.register("autoencoder")
 class AutoencoderLocalHead(nn.Module):
-    """The paper's local head: attention network and autoencoder side by side on block3."""
+    """The paper's local head: attention network and autoencoder on block3; the attention network
+    reads the decoder output (``attention_input="decoder"``, official TF2) or block3 itself."""
 
-    def __init__(self, in_channels, attention_dim, descriptor_dim, bn_eps=1e-5, bn_momentum=0.1):
+    def __init__(
+        self,
+        in_channels,
+        attention_dim,
+        descriptor_dim,
+        bn_eps=1e-5,
+        bn_momentum=0.1,
+        attention_input="decoder",
+    ):
         super().__init__()
+        if attention_input not in ATTENTION_INPUTS:
+            raise ValueError(
+                f"attention input must be one of {ATTENTION_INPUTS}, got {attention_input!r}"
+            )
         self.attention = AttentionNetwork(in_channels, attention_dim, bn_eps, bn_momentum)
         self.autoencoder = Autoencoder(in_channels, descriptor_dim)
+        self.attention_input = attention_input
         self.descriptor_dim = descriptor_dim
         self.pooled_dim = in_channels
 
     def extract(self, block3):
-        return self.attention(block3), self.autoencoder.encoder(block3)
+        if self.attention_input == "block3":
+            return self.attention(block3), self.autoencoder.encoder(block3)
+        descriptors, reconstruction = self.autoencoder(block3)
+        return self.attention(reconstruction), descriptors
 
     def forward(self, block3):
-        attention = self.attention(block3)
         descriptors, reconstruction = self.autoencoder(block3)
+        if self.attention_input == "decoder":
+            attention = self.attention(reconstruction)
+            pooled = attention_pool(block3, attention)
+        else:
+            attention = self.attention(block3)
+            pooled = attention_pool(reconstruction, attention)
         dtype = torch.promote_types(block3.dtype, torch.float32)
         return {
             "attention": attention,
             "descriptors": descriptors,
-            "pooled": attention_pool(reconstruction, attention),
+            "pooled": pooled,
             "reconstruction_loss": F.mse_loss(reconstruction.to(dtype), block3.to(dtype)),
         }
 

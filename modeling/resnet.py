@@ -11,6 +11,16 @@ Here only the local branch sees the subsampled map; block4 keeps its own stride-
 full block3 map. With the stride on the 1x1 conv both are the same computation (a strided 1x1 conv
 is subsample-then-1x1); with the stride on the 3x3 conv this keeps block4 computing exactly what its
 ImageNet weights were trained for.
+
+Stems (``stem``): ``torchvision`` (conv1 7x7/2 padding 3, max-pool 3x3/2 padding 1: what
+torchvision's ImageNet weights were trained with); ``keras`` (the official TF2/Keras ResNet-50:
+conv1 TF 'same', i.e. 2 before / 3 after on an even side, max-pool 'valid'); ``slim`` (tf-slim
+resnet_v1 of the TF1 releases: conv1 padding 3 / 3, pool1 TF 'SAME', i.e. 0 before / 1 after on an
+even side). TF 'SAME' depends on the input size; modeling.same_padding computes it for any size.
+With the stride on the 1x1 conv and local stride 32, the slim stem computes exactly what
+tf-slim's resnet_v1 computes (slim strides the 3x3 conv of a block's last unit, with a 1x1
+max-pool shortcut there; 1x1 convs, ReLU and the residual sum commute with that subsampling, see
+tests/test_tf_parity_slim.py).
 """
 
 import functools
@@ -18,6 +28,9 @@ import functools
 import torch.nn as nn
 
 from modeling.registry import BACKBONES
+from modeling.same_padding import SamePad2d
+
+STEMS = ("torchvision", "keras", "slim")
 
 STAGE_DEPTHS = {
     18: (2, 2, 2, 2),
@@ -109,6 +122,7 @@ class ResNet(nn.Module):
     width 4).
     local_stride: 16 (block3 as is) or 32 (1x1 max-pool, stride 2, on the local branch; see the
     module docstring).
+    stem: torchvision, keras or slim (the padding of conv1 and the max-pool; module docstring).
     """
 
     def __init__(
@@ -124,8 +138,11 @@ class ResNet(nn.Module):
         zero_init_final_gamma=False,
         freeze_bn=False,
         freeze_stem=False,
+        stem="torchvision",
     ):
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
         if local_stride not in (16, 32):
@@ -142,10 +159,8 @@ class ResNet(nn.Module):
         self.freeze_bn = freeze_bn
         self.freeze_stem = freeze_stem
 
-        self.conv1 = nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False)
-        self.bn1 = norm_layer(base)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.stem = stem
+        self._build_stem(base, norm_layer)
         in_channels = base
         for index, num_blocks in enumerate(STAGE_DEPTHS[depth]):
             planes = base * 2**index
@@ -168,6 +183,18 @@ class ResNet(nn.Module):
         )
         self._init_weights(zero_init_final_gamma)
         self._freeze_parameters()
+
+    def _build_stem(self, base, norm_layer):
+        """conv1, bn1, relu, maxpool (torchvision names) and the TF padding layers before conv1 and
+        the max-pool (no parameters; identities for the torchvision stem)."""
+        keras = self.stem == "keras"
+        self.conv1_pad = SamePad2d(7, 2) if keras else nn.Identity()
+        self.conv1 = nn.Conv2d(3, base, 7, stride=2, padding=0 if keras else 3, bias=False)
+        self.bn1 = norm_layer(base)
+        self.relu = nn.ReLU(inplace=True)
+        slim = self.stem == "slim"
+        self.maxpool_pad = SamePad2d(3, 2, float("-inf")) if slim else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1 if self.stem == "torchvision" else 0)
 
     def _init_weights(self, zero_init_final_gamma):
         for module in self.modules():
@@ -202,7 +229,8 @@ class ResNet(nn.Module):
 
     def forward_block3(self, x):
         """Stem to block3, before the optional local max-pool."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.relu(self.bn1(self.conv1(self.conv1_pad(x))))
+        x = self.maxpool(self.maxpool_pad(x))
         return self.layer3(self.layer2(self.layer1(x)))
 
     def forward(self, x):
@@ -216,7 +244,7 @@ class ResNet(nn.Module):
         modeling.geometry composes receptive field, stride and padding from these modules'
         definitions.
         """
-        modules = [self.conv1, self.maxpool]
+        modules = [self.conv1_pad, self.conv1, self.maxpool_pad, self.maxpool]
         for layer in (self.layer1, self.layer2, self.layer3):
             for block in layer:
                 modules += [m for name, m in block.named_children() if name.startswith("conv")]

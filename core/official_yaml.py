@@ -1,0 +1,80 @@
+"""The config of a converted official DELG model: architecture, input and official extraction.
+
+official_values(settings) is the nested dict that tools/convert_official.py writes as
+OUT_PREFIX.yaml and that configs/official/*.yaml hold; config_of merges it into the defaults.
+"""
+
+import yaml
+
+INPUT_MEAN = 128.0 / 255.0  # (x - 128) / 128 on 0..255 pixels == (x / 255 - m) / m on 0..1
+
+
+def official_values(settings):
+    from core.official_convert import GLOBAL_SCALES, LOCAL_SCALES
+
+    values = {
+        "MODEL": {
+            "TYPE": "resnet",
+            "DEPTH": settings["depth"],
+            "NUM_CLASSES": settings["num_classes"],
+            "LOCAL_STRIDE": 32,
+            "HEADS": {
+                "IN_FEAT": 0,
+                "REDUCTION_DIM": settings["reduction_dim"],
+                "GEM_P": settings["gem_p"],
+                "GEM_LEARNABLE": False,
+                "MARGIN_TYPE": "arcface",
+                "MARGIN": 0.1,
+                "SCALE": 45.25,
+            },
+            "LOCAL": {
+                "TYPE": "autoencoder",
+                "ATTENTION_INPUT": settings["attention_input"],
+                "ATTENTION_DIM": settings["attention_dim"],
+                "DESCRIPTOR_DIM": settings["descriptor_dim"],
+            },
+        },
+        "RESNET": {
+            "TRANS_FUN": "bottleneck_transform",
+            "NUM_GROUPS": 1,
+            "WIDTH_PER_GROUP": settings["width"],
+            "STRIDE_1X1": True,
+            "STEM": settings["layout"],
+        },
+        "BN": {"EPS": 1e-5},
+        "INPUT": {"CHANNEL_ORDER": "RGB", "MEAN": [INPUT_MEAN] * 3, "STD": [INPUT_MEAN] * 3},
+        "EXTRACT": {
+            "RESIZE": settings["resize"],
+            "SIZE_ROUNDING": "half_even",
+            "LOCAL_SCALES": list(LOCAL_SCALES),
+            "GLOBAL_SCALES": list(GLOBAL_SCALES),
+            "ATTENTION_THRESHOLD": settings["threshold"],
+            "MAX_FEATURES": 1000,
+            "MAX_IMAGE_SIZE": 1024,
+            "NMS_IOU": 1.0,
+        },
+    }
+    from core.config import _DEFAULTS
+
+    if "MIN_SIZE" in _DEFAULTS.EXTRACT:  # official: images under 10 px give no features
+        values["EXTRACT"]["MIN_SIZE"] = 10
+    return values
+
+
+def config_of(settings):
+    from core.config import _DEFAULTS, merge_dict
+
+    cfg = _DEFAULTS.clone()  # the defaults, leaving the global cfg alone
+    merge_dict(cfg, official_values(settings), "official config")
+    return cfg
+
+
+def official_yaml(settings, release, layout_line):
+    header = (
+        f"# Official DELG {release}: {layout_line}.\n"
+        "# Written by tools/convert_official.py; use with TEST.WEIGHTS (extraction) or\n"
+        "# TRAIN.WEIGHTS"
+        " (fine-tuning) set to the .pth written beside it. See docs/official_weights.md.\n"
+    )
+    body = yaml.safe_dump(official_values(settings), sort_keys=False, default_flow_style=None)
+    return header + body
