@@ -1,6 +1,7 @@
 """Fault injection on inputs: damaged feature stores are named on open and refused by search, and a
 code-running ground-truth pickle is refused by every script that reads one (exit 2, one line)."""
 
+import errno
 import os
 import pickle
 import shutil
@@ -8,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from core.io import read_json, write_json
+from core.io import EXIT_DISK_FULL, read_json, write_json
 from datasets.features import FeatureStoreError, open_store
 from tests.tiny import TINY_PRESET, extract_tiny_world
 from tools import extractor, search
@@ -119,3 +120,20 @@ def test_malicious_ground_truth_is_refused_by_every_reader(world, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "refusing to load global" in err, err
     assert str(data / "gnd_synth.pkl") in err and not marker.exists()
+
+
+def test_extraction_on_a_full_disk_exits_5_then_resumes(world, tmp_path, monkeypatch, capsys):
+    root, options = world
+    argv = ["--cfg", TINY_PRESET, *options, "OUT_DIR", str(tmp_path)]
+    real_save = np.save
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", no_space)
+    assert extractor.main(argv) == EXIT_DISK_FULL == 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "disk full in" in err and "MB free" in err, err
+    monkeypatch.setattr(np, "save", real_save)
+    assert extractor.main(argv) == 0
+    assert len(open_store(str(tmp_path / "features" / "synth_database"))) == 30

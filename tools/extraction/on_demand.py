@@ -28,9 +28,9 @@ import uuid
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from core.distributed import resolve_device
+from core.progress import track
 from datasets.features import FeatureStoreError, open_store, write_store
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, RUN_KEYS, local_part, require_same
 from tools.extraction.runner import build_extractor
@@ -183,12 +183,8 @@ class OnDemandLocalFeatures:
         )
         results = [
             self.extractor.extract_item(item)
-            for item in tqdm(
-                loader,
-                total=len(names),
-                desc="local features on demand",
-                unit="img",
-                mininterval=1.0,
+            for item in track(
+                loader, len(names), "local features on demand", "img", mininterval=1.0
             )
         ]
         failures = [

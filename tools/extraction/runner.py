@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from core.config import ConfigError
 from core.distributed import place_from_environment, resolve_backend, resolve_device
+from core.progress import progress_bar
 from core.weights import load_weights
 from datasets.features import open_store
 from datasets.transforms import build_normalizer
@@ -235,9 +235,7 @@ class Extractor:
             collate_fn=keep_item,
         )
         items = iter(loader)
-        progress = tqdm(
-            total=len(indices), desc=job.name, unit="img", disable=not self.show_progress
-        )
+        progress = progress_bar(len(indices), job.name, "img", enabled=self.show_progress)
         for shard in shard_ids:
             results = []
             for _ in job.ranges[shard]:
