@@ -17,7 +17,6 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
 
 import argparse  # noqa: E402
-import logging  # noqa: E402
 
 from datasets.revisitop import GroundTruthError  # noqa: E402
 from datasets.safe_pickle import PickleReadError, UnsafePickleError  # noqa: E402
@@ -54,7 +53,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = import_official(
             args.features_dir,
