@@ -135,35 +135,42 @@ def write_local(path, locations, scales, scores, descriptors):
     if not len(locations) == len(inverse) == len(scores) == len(descriptors):
         raise ValueError(f"{path}: local feature arrays of different lengths")
     features = DelfFeatures()
-    for row in range(len(scores)):
-        feature = features.feature.add()
-        feature.y, feature.x = float(locations[row, 1]), float(locations[row, 0])
-        feature.scale = float(inverse[row])
-        feature.orientation = 0.0
-        feature.strength = float(scores[row])
-        feature.descriptor.CopyFrom(_datum(descriptors[row]))
+    dim = descriptors.shape[1] if descriptors.ndim == 2 else 0
+    # Python floats hold float32 values exactly; converting whole arrays at once is the fast path
+    columns = zip(locations.tolist(), inverse.tolist(), scores.tolist(), descriptors.tolist())
+    for (x, y), scale, score, descriptor in columns:
+        feature = features.feature.add(x=x, y=y, scale=scale, orientation=0.0, strength=score)
+        feature.descriptor.shape.dim.append(dim)
+        feature.descriptor.float_list.value.extend(descriptor)
     _write(path, features)
+
+
+def _descriptor_rows(features, path):
+    """[n, d] float32 from the features' DatumProto descriptors (one array call: per-feature
+    conversion costs most of the reading time)."""
+    datums = [feature.descriptor for feature in features]
+    for index, datum in enumerate(datums):
+        if datum.WhichOneof("kind_oneof") != "float_list":
+            _datum_array(datum, path, f"feature {index}'s descriptor")  # raises, naming the fault
+    lengths = {len(datum.float_list.value) for datum in datums}
+    shapes = {tuple(datum.shape.dim) for datum in datums} - {()}
+    if len(lengths) > 1 or (shapes and shapes != {tuple(lengths)}):
+        found = sorted(map(list, shapes)) or sorted(lengths)
+        raise OfficialFileError(path, f"descriptors of shapes {found}, expected one shape [d]")
+    if not datums:
+        return np.zeros((0, 0), np.float32)
+    return np.array([datum.float_list.value for datum in datums], dtype=np.float32)
 
 
 def read_local(path, known_scales=OFFICIAL_SCALES):
     """One image's local features in our conventions: locations [n, 2] (x, y), scales [n] (pyramid
     scales, see pyramid_scales), scores [n], descriptors [n, d], all float32."""
     features = _parse(DelfFeatures, path).feature
-    count = len(features)
-    rows = [
-        _datum_array(feature.descriptor, path, f"feature {i}'s descriptor")
-        for i, feature in enumerate(features)
-    ]
-    dims = {row.shape for row in rows}
-    if len(dims) > 1 or any(len(shape) != 1 for shape in dims):
-        raise OfficialFileError(
-            path, f"descriptors of shapes {sorted(map(list, dims))}, expected one shape [d]"
-        )
-    dim = rows[0].shape[0] if rows else 0
+    descriptors = _descriptor_rows(features, path)
     fields = np.array(
         [(f.x, f.y, f.scale, f.strength) for f in features], dtype=np.float32
-    ).reshape(count, 4)
-    if not np.all(np.isfinite(fields)) or (count and not np.all(np.isfinite(np.stack(rows)))):
+    ).reshape(len(features), 4)
+    if not (np.all(np.isfinite(fields)) and np.all(np.isfinite(descriptors))):
         raise OfficialFileError(path, "non-finite feature values")
     if np.any(fields[:, 2] <= 0):
         raise OfficialFileError(path, "a feature scale is not positive (expected 1 / scale)")
@@ -171,5 +178,5 @@ def read_local(path, known_scales=OFFICIAL_SCALES):
         "locations": np.ascontiguousarray(fields[:, :2]),
         "scales": pyramid_scales(fields[:, 2], known_scales),
         "scores": np.ascontiguousarray(fields[:, 3]),
-        "descriptors": np.stack(rows) if rows else np.zeros((0, dim), np.float32),
+        "descriptors": descriptors,
     }
