@@ -6,8 +6,8 @@ import pytest
 
 from core import trainer
 from core.config import load_cfg
-from core.logging import JSON_LOG_NAME, read_json_log
-from core.tensorboard import scalars_of
+from core.logging import JSON_LOG_NAME, JsonLog, read_json_log
+from core.tensorboard import TensorBoardSink, build_log_sinks, scalars_of
 from tests.tiny import TINY_PRESET, generate_tiny_world, tiny_training_options
 
 event_accumulator = pytest.importorskip(
@@ -117,3 +117,16 @@ def test_scalars_of_keeps_numbers_and_drops_bookkeeping():
         "flag": True,
     }
     assert scalars_of(record) == {"retrieval/mAP_M": 41.5}
+
+
+def test_only_the_main_process_writes_and_only_when_asked(tmp_path):
+    cfg = load_cfg(TINY_PRESET, ["OUT_DIR", str(tmp_path), "TRAIN.TENSORBOARD", "True"])
+    assert build_log_sinks(cfg, is_main=False) == []
+    sinks = build_log_sinks(cfg, is_main=True)
+    assert [type(sink) for sink in sinks] == [TensorBoardSink]
+    JsonLog(str(tmp_path), enabled=False, sinks=sinks).write({"type": "train_iter", "iter": 1})
+    assert not list(tmp_path.glob("events.out.tfevents.*"))  # a disabled log feeds no sink
+    JsonLog(str(tmp_path), enabled=True, sinks=sinks).write({"type": "train_iter", "iter": 1})
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+    cfg.TRAIN.TENSORBOARD = False
+    assert build_log_sinks(cfg, is_main=True) == []
