@@ -215,7 +215,8 @@ _C.EVAL = CfgNode()
 _C.EVAL.DATASET = "roxford5k"  # roxford5k, rparis6k, synth, (+1m variants: roxford5k+1m), gldv2
 _C.EVAL.DATA_ROOT = ""  # folder of the ground truth
 _C.EVAL.FEATURES_DIR = ""  # feature stores ("" = EXTRACT.OUTPUT_DIR or OUT_DIR/features)
-_C.EVAL.METHODS = ["global", "sv"]  # global, sv, asmk, asmk_rerank
+# global, sv, asmk, asmk_rerank, qe, dba, dba_qe, superglobal, <qe|dba|dba_qe>+<sv|asmk_rerank>
+_C.EVAL.METHODS = ["global", "sv"]
 _C.EVAL.KAPPAS = [1, 5, 10]  # k of mP@k
 # global search keeps this many per query (all when the database is smaller)
 _C.EVAL.SEARCH_TOPK = 1000
@@ -224,6 +225,26 @@ _C.EVAL.CHUNK_SIZE = 65536  # database rows scored at a time
 _C.EVAL.USE_FAISS = False
 _C.EVAL.DEVICE = "auto"  # auto, cpu or cuda
 _C.EVAL.SOLUTION_FILE = ""  # GLDv2 retrieval_solution_v2.1.csv
+
+# ------------------------------------------------------------------ re-ranking with global features
+# alpha-QE, alpha-DBA and SuperGlobal (tools/rerank, docs/reranking.md): EVAL.METHODS qe, dba,
+# dba_qe, superglobal, and qe / dba / dba_qe followed by +sv or +asmk_rerank (e.g. dba_qe+sv)
+_C.RERANK = CfgNode()
+_C.RERANK.QE_K = 2  # alpha-QE: database neighbours added to the query (not counting the query)
+_C.RERANK.QE_ALPHA = 3.0  # alpha-QE: weight power of the neighbours' similarities
+_C.RERANK.DBA_K = 10  # alpha-DBA: neighbours of a database image, the image itself counted
+_C.RERANK.DBA_ALPHA = 3.0  # alpha-DBA: weight power of the neighbours' similarities
+# negative similarities in alpha-QE / alpha-DBA: clamp (to 0 before the power) or sign (kept)
+_C.RERANK.NEGATIVE = "clamp"
+_C.RERANK.DBA_CHUNK = 4096  # alpha-DBA: database rows per k-NN block (memory and resume unit)
+# where the augmented database is cached ("" = beside the database store: <store>.dba/)
+_C.RERANK.DBA_CACHE_DIR = ""
+_C.RERANK.SG_SHORTLIST = 400  # SuperGlobal: M, the shortlist refined and re-ranked
+_C.RERANK.SG_K = 9  # SuperGlobal: K, neighbours inside the shortlist besides the image itself
+_C.RERANK.SG_BETA = 0.15  # SuperGlobal: weight factor of the neighbours
+# SuperGlobal shortlist: protocol (first M non-junk images per protocol, like sv) or shared (the
+# first M of the global ranking for Easy, Medium and Hard, junk kept: the public code)
+_C.RERANK.SG_CONVENTION = "protocol"
 
 # --------------------------------------------------------------------------------------------- misc
 _C.NUM_GPUS = 1  # processes per machine (GPUs; CPU processes where there is no GPU)

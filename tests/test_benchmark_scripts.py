@@ -54,6 +54,7 @@ CASES = {
         "16",
     ],
     "rerank": ["--pairs", "3", "--baseline-pairs", "2"],
+    "dba": ["--rows", "3000", "--dim", "32"],
     "eval": ["--rows", "6000", "--gnd", str(SHARED_GND)],
 }
 

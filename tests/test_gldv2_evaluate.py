@@ -141,6 +141,7 @@ def test_gldv2_map_at_100_matches_hand_computed_values(tmp_path, capsys):
     make_gldv2(tmp_path)
     assert main(_options(tmp_path)) == 0
     written = read_json(tmp_path / "out" / "results.json")
+    assert set(written.pop("runs")) == {"global", "sv"}  # seconds, queries/s per method
     assert set(written) == {"global", "sv"}
     assert set(written["global"]) == {"gldv2"} and set(written["global"]["gldv2"]) == {"mAP@100"}
     # the mean runs over the 4 solution queries with relevant images (q0, q1, q4 and the missing q5)

@@ -88,7 +88,10 @@ def raw_results(context, names):
     for method in names:
         start = time.perf_counter()
         results[method] = METHODS[method](context)
-        logger.info("%s: %.1f s", method, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        logger.info("%s: %.1f s", method, seconds)
+        run = context.cache.setdefault("runs", {}).setdefault(method, {})
+        run.update(seconds=seconds, queries_per_s=len(context.query_rows) / max(seconds, 1e-9))
     return results
 
 

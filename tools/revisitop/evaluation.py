@@ -9,7 +9,8 @@ distractors) with the Easy / Medium / Hard protocols and mAP, mP@k (tools/revisi
 ``gldv2`` with mAP@100 from EVAL.SOLUTION_FILE (tools/retrieval/gldv2_evaluation.py). Either way the
 methods of EVAL.METHODS see one interface (tools/retrieval/methods.py: the registry, dispatch and
 the table). This module imports every module that registers methods: global and sv
-(tools/retrieval/methods.py), asmk and asmk_rerank (tools/revisitop/asmk_methods.py).
+(tools/retrieval/methods.py), asmk and asmk_rerank (tools/revisitop/asmk_methods.py), qe, dba,
+dba_qe, superglobal and their compositions (tools/revisitop/rerank_methods.py).
 """
 
 import os
@@ -24,7 +25,10 @@ from tools.retrieval.methods import (
     register_method,
     run_methods,
 )
-from tools.revisitop import asmk_methods  # noqa: F401  (registers asmk, asmk_rerank)
+from tools.revisitop import (
+    asmk_methods,  # noqa: F401  (registers asmk, asmk_rerank)
+    rerank_methods,  # noqa: F401  (qe, dba, dba_qe, superglobal, ...)
+)
 from tools.revisitop.context import build_revisitop_context, load_gnd
 
 # the registry's names, for modules that register methods through this module
@@ -43,5 +47,7 @@ def evaluate(cfg):
     context = build_context(cfg)
     results = run_methods(context, cfg.EVAL.METHODS)
     print(format_table(results, context.title), flush=True)
-    write_json(os.path.join(cfg.OUT_DIR, "results.json"), results)
+    # "runs": per method its seconds, queries/s and settings (tools/retrieval/methods.raw_results)
+    runs = {"runs": context.cache.get("runs", {})}
+    write_json(os.path.join(cfg.OUT_DIR, "results.json"), {**results, **runs})
     return results
