@@ -10,6 +10,11 @@ import sys
 from core import distributed
 from core.config import load_cfg_or_exit, parse_args
 from core.trainer import train_in_process
+from tools.revisitop.validation import build_retrieval_validator
+
+# what the trainer evaluates besides its classifiers: module-level factories, so that spawned
+# processes can import them
+EVALUATOR_FACTORIES = [build_retrieval_validator]
 
 
 def main():
@@ -18,7 +23,7 @@ def main():
     try:
         code = distributed.launch(
             train_in_process,
-            (cfg.dump(),),
+            (cfg.dump(), EVALUATOR_FACTORIES),
             cfg.NUM_GPUS,
             cfg.HOST,
             cfg.PORT,

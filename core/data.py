@@ -13,11 +13,12 @@ Exact resume needs three things from the data side, all here:
 
 import contextlib
 import random
-import signal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datasets.loader import init_worker
 
 
 class ResumableDistributedSampler(Sampler):
@@ -114,13 +115,6 @@ def _mix(*numbers):
     return value >> 1
 
 
-def _worker_init(_worker_id):
-    # Preemption signals are for the training process, which checkpoints and then shuts the workers
-    # down; a worker killed by them first would turn a clean stop into a DataLoader error.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-
 def make_train_loader(
     dataset, batch_size, num_workers, collate_fn, seed, rank=0, world_size=1, pin_memory=False
 ):
@@ -137,7 +131,7 @@ def make_train_loader(
         collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=True,
-        worker_init_fn=_worker_init,
+        worker_init_fn=init_worker,
         generator=generator,
         persistent_workers=num_workers > 0,
     )

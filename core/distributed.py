@@ -43,13 +43,18 @@ class ProcessPlace:
 
 
 def resolve_device(device):
-    """DEVICE 'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    """DEVICE (or EVAL.DEVICE) 'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cpu', 'cuda',
+    'cuda:N' and torch.device objects are checked (a GPU must be visible) and returned as a string.
+    The one device check of training, extraction, search and evaluation."""
+    device = str(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cuda", "cpu"):
+    if device.split(":")[0] not in ("cuda", "cpu"):
         raise LaunchError(f"DEVICE must be auto, cuda or cpu, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LaunchError("DEVICE cuda was asked for but no GPU is visible; use DEVICE cpu or auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LaunchError(
+            f"DEVICE {device} was asked for but no GPU is visible; use DEVICE cpu or auto"
+        )
     return device
 
 
@@ -161,7 +166,9 @@ def _spawned_entry(local_rank, num_procs, init_method, backend, device, fn, args
         raise SystemExit(code)
 
 
-def _run_in_process(place, backend, device, fn, args):
+def join_process_group(place, backend, device, timeout=None):
+    """Put this process on its device and, when the job has several processes, join their group
+    (once). The one join of training (launch) and extraction (tools/extraction/runner.py)."""
     global _LOCAL_RANK
     _LOCAL_RANK = place.local_rank
     if device == "cuda":
@@ -170,10 +177,19 @@ def _run_in_process(place, backend, device, fn, args):
         # CPU processes on one machine share its cores; unchecked, each would start one thread per
         # core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.local_world_size))
-    if place.world_size > 1:
+    if place.world_size > 1 and not dist.is_initialized():
+        options = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group(
-            backend, init_method=place.init_method, rank=place.rank, world_size=place.world_size
+            backend,
+            init_method=place.init_method,
+            rank=place.rank,
+            world_size=place.world_size,
+            **options,
         )
+
+
+def _run_in_process(place, backend, device, fn, args):
+    join_process_group(place, backend, device)
     try:
         return fn(*args) or 0
     finally:
@@ -234,6 +250,18 @@ def all_reduce_sum(tensor):
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_reduce_dict(values, device):
+    """{name: float} of named scalars (numbers or 0-dim tensors) summed over all processes, in one
+    all-reduce: stacked in sorted key order (the same on every process), reduced, zipped back; the
+    result keeps the order of ``values``."""
+    names = sorted(values)
+    stacked = torch.stack(
+        [torch.as_tensor(values[name], dtype=torch.float32, device=device) for name in names]
+    )
+    summed = dict(zip(names, all_reduce_sum(stacked).tolist()))
+    return {name: summed[name] for name in values}
 
 
 def all_gather_objects(obj):

@@ -1,17 +1,18 @@
 """The DELG training loop, read top to bottom.
 
 train_model(): set up the process, build data, model and optimiser, resume (or load initial
-weights), then for
-each epoch for each batch take one step; checkpoint every TRAIN.CHECKPOINT_ITERS iterations and
-every TRAIN.CHECKPOINT_PERIOD epochs; validate both classifiers every TRAIN.EVAL_PERIOD epochs, and
-with TRAIN.RETRIEVAL_EVAL also the retrieval mAP on EVAL.DATASET (core/validation.py,
-core/retrieval_eval.py).
+weights), then for each epoch for each batch take one step (core/step.py); after each step
+``due_at`` says what the position calls for: a checkpoint (every TRAIN.CHECKPOINT_ITERS iterations,
+every TRAIN.CHECKPOINT_PERIOD epochs, at the end) and validation (every TRAIN.EVAL_PERIOD epochs and
+at the end): both classifiers' top-1 errors, and the evaluators the caller handed in as factories
+(train_delg.py and the demo: retrieval mAP on EVAL.DATASET with TRAIN.RETRIEVAL_EVAL,
+tools/revisitop/validation.py). See core/validation.py.
 
 One step is one forward and one backward for the whole loss (global CE + attention CE +
 reconstruction; the model stops the gradient between backbone and local head). After the backward,
-one all-reduce per iteration carries the batch statistics of every process together with two flags
-every process must agree on: "some loss was not finite" (then nobody steps) and "a preemption signal
-arrived" (then everybody checkpoints and exits).
+one all-reduce per iteration carries the named batch statistics of every process together with two
+flags every process must agree on: "some loss was not finite" (then nobody steps) and "a preemption
+signal arrived" (then everybody checkpoints and exits).
 """
 
 import math
@@ -40,11 +41,11 @@ from core.config import cfg, dump_cfg, load_cfg, merge_dict
 from core.data import make_train_loader
 from core.io import EXIT_DISK_FULL, DiskFullError
 from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
-from core.meters import TrainMeter, top1_errors
+from core.meters import TrainMeter
 from core.optimizer import build_lr_schedule, build_optimizer, set_lr
-from core.retrieval_eval import build_retrieval_validator
+from core.step import CONTROL, train_step
 from core.tensorboard import build_log_sinks
-from core.validation import validate, validate_retrieval
+from core.validation import build_evaluators, run_evaluators, validate
 from core.weights import load_weights
 from datasets.loader import (
     FailureBudget,
@@ -64,18 +65,8 @@ EXIT_CONFIG = 2  # a config key, data file or checkpoint that does not fit (the 
 EXIT_NONFINITE = 3  # the run stopped after TRAIN.MAX_NONFINITE_STEPS non-finite losses in a row
 EXIT_BAD_IMAGES = 4  # more images failed to decode than TRAIN.MAX_BAD_IMAGE_FRACTION allows
 # EXIT_DISK_FULL = 5 (core.io): a checkpoint did not fit on the disk of OUT_DIR
-_STAT_NAMES = (
-    "preempt",
-    "images",
-    "failed",
-    "nonfinite",
-    "loss",
-    "global_err",
-    "attention_err",
-    "grad_norm",
-)
-_CONTROL = ("preempt", "images", "failed", "nonfinite")  # step outputs that are not statistics
-_LOSS_PARTS = ("global", "attention", "reconstruction")
+# the log's fields before any step was measured (loss parts: those of the last step)
+_LOGGED = ("loss", "grad_norm", "top1_err_global", "top1_err_attention")
 
 
 class TrainingStopped(RuntimeError):
@@ -94,9 +85,7 @@ class Run:
     schedule: object
     loader: torch.utils.data.DataLoader
     val_loader: object
-    retrieval: (
-        object  # core.retrieval_eval.RetrievalValidator, or None without TRAIN.RETRIEVAL_EVAL
-    )
+    evaluators: list  # the caller's evaluators (core.validation.run_evaluators)
     device: torch.device
     amp_dtype: object  # torch.bfloat16, torch.float16 or None
     channels_last: bool
@@ -109,16 +98,18 @@ class Run:
     bad_images: FailureBudget
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
+    loss_parts: tuple = ()  # the loss_<part> statistics of the last measured step
 
 
 # ------------------------------------------------------------------------------------- entry points
-def train_in_process(cfg_text):
+def train_in_process(cfg_text, evaluator_factories=()):
     """Entry of every training process (spawned, torchrun, srun or the only one): load the config,
-    train."""
+    train. evaluator_factories: module-level functions (they survive spawn) ``factory(cfg)`` ->
+    an evaluator or None, run at every validation (core/validation.py)."""
     load_cfg()
     merge_dict(cfg, yaml.safe_load(cfg_text), "the launcher's config")
     try:
-        return train_model()
+        return train_model(evaluator_factories)
     except DiskFullError as error:
         logger.error("stopping: %s", error)
         return EXIT_DISK_FULL
@@ -136,11 +127,11 @@ def train_in_process(cfg_text):
         return EXIT_BAD_IMAGES
 
 
-def train_model():
+def train_model(evaluator_factories=()):
     """Train with the global cfg in this process; return 0 when finished or preempted after a
     checkpoint."""
     device = setup_process()
-    run = build_run(device)
+    run = build_run(device, evaluator_factories)
     position = resume_or_initialise(run)
     if dist.is_main_process():
         dump_cfg(cfg.OUT_DIR)
@@ -173,8 +164,8 @@ def setup_process():
     return device
 
 
-def build_run(device):
-    """Data, model, loss, optimiser, scaler, schedule and loaders, from cfg."""
+def build_run(device, evaluator_factories=()):
+    """Data, model, loss, optimiser, scaler, schedule, loaders and evaluators, from cfg."""
     for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
         if cfg.TRAIN[key] < 1:
             raise ValueError(
@@ -202,9 +193,12 @@ def build_run(device):
     )
     val_set, _ = build_val_dataset(cfg)
     val_loader = build_val_loader(cfg, val_set, rank, world, pin) if val_set is not None else None
-    retrieval = build_retrieval_validator(
-        cfg
-    )  # on every process, so that a missing set stops them all
+    evaluators = build_evaluators(cfg, evaluator_factories)
+    if cfg.TRAIN.RETRIEVAL_EVAL and not evaluators:
+        logger.warning(
+            "TRAIN.RETRIEVAL_EVAL True but no evaluator was handed to the trainer: run "
+            "train_delg.py (or pass tools.revisitop.validation.build_retrieval_validator)"
+        )
 
     model = build_model(cfg).to(device)
     logger.info("model: %s", format_parameters(count_parameters(model)))
@@ -239,7 +233,7 @@ def build_run(device):
         schedule=build_lr_schedule(cfg, epoch_iters, total_iters),
         loader=loader,
         val_loader=val_loader,
-        retrieval=retrieval,
+        evaluators=evaluators,
         device=device,
         amp_dtype=amp_dtype,
         channels_last=channels_last,
@@ -356,6 +350,31 @@ def write_checkpoint(run, position):
 
 
 # ----------------------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Due:
+    """What a position calls for after its step."""
+
+    checkpoint: bool
+    validate: bool
+    epoch_end: bool
+    finished: bool
+
+
+def due_at(position, total_iters, checkpoint_iters, checkpoint_period, eval_period):
+    """Checkpoint every checkpoint_iters iterations (0: never by iterations), every
+    checkpoint_period epochs and at the end; validate every eval_period epochs and at the end."""
+    finished = position.global_iter >= total_iters
+    epoch_end = position.iter_in_epoch == 0  # position.epoch epochs are complete
+    by_iters = checkpoint_iters > 0 and position.global_iter % checkpoint_iters == 0
+    by_epochs = epoch_end and position.epoch % checkpoint_period == 0
+    return Due(
+        checkpoint=by_iters or by_epochs or finished,
+        validate=finished or (epoch_end and position.epoch % eval_period == 0),
+        epoch_end=epoch_end,
+        finished=finished,
+    )
+
+
 def train(run, position):
     if position.global_iter >= run.total_iters:
         logger.info("nothing to do: the run already finished its %d iterations", run.total_iters)
@@ -363,7 +382,6 @@ def train(run, position):
     for epoch in range(position.epoch, run.max_epoch):
         start = position.iter_in_epoch if epoch == position.epoch else 0
         position, outcome = train_epoch(run, epoch, start)
-        epoch_done = position.iter_in_epoch == 0
         if outcome == "preempted":
             write_checkpoint(run, position)
             logger.info(
@@ -372,26 +390,15 @@ def train(run, position):
                 position.global_iter,
             )
             return 0
-        finished = position.global_iter >= run.total_iters
-        saved_by_iter = (
-            cfg.TRAIN.CHECKPOINT_ITERS > 0
-            and position.global_iter % cfg.TRAIN.CHECKPOINT_ITERS == 0
-        )
-        if (
-            finished or (epoch_done and (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0)
-        ) and not saved_by_iter:
-            write_checkpoint(run, position)
-        if finished or (epoch_done and (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0):
-            validate(run, epoch, position.global_iter)
-            validate_retrieval(run, epoch, position.global_iter)
-        if finished:
+        if outcome == "finished":
             break
     logger.info("training finished after %d iterations", run.total_iters)
     return 0
 
 
 def train_epoch(run, epoch, start_batch):
-    """Train from batch start_batch of the epoch; return (position after the last step, outcome)."""
+    """Train from batch start_batch of the epoch; return (position after the last step, outcome:
+    "done", "finished" or "preempted")."""
     run.loader.sampler.set_epoch(epoch, start_batch)
     run.net.train()
     meter = TrainMeter(window=max(cfg.LOG_PERIOD, 1))
@@ -400,28 +407,35 @@ def train_epoch(run, epoch, start_batch):
     for images, labels, num_failed in run.loader:
         lr = run.schedule(position.global_iter)
         set_lr(run.optimizer, lr)
-        stats = train_step(run, images, labels, num_failed)
+        stats = train_step(run, images, labels, num_failed, cfg.OPTIM.CLIP_GRAD_NORM)
         position = advance(position, run.epoch_iters)
         count_faults(run, stats, position.global_iter)
         if not stats["nonfinite"]:
             meter.update(
-                {"lr": lr, **{k: v for k, v in stats.items() if k not in _CONTROL}}, stats["images"]
+                {"lr": lr, **{k: v for k, v in stats.items() if k not in CONTROL}}, stats["images"]
             )
         if position.global_iter % max(cfg.LOG_PERIOD, 1) == 0:
             log_iteration(run, meter, epoch, position)
         stop_after_nonfinite_run(run)
         if stats["preempt"]:
             return position, "preempted"
-        if (
-            cfg.TRAIN.CHECKPOINT_ITERS > 0
-            and position.global_iter % cfg.TRAIN.CHECKPOINT_ITERS == 0
-        ):
+        due = due_at(
+            position,
+            run.total_iters,
+            cfg.TRAIN.CHECKPOINT_ITERS,
+            cfg.TRAIN.CHECKPOINT_PERIOD,
+            cfg.TRAIN.EVAL_PERIOD,
+        )
+        if due.epoch_end or due.finished:
+            record = {"type": "train_epoch", "epoch": epoch, "iter": position.global_iter}
+            run.json_log.write(record | meter.means())
+        if due.checkpoint:
             write_checkpoint(run, position)
-        if position.global_iter >= run.total_iters:
-            break
-    run.json_log.write(
-        {"type": "train_epoch", "epoch": epoch, "iter": position.global_iter, **meter.means()}
-    )
+        if due.validate:
+            validate(run, epoch, position.global_iter)
+            run_evaluators(run, epoch, position.global_iter)
+        if due.finished:
+            return position, "finished"
     return position, "done"
 
 
@@ -430,85 +444,6 @@ def advance(position, epoch_iters):
     if position.iter_in_epoch + 1 == epoch_iters:
         return Position(position.epoch + 1, 0, position.global_iter + 1)
     return Position(position.epoch, position.iter_in_epoch + 1, position.global_iter + 1)
-
-
-def train_step(run, images, labels, num_failed):
-    """One forward, one backward, and (unless some process saw a non-finite loss) one optimiser
-    step.
-
-    Returns the batch statistics averaged over all processes, and the agreed flags.
-    """
-    if labels.numel() == 0:
-        # Every image of the batch failed to decode: a single process skips it, but under DDP the
-        # others are already waiting in the backward's all-reduce, so the run cannot skip
-        # consistently.
-        if dist.get_world_size() > 1:
-            raise TooManyBadImagesError(
-                f"all {num_failed} images of a batch on process {dist.get_rank()} failed"
-            )
-        return {
-            "nonfinite": 0.0,
-            "preempt": float(run.preemption.requested),
-            "images": 0.0,
-            "failed": num_failed,
-        }
-    images = images.to(run.device, non_blocking=True)
-    labels = labels.to(run.device, non_blocking=True)
-    if run.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        outputs = run.net(images, labels)
-        loss, parts = run.loss_fn(outputs, labels)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)
-    max_norm = cfg.OPTIM.CLIP_GRAD_NORM if cfg.OPTIM.CLIP_GRAD_NORM > 0 else float("inf")
-    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
-
-    nonfinite = ~torch.isfinite(loss.detach())
-    if (
-        not run.scaler.is_enabled()
-    ):  # fp16 overflows are the scaler's business; otherwise a NaN gradient is ours
-        nonfinite |= ~torch.isfinite(grad_norm)
-    batch = float(labels.numel())
-    counts = torch.tensor(
-        [float(run.preemption.requested), batch, float(num_failed)], device=run.device
-    )
-    measured = torch.stack(
-        [
-            nonfinite.float(),
-            loss.detach().float() * batch,
-            top1_errors(outputs["global_logits"], labels).float(),
-            top1_errors(outputs["attention_logits"], labels).float(),
-            grad_norm.detach().float(),
-            *[
-                torch.as_tensor(parts[name], dtype=torch.float32, device=run.device) * batch
-                for name in _LOSS_PARTS
-            ],
-        ]
-    )
-    summed = dict(
-        zip(_STAT_NAMES + _LOSS_PARTS, dist.all_reduce_sum(torch.cat([counts, measured])).tolist())
-    )
-    if summed["nonfinite"] > 0:
-        run.optimizer.zero_grad(set_to_none=True)
-        if run.scaler.is_enabled():
-            run.scaler.update()
-    else:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-    images_total = max(summed["images"], 1.0)
-    return {
-        "nonfinite": summed["nonfinite"],
-        "preempt": summed["preempt"],
-        "images": summed["images"],
-        "failed": summed["failed"],
-        "loss": summed["loss"] / images_total,
-        **{f"loss_{name}": summed[name] / images_total for name in _LOSS_PARTS},
-        "top1_err_global": 100.0 * summed["global_err"] / images_total,
-        "top1_err_attention": 100.0 * summed["attention_err"] / images_total,
-        "grad_norm": summed["grad_norm"] / dist.get_world_size(),
-    }
 
 
 def count_faults(run, stats, iteration):
@@ -548,14 +483,9 @@ def stop_after_nonfinite_run(run):
 
 
 def log_iteration(run, meter, epoch, position):
-    stats = {
-        "loss": math.nan,
-        "grad_norm": math.nan,
-        "top1_err_global": math.nan,
-        "top1_err_attention": math.nan,
-        **{f"loss_{name}": math.nan for name in _LOSS_PARTS},
-        **meter.medians(),
-    }
+    medians = meter.medians()
+    run.loss_parts = tuple(name for name in medians if name.startswith("loss_")) or run.loss_parts
+    stats = {name: math.nan for name in _LOGGED + run.loss_parts} | medians
     record = {
         "type": "train_iter",
         "epoch": epoch,
@@ -565,7 +495,7 @@ def log_iteration(run, meter, epoch, position):
         "iter": position.global_iter,
         "max_iter": run.total_iters,
         "loss": stats["loss"],
-        **{f"loss_{name}": stats[f"loss_{name}"] for name in _LOSS_PARTS},
+        **{name: stats[name] for name in run.loss_parts},
         "global_top1_err": stats["top1_err_global"],
         "attention_top1_err": stats["top1_err_attention"],
         "grad_norm": stats["grad_norm"],

@@ -1,10 +1,10 @@
 """Validation during training, every TRAIN.EVAL_PERIOD epochs and at the end of the run.
 
 validate(): top-1 error of the global and the attention classifier on the held-out split, summed
-over all
-processes. validate_retrieval(): with TRAIN.RETRIEVAL_EVAL, global-search mAP on EVAL.DATASET
-(core/retrieval_eval.py), computed by the main process while the others wait. Both write a record to
-the run's JSON log.
+over all processes. run_evaluators(): the evaluators the trainer's caller handed in as factories
+(train_delg.py and the demo give tools/revisitop/validation.py's global-search mAP on EVAL.DATASET,
+with TRAIN.RETRIEVAL_EVAL), computed by the main process while the others wait. Both write a record
+to the run's JSON log.
 """
 
 import torch
@@ -12,7 +12,6 @@ import torch
 from core import distributed as dist
 from core.logging import get_logger
 from core.meters import ErrorCounter
-from core.retrieval_eval import retrieval_record
 
 logger = get_logger(__name__)
 
@@ -28,10 +27,8 @@ def validate(run, epoch, global_iter):
     for images, labels, _ in run.val_loader:
         if labels.numel() == 0:
             continue
-        images, labels = (
-            images.to(run.device, non_blocking=True),
-            labels.to(run.device, non_blocking=True),
-        )
+        images = images.to(run.device, non_blocking=True)
+        labels = labels.to(run.device, non_blocking=True)
         if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(
@@ -61,22 +58,26 @@ def validate(run, epoch, global_iter):
     return errors
 
 
-def validate_retrieval(run, epoch, global_iter):
-    """Global-search mAP on EVAL.DATASET (TRAIN.RETRIEVAL_EVAL): the main process evaluates, the
-    others wait."""
-    if run.retrieval is None:
-        return None
-    record = None
-    if dist.is_main_process():
-        record = retrieval_record(run.retrieval, run.model, run.device, epoch, global_iter)
-        logger.info(
-            "retrieval after epoch %d on %s: mAP E=%.2f M=%.2f H=%.2f",
-            epoch + 1,
-            run.retrieval.title,
-            record["mAP_E"],
-            record["mAP_M"],
-            record["mAP_H"],
-        )
-        run.json_log.write(record)
-    dist.barrier()
-    return record
+def build_evaluators(cfg, factories):
+    """The evaluators of the caller's factories (each ``factory(cfg)`` -> evaluator or None), built
+    on every process, so that a missing data set stops them all."""
+    evaluators = [factory(cfg) for factory in factories]
+    return [evaluator for evaluator in evaluators if evaluator is not None]
+
+
+def run_evaluators(run, epoch, global_iter):
+    """Each evaluator of the run (``evaluator(model, device, epoch, global_iter)`` -> JSON record
+    with a "type", ``evaluator.describe(record)`` -> log text) on the main process while the others
+    wait; returns the records (main process) or Nones."""
+    records = []
+    for evaluator in run.evaluators:
+        record = None
+        if dist.is_main_process():
+            record = evaluator(run.model, run.device, epoch, global_iter)
+            logger.info(
+                "%s after epoch %d %s", record["type"], epoch + 1, evaluator.describe(record)
+            )
+            run.json_log.write(record)
+        dist.barrier()
+        records.append(record)
+    return records

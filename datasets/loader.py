@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -238,8 +239,16 @@ def _read_test_split(path, mapping):
 
 
 # ------------------------------------------------------------------------------------------ loaders
-def seed_worker(worker_id):
-    """Seed numpy and random in a worker from the per-worker seed torch already derived."""
+def init_worker(_worker_id):
+    """worker_init_fn of every DataLoader (training, validation, extraction).
+
+    Seeds numpy and random from the per-worker seed torch already derived, and ignores SIGTERM and
+    SIGUSR1: preemption signals are for the main process, which checkpoints and then shuts the
+    workers down (a worker that inherited its handler would log the signal once more; one killed by
+    it would turn a clean stop into a DataLoader error).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -261,5 +270,5 @@ def build_val_loader(cfg, dataset, rank, world_size, pin_memory=False):
         num_workers=cfg.DATA_LOADER.NUM_WORKERS,
         pin_memory=pin_memory,
         collate_fn=collate_skip_failures,
-        worker_init_fn=seed_worker,
+        worker_init_fn=init_worker,
     )

@@ -14,6 +14,7 @@ from core.io import read_json
 from core.logging import JSON_LOG_NAME, read_json_log
 from datasets.synthetic import generate
 from tools.pipeline import UNTRAINED, ensure_synthetic
+from tools.revisitop.validation import build_retrieval_validator
 
 REPO = Path(__file__).resolve().parents[1]
 CI_CONFIG = str(REPO / "configs" / "synthetic" / "demo_ci.yaml")
@@ -113,7 +114,10 @@ def test_retrieval_in_the_loop_without_its_dataset_stops_with_a_clear_message(
         "OPTIM.MAX_ITER",
         "2",
     ]
-    assert trainer.train_in_process(load_cfg(CI_CONFIG, opts).dump()) == trainer.EXIT_CONFIG
+    factories = [build_retrieval_validator]
+    assert (
+        trainer.train_in_process(load_cfg(CI_CONFIG, opts).dump(), factories) == trainer.EXIT_CONFIG
+    )
     assert "EVAL.DATA_ROOT" in capsys.readouterr().out
 
 

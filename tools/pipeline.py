@@ -192,10 +192,11 @@ def train(cfg, log=print):
         else:
             log(f"[demo] {cfg.OUT_DIR} holds this training up to iteration {newest}: continuing it")
     else:
-        shutil.rmtree(
-            cfg.OUT_DIR, ignore_errors=True
-        )  # another run's checkpoints and log lines would mix in
-    code = trainer.train_in_process(cfg.dump())
+        # another run's checkpoints and log lines would mix in
+        shutil.rmtree(cfg.OUT_DIR, ignore_errors=True)
+    from tools.revisitop.validation import build_retrieval_validator
+
+    code = trainer.train_in_process(cfg.dump(), [build_retrieval_validator])
     if code != 0:
         raise RuntimeError(f"training stopped with exit code {code}; see the log above")
     checkpoints = list_checkpoints(cfg.OUT_DIR)

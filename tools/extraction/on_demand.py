@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from core.distributed import resolve_device
 from core.progress import track
 from datasets.features import FeatureStoreError, open_store, write_store
+from datasets.loader import init_worker
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, RUN_KEYS, local_part, require_same
 from tools.extraction.runner import build_extractor
 from tools.extraction.sources import PreparedImages, build_sources, keep_item
@@ -179,7 +180,11 @@ class OnDemandLocalFeatures:
             _Images(self.source, self._indices_in_source(names)), self.extractor.max_image_size
         )
         loader = DataLoader(
-            images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item
+            images,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=keep_item,
+            worker_init_fn=init_worker,
         )
         results = [
             self.extractor.extract_item(item)

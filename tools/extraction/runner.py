@@ -19,10 +19,17 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from core.config import ConfigError
-from core.distributed import place_from_environment, resolve_backend, resolve_device
+from core.distributed import (
+    ProcessPlace,
+    join_process_group,
+    place_from_environment,
+    resolve_backend,
+    resolve_device,
+)
 from core.progress import progress_bar
 from core.weights import load_weights
 from datasets.features import open_store
+from datasets.loader import init_worker
 from datasets.transforms import build_normalizer
 from modeling import build_inference_model
 from tools.extraction import shards as shard_io
@@ -108,37 +115,19 @@ def build_extractor(cfg, device, show_progress=True):
 
 
 # ---------------------------------------------------------------------------------------- processes
-@dataclass(frozen=True)
-class Place:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-
 def init_distributed(cfg):
-    """Join the process group when launched with WORLD_SIZE > 1; return (Place, torch.device)."""
+    """Join the process group when launched with WORLD_SIZE > 1 (torchrun, srun); return
+    (core.distributed.ProcessPlace, torch.device)."""
     device = resolve_device(cfg.DEVICE)
-    env_place = place_from_environment(os.environ, cfg.PORT)
-    place = (
-        Place()
-        if env_place is None
-        else Place(env_place.rank, env_place.world_size, env_place.local_rank)
-    )
+    place = place_from_environment(os.environ, cfg.PORT) or ProcessPlace(0, 1, 0, 1, "")
+    backend = resolve_backend(cfg.DIST_BACKEND, device) if place.world_size > 1 else None
+    join_process_group(place, backend, device, timeout=BARRIER_TIMEOUT)
     if device == "cuda":
-        torch.cuda.set_device(place.local_rank)
         # every image has its own size: autotuning would never pay off
         torch.backends.cudnn.benchmark = False
-    if place.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(
-            resolve_backend(cfg.DIST_BACKEND, device),
-            init_method="env://",
-            rank=place.rank,
-            world_size=place.world_size,
-            timeout=BARRIER_TIMEOUT,
-        )
-    return place, torch.device(device, place.local_rank) if device == "cuda" else torch.device(
-        "cpu"
-    )
+    if device == "cuda":
+        return place, torch.device(device, place.local_rank)
+    return place, torch.device("cpu")
 
 
 def barrier(device):
@@ -233,6 +222,7 @@ class Extractor:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=keep_item,
+            worker_init_fn=init_worker,
         )
         items = iter(loader)
         progress = progress_bar(len(indices), job.name, "img", enabled=self.show_progress)

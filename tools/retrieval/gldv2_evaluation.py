@@ -15,7 +15,9 @@ import logging
 import os
 
 import numpy as np
+import torch
 
+from core.distributed import resolve_device
 from tools.extraction.on_demand import LocalFeatureAccess
 from tools.extraction.provenance import check_store_pair
 from tools.extraction.stores import GLDV2, features_dir, open_store_pair
@@ -24,7 +26,7 @@ from tools.retrieval.gldv2_metric import (
     predictions_from_ranks,
     read_retrieval_solution,
 )
-from tools.retrieval.global_search import resolve_device, search
+from tools.retrieval.global_search import search
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class Gldv2Context:
         self.query_rows = np.asarray(query_rows, dtype=np.int64)
         self.top_scores = top_scores
         self.top_indices = top_indices
-        self.device = resolve_device(cfg.EVAL.DEVICE)
+        self.device = torch.device(resolve_device(cfg.EVAL.DEVICE))
         self.local = LocalFeatureAccess(cfg, query_store, database_store, self.query_rows)
         self.cache = {}  # shared between methods (e.g. one ASMK index)
         self.title = (

@@ -13,17 +13,9 @@ int64 per item that sorts in exactly that order, so comparisons never have to sp
 import numpy as np
 import torch
 
+from core.distributed import resolve_device
+
 _LOW_BITS = 0xFFFFFFFF
-
-
-def resolve_device(device):
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error naming the
-    setting."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"search device {device!r} was requested but no CUDA device is available")
-    return torch.device(device)
 
 
 def order_keys(scores, indices):
@@ -56,15 +48,18 @@ def first_k(scores, indices, k):
 
     torch.topk alone keeps an arbitrary subset of the items tied at the k-th place; the rows where
     it had to choose (rare: exact duplicates) are selected again on order keys, which break ties by
-    database index."""
+    database index. Such a row is one whose (k + 1)-th best score equals its k-th: one topk of
+    k + 1 finds them without another pass over the scores."""
     indices = indices.expand_as(scores)
-    values, best = torch.topk(scores, k, dim=1)
-    if k < scores.shape[1]:
-        kth = values[:, -1:]
-        cut = ((scores == kth).sum(dim=1) > (values == kth).sum(dim=1)).nonzero().squeeze(1)
-        if len(cut):
-            _, best[cut] = torch.topk(torch_order_keys(scores[cut], indices[cut]), k, dim=1)
-            values[cut] = torch.gather(scores[cut], 1, best[cut])
+    if k >= scores.shape[1]:
+        values, best = torch.topk(scores, k, dim=1)
+        return values, torch.gather(indices, 1, best)
+    values, best = torch.topk(scores, k + 1, dim=1)
+    cut = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1) if k else values[:0, 0]
+    values, best = values[:, :k].contiguous(), best[:, :k].contiguous()
+    if len(cut):
+        _, best[cut] = torch.topk(torch_order_keys(scores[cut], indices[cut]), k, dim=1)
+        values[cut] = torch.gather(scores[cut], 1, best[cut])
     return values, torch.gather(indices, 1, best)
 
 
@@ -79,7 +74,7 @@ def as_float32_rows(array, start, stop, device):
 def score_chunks(queries, database, chunk_size=65536, device="cpu"):
     """Yield (offset, scores [n_queries, rows] float32 tensor on device) over consecutive database
     chunks."""
-    device = resolve_device(device)
+    device = torch.device(resolve_device(device))
     queries = torch.from_numpy(np.array(queries, dtype=np.float32)).to(device)
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(

@@ -10,7 +10,9 @@ shortlist; positives outside it keep their position (see metrics._positions_in_p
 import logging
 
 import numpy as np
+import torch
 
+from core.distributed import resolve_device
 from datasets.features import FeatureStoreError
 from datasets.revisitop import gnd_path, load_ground_truth
 from tools.extraction.on_demand import LocalFeatureAccess
@@ -21,7 +23,7 @@ from tools.extraction.stores import (
     open_store_pair,
     split_dataset_name,
 )
-from tools.retrieval.global_search import TopK, order_keys, resolve_device, score_chunks
+from tools.retrieval.global_search import TopK, order_keys, score_chunks
 from tools.revisitop.metrics import (
     RelevantRankCounter,
     compute_map,
@@ -121,7 +123,7 @@ class RevisitopContext:
         self.relevant = relevant
         self.top_scores = top_scores
         self.top_indices = top_indices
-        self.device = resolve_device(cfg.EVAL.DEVICE)
+        self.device = torch.device(resolve_device(cfg.EVAL.DEVICE))
         self.local = LocalFeatureAccess(cfg, query_store, database_store, query_rows)
         self.cache = {}
         self.title = (

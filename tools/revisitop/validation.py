@@ -1,14 +1,18 @@
 """Retrieval-in-the-loop validation: the mAP of the model being trained on a revisitop-format set.
 
-With TRAIN.RETRIEVAL_EVAL True the trainer calls the validator every TRAIN.EVAL_PERIOD epochs and at
-the end. The main process extracts the global descriptors of EVAL.DATASET (queries cropped to their
-boxes, EXTRACT.GLOBAL_SCALES and EXTRACT.MAX_IMAGE_SIZE, exactly as tools/extractor.py does), scores
-every query against the whole database and computes mAP and mP@k for Easy / Medium / Hard with the
+train_delg.py and the demo hand ``build_retrieval_validator`` to the trainer as an evaluator
+factory (core/validation.py: the trainer builds each factory's evaluator from its config and calls
+it every TRAIN.EVAL_PERIOD epochs and at the end). With TRAIN.RETRIEVAL_EVAL True the main process
+extracts the global descriptors of EVAL.DATASET (queries cropped to their boxes,
+EXTRACT.GLOBAL_SCALES and EXTRACT.MAX_IMAGE_SIZE, exactly as tools/extractor.py does), scores every
+query against the whole database and computes mAP and mP@k for Easy / Medium / Hard with the
 evaluation's metrics. Only global search: it shows the training working on the task the model is
 for, at the cost of one global-only extraction of the set.
 
-    validator = build_retrieval_validator(cfg)       # None when TRAIN.RETRIEVAL_EVAL is False
-    table = validator(model, device)  # {"E": {"mAP": %, "mP@1": %, ...}, "M": ..., "H": ...}
+    validator = build_retrieval_validator(cfg)  # None when TRAIN.RETRIEVAL_EVAL is False
+    table = validator.table(model, device)  # {"E": {"mAP": %, "mP@1": %, ...}, "M": ..., "H": ...}
+    record = validator(model, device, epoch, global_iter)  # the JSON-lines record
+    validator.describe(record)  # "on synth: 5 queries, ...: mAP E=.. M=.. H=.."
 """
 
 import os
@@ -17,10 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from datasets.loader import init_worker
 from datasets.revisitop import RevisitopDataset, gnd_path
 from datasets.transforms import build_normalizer
 from tools.extraction.pyramid import ExtractionSettings, extract_image
 from tools.extraction.sources import PreparedImages, RevisitopPart, keep_item
+from tools.extraction.stores import GLDV2
 from tools.revisitop.metrics import protocol_results_from_scores, summarize
 
 
@@ -50,7 +56,11 @@ class RetrievalValidator:
         dataset order."""
         images = PreparedImages(RevisitopPart(self.dataset, part), self.max_image_size)
         loader = DataLoader(
-            images, batch_size=None, num_workers=self.num_workers, collate_fn=keep_item
+            images,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=keep_item,
+            worker_init_fn=init_worker,
         )
         rows = []
         for item in loader:
@@ -61,7 +71,7 @@ class RetrievalValidator:
             rows.append(features["global"])
         return np.stack(rows).astype(np.float32)
 
-    def __call__(self, model, device):
+    def table(self, model, device):
         """{protocol: {"mAP": %, "mP@k": %}}; the model is put in eval mode and back in its former
         mode."""
         was_training = model.training
@@ -76,6 +86,26 @@ class RetrievalValidator:
             protocol_results_from_scores(scores, self.dataset.gnd, self.kappas), self.kappas
         )
 
+    @torch.no_grad()
+    def __call__(self, model, device, epoch, global_iter):
+        """The JSON-lines record ("type": "retrieval", mAP and mP@k per protocol)."""
+        record = {
+            "type": "retrieval",
+            "epoch": epoch,
+            "iter": global_iter,
+            "dataset": self.dataset.name,
+        }
+        for protocol, row in self.table(model, device).items():
+            record.update({f"{metric}_{protocol}": value for metric, value in row.items()})
+        return record
+
+    def describe(self, record):
+        """The log line's text for a record of __call__."""
+        return (
+            f"on {self.title}: mAP E={record['mAP_E']:.2f} M={record['mAP_M']:.2f} "
+            f"H={record['mAP_H']:.2f}"
+        )
+
 
 def build_retrieval_validator(cfg):
     """The validator of the EVAL.* dataset, or None when TRAIN.RETRIEVAL_EVAL is False; a missing
@@ -83,7 +113,7 @@ def build_retrieval_validator(cfg):
     if not cfg.TRAIN.RETRIEVAL_EVAL:
         return None
     name = cfg.EVAL.DATASET
-    if name == "gldv2" or "+" in name:
+    if name == GLDV2 or "+" in name:
         raise ValueError(
             f"TRAIN.RETRIEVAL_EVAL needs a revisitop-format EVAL.DATASET without distractors "
             f"(roxford5k, rparis6k, synth), got {name!r}"
@@ -103,18 +133,3 @@ def build_retrieval_validator(cfg):
         cfg.EVAL.KAPPAS,
         cfg.DATA_LOADER.NUM_WORKERS,
     )
-
-
-@torch.no_grad()
-def retrieval_record(validator, model, device, epoch, global_iter):
-    """Run the validator; the JSON-lines record ("type": "retrieval", mAP and mP@k per protocol)."""
-    table = validator(model, device)
-    record = {
-        "type": "retrieval",
-        "epoch": epoch,
-        "iter": global_iter,
-        "dataset": validator.dataset.name,
-    }
-    for protocol, row in table.items():
-        record.update({f"{metric}_{protocol}": value for metric, value in row.items()})
-    return record
