@@ -58,6 +58,8 @@ def official_values(settings):
 
     if "MIN_SIZE" in _DEFAULTS.EXTRACT:  # official: images under 10 px give no features
         values["EXTRACT"]["MIN_SIZE"] = 10
+    if "LOCATIONS" in _DEFAULTS.EXTRACT:  # official: stride * cell index / scale
+        values["EXTRACT"]["LOCATIONS"] = "official"
     return values
 
 
@@ -76,5 +78,14 @@ def official_yaml(settings, release, layout_line):
         "# TRAIN.WEIGHTS"
         " (fine-tuning) set to the .pth written beside it. See docs/official_weights.md.\n"
     )
-    body = yaml.safe_dump(official_values(settings), sort_keys=False, default_flow_style=None)
+    body = yaml.dump(official_values(settings), Dumper=_Dumper, sort_keys=False)
     return header + body
+
+
+class _Dumper(yaml.SafeDumper):
+    """Sections as blocks, lists on one line (as the hand-written presets are)."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, True)
+)

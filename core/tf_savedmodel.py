@@ -21,9 +21,19 @@ class ConversionError(ValueError):
     """An archive that cannot be converted; the message names the file or variable and why."""
 
 
+def preload_torchvision():
+    """Import torchvision's models before TensorFlow: importing them after TensorFlow 2.21 crashes
+    the process (segmentation fault) with torch 2.14 / torchvision 0.29."""
+    try:
+        import torchvision.models  # noqa: F401
+    except ImportError:
+        pass
+
+
 def import_tensorflow():
     """The tensorflow module, or a ConversionError saying how to install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    preload_torchvision()
     try:
         import tensorflow as tf
     except ImportError:

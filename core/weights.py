@@ -303,7 +303,7 @@ def load_weights(model, path, log=print, strict=False):
     skipped = {key for key, _, _ in report.skipped_classifier}
     report.missing = [key for key in target if key not in to_load and key not in skipped]
     report.loaded = sorted(to_load)
-    _check(report, mismatched, path, strict)
+    _check(report, mismatched, path, strict, classifier_keys)
     model.load_state_dict(to_load, strict=False)
     for line in report.lines():
         log(line)
@@ -318,7 +318,7 @@ def load_weights(model, path, log=print, strict=False):
     return report
 
 
-def _check(report, mismatched, path, strict):
+def _check(report, mismatched, path, strict, classifier_keys=()):
     hint = (
         "check MODEL.DEPTH, RESNET.WIDTH_PER_GROUP, RESNET.NUM_GROUPS, MODEL.HEADS.REDUCTION_DIM "
         "and MODEL.LOCAL.*"
@@ -328,7 +328,13 @@ def _check(report, mismatched, path, strict):
             f"{path}: {len(mismatched)} tensors do not fit the model ({hint}):\n  "
             + "\n  ".join(mismatched)
         )
-    missing = [key for key in report.missing if _counts(key) and (strict or _is_backbone(key))]
+    # strict (extraction): every feature head must come from the file; the classifiers play no
+    # part in features (an official inference archive has none)
+    missing = [
+        key
+        for key in report.missing
+        if _counts(key) and ((strict and key not in classifier_keys) or _is_backbone(key))
+    ]
     unexpected = [key for key in report.unexpected if strict or _is_backbone(key)]
     if missing or unexpected:
         what = [f"missing {_summary(missing)}"] if missing else []

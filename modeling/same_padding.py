@@ -3,7 +3,7 @@ express it).
 
 For a side n, kernel k and stride s, TF 'SAME' gives ceil(n / s) outputs and pads
 total = max((ceil(n / s) - 1) * s + k - n, 0) pixels, total // 2 before and the rest after.
-Examples: conv 7x7/2 on an even side pads 2 before and 3 after (odd: 2 and 2); max-pool 3x3/2 on an
+Examples: conv 7x7/2 on an even side pads 2 before and 3 after (odd: 3 and 3); max-pool 3x3/2 on an
 even side pads 0 before and 1 after (odd: 1 and 1).
 Max-pools pad with -inf (TF ignores padded cells).
 """

@@ -14,7 +14,7 @@ import torch
 
 from tests import tf_archives
 
-tf = pytest.importorskip("tensorflow")
+tf = tf_archives.tensorflow_or_skip()
 
 
 def relative_error(reference, ours):

@@ -304,5 +304,13 @@ def slim_forward(v, images, depth=50, width=8):
     return outputs
 
 
-def tf_quiet():
+def tensorflow_or_skip():
+    """TensorFlow for a test module (skipped without it), imported after torchvision's models
+    (the other order crashes the test process)."""
+    import pytest
+
+    from core.tf_savedmodel import preload_torchvision
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    preload_torchvision()
+    return pytest.importorskip("tensorflow")
