@@ -172,9 +172,16 @@ _C.EXTRACT.LOCAL_SCALES = [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]  # fmt: 
 # half-pixel centres: TF2 tf.image.resize) or bilinear_legacy (TF1 resize_bilinear without
 # half-pixel centres); the official releases use one of the last two
 _C.EXTRACT.RESIZE = "antialias"
-# rounding of a pyramid level's side: half_up (ours) or half_even (official tf.round)
+# rounding of resized sides: half_up (ours) or half_even (official: Python round for the
+# MAX_IMAGE_SIZE step, tf.round of float32(side) * float32(s) for a pyramid level)
 _C.EXTRACT.SIZE_ROUNDING = "half_up"
-_C.EXTRACT.MAX_IMAGE_SIZE = 1024  # longest image side before the pyramid
+_C.EXTRACT.MAX_IMAGE_SIZE = 1024  # longest image side before the pyramid (never upscales)
+# an image with a side under this (after MAX_IMAGE_SIZE) gives no features, and nothing is upscaled
+# (official 10); 0: images with a side under 32 px are upscaled to 32 instead (ours)
+_C.EXTRACT.MIN_SIZE = 0
+# stored (x, y): pixel_centres (ours: a cell's receptive-field centre mapped through each resize by
+# pixel centres) or official (stride * cell index / scale / MAX_IMAGE_SIZE resize factor)
+_C.EXTRACT.LOCATIONS = "pixel_centres"
 _C.EXTRACT.ATTENTION_THRESHOLD = 454.6  # keep local features scoring above this (R50 GLDv2-clean)
 _C.EXTRACT.MAX_FEATURES = 1000  # top-K local features by attention across all scales
 _C.EXTRACT.NMS_IOU = 1.0  # IoU of receptive-field boxes for NMS; 1.0 disables (official)

@@ -92,21 +92,34 @@ class ValTransform:
         return self.normalizer(pixels)
 
 
-def resized_size(height, width, max_size):
+ROUNDINGS = ("half_up", "half_even")
+
+
+def round_side(value, rounding="half_up"):
+    """A resized side as an integer: ``half_up`` (ours, floor(value + 0.5)) or ``half_even``
+    (Python's ``round``, which the official DELG extractor uses, and ``tf.round``)."""
+    if rounding == "half_up":
+        return math.floor(value + 0.5)
+    if rounding == "half_even":
+        return round(float(value))
+    raise ValueError(f"size rounding must be one of {ROUNDINGS}, got {rounding!r}")
+
+
+def resized_size(height, width, max_size, rounding="half_up"):
     """(height, width) after scaling the longest side down to max_size; never upscales."""
     longest = max(height, width)
     if longest <= max_size:
         return height, width
     scale = max_size / longest
-    return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
+    return tuple(max(1, round_side(side * scale, rounding)) for side in (height, width))
 
 
-def resize_longest_side(image, max_size):
+def resize_longest_side(image, max_size, rounding="half_up"):
     """Test-time resize of a uint8 [H, W, 3] array so its longest side is at most max_size (PIL
     bilinear, as the official DELG extraction does); images already small enough are returned
     unchanged."""
     height, width = image.shape[:2]
-    new_height, new_width = resized_size(height, width, max_size)
+    new_height, new_width = resized_size(height, width, max_size, rounding)
     if (new_height, new_width) == (height, width):
         return image
     resized = Image.fromarray(image).resize((new_width, new_height), resample=Image.BILINEAR)

@@ -13,9 +13,20 @@ convention of OpenCV, PIL and ``F.interpolate(align_corners=False)``. The offici
 the scale only; the two differ by ``0.5 * (1 / f - 1)`` pixels (1.5 px at scale 0.25), far below
 spatial-verification tolerances, but ours keeps a 2x upscaled image's keypoints at exactly twice the
 coordinates (+0.5) of the original's.
+
+``EXTRACT.LOCATIONS official`` stores the official keypoints instead: the cell centre ``stride *
+index`` (the official boxes use rf 291 and padding 145 = (rf - 1) / 2 whatever the backbone's
+actual padding), divided by the float32 pyramid scale and by the ``EXTRACT.MAX_IMAGE_SIZE`` resize
+factor (resized / read size per axis) -- the official (y, x) swapped to (x, y).
 """
 
 import torch
+import torch.nn as nn
+
+from modeling.same_padding import same_padding
+
+LOCATION_MODES = ("pixel_centres", "official")
+_SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
 def cell_boxes(height, width, receptive_field, stride, padding, device=None):
@@ -82,3 +93,39 @@ def cell_locations(height, width, geometry, image_size, network_size, device=Non
     factors = resize_factors(image_size, network_size)
     image_boxes = network_to_image(boxes, factors)
     return box_centres(image_boxes), image_boxes
+
+
+def official_cell_locations(height, width, geometry, scale, image_size, prepared_size, device=None):
+    """Official DELG keypoints (x, y) and boxes of every cell, in pixels of the image as read.
+
+    The box of a cell is centred on ``stride * index`` with side ``receptive_field``; both are
+    divided by the float32 scale, then by the MAX_IMAGE_SIZE resize factors (prepared_size: the
+    (height, width) the pyramid started from; image_size: the image as read).
+    """
+    receptive_field, stride, _ = geometry
+    boxes = cell_boxes(height, width, receptive_field, stride, (receptive_field - 1) / 2, device)
+    boxes = boxes / torch.tensor(scale, dtype=torch.float32, device=device)
+    divisor = torch.tensor(resize_factors(image_size, prepared_size), dtype=torch.float64)
+    divisor = divisor.to(device)
+    centres = (box_centres(boxes).double() / divisor).float()
+    return centres, (boxes.double() / divisor.repeat(2)).float()
+
+
+def _pair(value):
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def map_side(modules, side):
+    """Side of the map after the given convs, pools and TF 'SAME' padding layers (modeling's
+    ``local_path_modules``) for an input side; 0 when a layer has no output cell at all (a 'valid'
+    max-pool on a map smaller than its kernel: TensorFlow gives an empty map there)."""
+    for module in modules:
+        if hasattr(module, "geometry_padding"):
+            side += sum(same_padding(side, module.kernel, module.stride))
+        elif isinstance(module, _SPATIAL):
+            kernel, stride = _pair(module.kernel_size), _pair(module.stride)
+            padding, dilation = _pair(module.padding), _pair(getattr(module, "dilation", 1))
+            side = (side + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+            if side < 1:
+                return 0
+    return side

@@ -35,7 +35,7 @@ from datasets.features import FeatureStoreError, open_store, write_store
 from datasets.loader import init_worker
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, RUN_KEYS, local_part, require_same
 from tools.extraction.runner import build_extractor
-from tools.extraction.sources import PreparedImages, build_sources, keep_item
+from tools.extraction.sources import build_sources, keep_item
 from tools.extraction.stores import dataset_of_store, output_dir
 
 logger = logging.getLogger(__name__)
@@ -176,9 +176,7 @@ class OnDemandLocalFeatures:
         return [self._source_index[name] for name in names]
 
     def _extract(self, names):
-        images = PreparedImages(
-            _Images(self.source, self._indices_in_source(names)), self.extractor.max_image_size
-        )
+        images = self.extractor.prepared(_Images(self.source, self._indices_in_source(names)))
         loader = DataLoader(
             images,
             batch_size=None,

@@ -30,6 +30,7 @@ LOCAL_ONLY_KEYS = (
     "config.EXTRACT.MAX_FEATURES",
     "config.EXTRACT.NMS_IOU",
     "config.EXTRACT.FLOAT16",
+    "config.EXTRACT.LOCATIONS",
     "local_scales",
     "float16",
 )
@@ -44,6 +45,10 @@ _FEATURE_KEYS = (
     "NMS_IOU",
     "FLOAT16",
     "CROP_QUERIES",
+    "RESIZE",
+    "SIZE_ROUNDING",
+    "MIN_SIZE",
+    "LOCATIONS",
 )
 # MODEL keys that only shape training (class count, losses, the margin head, frozen parts): stores
 # extracted from one checkpoint with configs that differ only there hold the same features, so the

@@ -33,8 +33,10 @@ from datasets.loader import init_worker
 from datasets.transforms import build_normalizer
 from modeling import build_inference_model
 from tools.extraction import shards as shard_io
+from tools.extraction.geometry import LOCATION_MODES
 from tools.extraction.provenance import build_provenance, checkpoint_digest
 from tools.extraction.pyramid import ExtractionSettings, extract_image
+from tools.extraction.resize import RESIZE_MODES, ROUNDINGS
 from tools.extraction.sources import PreparedImages, build_sources, keep_item
 from tools.extraction.stores import output_dir
 
@@ -63,19 +65,30 @@ def build_settings(cfg):
         "MAX_IMAGE_SIZE": extract.MAX_IMAGE_SIZE >= 32,
         "SHARD_SIZE": extract.SHARD_SIZE >= 1,
         "NMS_IOU": 0 < extract.NMS_IOU <= 1,
+        "MIN_SIZE": extract.MIN_SIZE >= 0,
     }
     for key, valid in checks.items():
         if not valid:
             expected = {"NMS_IOU": "in (0, 1]", "MAX_IMAGE_SIZE": "at least 32"}.get(
-                key, "at least 1"
+                key, "at least 0" if key == "MIN_SIZE" else "at least 1"
             )
             raise ConfigError(f"EXTRACT.{key} must be {expected}, got {extract[key]}")
+    choices = {"RESIZE": RESIZE_MODES, "SIZE_ROUNDING": ROUNDINGS, "LOCATIONS": LOCATION_MODES}
+    for key, allowed in choices.items():
+        if extract[key] not in allowed:
+            raise ConfigError(
+                f"EXTRACT.{key} must be one of {', '.join(allowed)}, got {extract[key]!r}"
+            )
     return ExtractionSettings(
         global_scales=tuple(extract.GLOBAL_SCALES) if extract.GLOBAL else (),
         local_scales=tuple(extract.LOCAL_SCALES) if extract.LOCAL else (),
         attention_threshold=extract.ATTENTION_THRESHOLD,
         max_features=extract.MAX_FEATURES,
         nms_iou=extract.NMS_IOU,
+        resize=extract.RESIZE,
+        size_rounding=extract.SIZE_ROUNDING,
+        min_size=extract.MIN_SIZE,
+        locations=extract.LOCATIONS,
     )
 
 
@@ -190,6 +203,13 @@ class Extractor:
         self.abort_after = int(os.environ.get(ABORT_ENV, "0") or 0)
         self.shards_written = 0
 
+    def prepared(self, source):
+        """PreparedImages of a source with this extractor's MAX_IMAGE_SIZE step."""
+        settings = self.settings
+        return PreparedImages(
+            source, self.max_image_size, settings.size_rounding, settings.min_size
+        )
+
     def extract_item(self, item):
         if item["error"] is not None:
             logger.warning(
@@ -215,7 +235,7 @@ class Extractor:
         indices = [index for shard in shard_ids for index in job.ranges[shard]]
         if not indices:
             return 0
-        dataset = Subset(PreparedImages(job.source, self.max_image_size), indices)
+        dataset = Subset(self.prepared(job.source), indices)
         loader = DataLoader(
             dataset,
             batch_size=None,

@@ -10,28 +10,42 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from tools.extraction.geometry import cell_locations
+from tools.extraction.geometry import cell_locations, official_cell_locations
 
 CANDIDATE_FIELDS = ("locations", "boxes", "scales", "scores", "descriptors")
 
 
-def level_candidates(attention, local, scale, geometry, image_size, network_size):
+def level_candidates(
+    attention,
+    local,
+    scale,
+    geometry,
+    image_size,
+    network_size,
+    prepared_size=None,
+    locations="pixel_centres",
+):
     """One pyramid level's cells as candidate rows.
 
     attention: [h, w] scores; local: [d, h, w] descriptors (not normalised); scale: the pyramid
-    scale s;
-    geometry: (receptive_field, stride, padding); image_size / network_size: (height, width) of the
-    image as read
-    and of this level's network input. Returns a dict of CANDIDATE_FIELDS tensors with one row per
-    cell.
+    scale s; geometry: (receptive_field, stride, padding); image_size / network_size /
+    prepared_size: (height, width) of the image as read, of this level's network input and of the
+    image the pyramid started from (after MAX_IMAGE_SIZE; needed by ``locations="official"``).
+    locations: see tools.extraction.geometry. Returns a dict of CANDIDATE_FIELDS tensors with one
+    row per cell.
     """
     height, width = attention.shape
     device = attention.device
-    locations, boxes = cell_locations(
-        height, width, geometry, image_size, network_size, device=device
-    )
+    if locations == "official":
+        points, boxes = official_cell_locations(
+            height, width, geometry, scale, image_size, prepared_size, device=device
+        )
+    else:
+        points, boxes = cell_locations(
+            height, width, geometry, image_size, network_size, device=device
+        )
     return {
-        "locations": locations,
+        "locations": points,
         "boxes": boxes,
         "scales": torch.full((height * width,), float(scale), device=device),
         "scores": attention.reshape(-1),

@@ -192,11 +192,12 @@ def build_sources(cfg):
     raise ConfigError(f"EXTRACT.FORMAT must be revisitop, folder, list or gldv2, got {fmt!r}")
 
 
-def prepare_image(image, max_image_size):
-    """Limit the longest side to max_image_size; upscale images with a side under MIN_IMAGE_SIDE."""
-    image = resize_longest_side(image, max_image_size)
+def prepare_image(image, max_image_size, rounding="half_up", min_size=0):
+    """Limit the longest side to max_image_size (EXTRACT.SIZE_ROUNDING rounding); with min_size 0
+    upscale images with a side under MIN_IMAGE_SIDE (official, min_size > 0: never upscale)."""
+    image = resize_longest_side(image, max_image_size, rounding)
     height, width = image.shape[:2]
-    if min(height, width) >= MIN_IMAGE_SIDE:
+    if min_size > 0 or min(height, width) >= MIN_IMAGE_SIDE:
         return image
     factor = MIN_IMAGE_SIDE / min(height, width)
     size = (max(MIN_IMAGE_SIDE, round(width * factor)), max(MIN_IMAGE_SIDE, round(height * factor)))
@@ -217,9 +218,11 @@ class PreparedImages(Dataset):
     (height, width) of the image as read (after a query crop), the frame of the stored locations.
     """
 
-    def __init__(self, source, max_image_size):
+    def __init__(self, source, max_image_size, rounding="half_up", min_size=0):
         self.source = source
         self.max_image_size = max_image_size
+        self.rounding = rounding
+        self.min_size = min_size
 
     def __len__(self):
         return len(self.source)
@@ -235,7 +238,9 @@ class PreparedImages(Dataset):
             item.update(error=getattr(error, "reason", str(error)), path=self.source.path(index))
             return item
         item.update(
-            pixels=to_chw_tensor(prepare_image(image, self.max_image_size)),
+            pixels=to_chw_tensor(
+                prepare_image(image, self.max_image_size, self.rounding, self.min_size)
+            ),
             image_size=image.shape[:2],
             crop_box=crop_box,
         )

@@ -25,7 +25,7 @@ from core.distributed import resolve_device
 from tools.extraction.on_demand import local_reader
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, LOCAL_ONLY_KEYS, RUN_KEYS, require_same
 from tools.extraction.runner import build_extractor
-from tools.extraction.sources import PathImages, PreparedImages
+from tools.extraction.sources import PathImages
 from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification
 from tools.retrieval.global_search import search
 
@@ -56,7 +56,7 @@ def extract_query(cfg, image_path, with_local=True):
         query_cfg, torch.device(resolve_device(cfg.DEVICE)), show_progress=False
     )
     name = os.path.splitext(os.path.basename(image_path))[0]
-    item = PreparedImages(PathImages([name], [str(image_path)]), cfg.EXTRACT.MAX_IMAGE_SIZE)[0]
+    item = extractor.prepared(PathImages([name], [str(image_path)]))[0]
     if item["error"] is not None:
         raise ValueError(f"{image_path}: {item['error']}")
     features = extractor.extract_item(item)
