@@ -9,14 +9,12 @@ by them.
 Geometry (``options.method``), all seeded so that a run repeats exactly:
 - ``degensac``: homography by DEGENSAC (pydegensac.findHomography(px_th, conf, max_iters, seed)),
   the seed project's choice; defaults 20 px, confidence 1.0, 1000 iterations.
-- ``affine``: RANSAC with a 6-parameter affine model as in the official DELG release
-  (skimage.measure.ransac,
-  min_samples 3, residual threshold, max_trials, fixed seed). skimage is not a dependency, so this
-  is our own vectorised NumPy version of the same procedure: all trials at once, best by inlier
-  count (ties: smaller sum of squared residuals, then the earlier trial), a least-squares refit on
-  the inliers, inliers counted again. cv2.estimateAffine2D was not used: it adds Levenberg-Marquardt
-  refinement and confidence-driven early stops and runs on OpenCV's internal generator, so it is a
-  different estimator that one cannot seed per call.
+- ``affine``: the official DELG re-ranking's RANSAC (skimage.measure.ransac with an
+  AffineTransform from the index points to the query points, min_samples 3, residual threshold,
+  max_trials): tools.rerank.affine_ransac, our vectorised NumPy version of the same procedure with
+  a fixed seed (scikit-image is not a dependency). cv2.estimateAffine2D was not used: it adds
+  Levenberg-Marquardt refinement and confidence-driven early stops and runs on OpenCV's internal
+  generator, so it is a different estimator that one cannot seed per call.
 - ``magsac``: homography by OpenCV's USAC MAGSAC++ (cv2.findHomography with cv2.USAC_MAGSAC), the
   fallback; cv2.setRNGSeed(seed) before each call.
 Fewer than 4 putative matches count 0; a fit that fails or degenerates counts 0 and never raises.
@@ -30,12 +28,12 @@ import numpy as np
 import torch
 
 from core.progress import progress_bar
+from tools.rerank.affine_ransac import affine_inlier_mask
 from tools.rerank.matching import putative_matches
 
 METHODS = ("degensac", "affine", "magsac")
 MIN_MATCHES = 4
 PAIRS_PER_TASK = 16  # pairs a worker fits per task
-_AFFINE_MIN_DETERMINANT = 1e-6  # |det| of a 3-point sample below this: collinear, no affine model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,41 +118,11 @@ def _magsac_inliers(source, target, options):
     return None if model is None or mask is None else np.asarray(mask, dtype=bool).reshape(-1)
 
 
-def _sample_triplets(rng, count, trials):
-    """[trials, 3] distinct indices in [0, count), each triplet uniform without replacement."""
-    first = rng.integers(0, count, trials)
-    second = rng.integers(0, count - 1, trials)
-    second += second >= first
-    third = rng.integers(0, count - 2, trials)
-    low, high = np.minimum(first, second), np.maximum(first, second)
-    third += third >= low
-    third += third >= high
-    return np.stack([first, second, third], axis=1)
-
-
-def _affine_residuals(models, source_h, target):
-    """Euclidean residuals [n_models, n] of affine models [n_models, 3, 2] applied to [n, 3]
-    homogeneous points."""
-    return np.linalg.norm(np.einsum("nk,mkj->mnj", source_h, models) - target[None], axis=2)
-
-
 def _affine_inliers(source, target, options):
-    source_h = np.concatenate([source, np.ones((len(source), 1))], axis=1)
-    samples = _sample_triplets(np.random.default_rng(options.seed), len(source), options.max_iters)
-    systems = source_h[samples]  # [T, 3, 3]
-    valid = np.abs(np.linalg.det(systems)) > _AFFINE_MIN_DETERMINANT
-    if not valid.any():
-        return None
-    models = np.linalg.solve(systems[valid], target[samples[valid]])  # [V, 3, 2]
-    residuals = _affine_residuals(models, source_h, target)
-    counts = np.count_nonzero(residuals < options.inlier_threshold, axis=1)
-    squared_sums = np.einsum("mn,mn->m", residuals, residuals)
-    best = np.lexsort((np.arange(len(counts)), squared_sums, -counts))[0]
-    inliers = residuals[best] < options.inlier_threshold
-    if np.count_nonzero(inliers) < 3:
-        return inliers
-    refit, *_ = np.linalg.lstsq(source_h[inliers], target[inliers], rcond=None)
-    return _affine_residuals(refit[None], source_h, target)[0] < options.inlier_threshold
+    """Official direction: the model maps the index points (target here) to the query points."""
+    return affine_inlier_mask(
+        target, source, options.inlier_threshold, options.max_iters, options.seed
+    )
 
 
 _GEOMETRY = {"degensac": _degensac_inliers, "affine": _affine_inliers, "magsac": _magsac_inliers}
