@@ -15,6 +15,7 @@ flags every process must agree on: "some loss was not finite" (then nobody steps
 signal arrived" (then everybody checkpoints and exits).
 """
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -136,11 +137,26 @@ def train_model(evaluator_factories=()):
     if dist.is_main_process():
         dump_cfg(cfg.OUT_DIR)
     run.net = wrap_for_distributed(run.model, device)
-    with run.preemption.installed():
+    with run.preemption.installed(), training_threads(device):
         return train(run, position)
 
 
 # -------------------------------------------------------------------------------------------- setup
+@contextlib.contextmanager
+def training_threads(device):
+    """TRAIN.CPU_THREADS > 0 fixes the intra-op threads of CPU training (restored afterwards): oneDNN
+    sums convolution gradients in an order that depends on the thread count, so a fixed count makes
+    a CPU run repeat bit for bit whatever the machine's cores and load."""
+    before = torch.get_num_threads()
+    if device.type == "cpu" and cfg.TRAIN.CPU_THREADS > 0:
+        torch.set_num_threads(cfg.TRAIN.CPU_THREADS)
+        logger.info("TRAIN.CPU_THREADS: training with %d threads", cfg.TRAIN.CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def setup_process():
     setup_logging(cfg.OUT_DIR, dist.is_main_process(), to_file=cfg.LOG_DEST == "file")
     device_kind = dist.resolve_device(cfg.DEVICE)
