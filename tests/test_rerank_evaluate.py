@@ -11,6 +11,8 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from tests.test_evaluate import make_world
+from tests.test_gldv2_evaluate import _options as gldv2_options
+from tests.test_gldv2_evaluate import make_gldv2
 from tests.test_rerank_functions import reference_dba, reference_qe, reference_superglobal
 from tools.rerank import dba_cache
 from tools.rerank.database_augmentation import database_augmentation
@@ -198,3 +200,29 @@ def test_an_interrupted_augmentation_resumes(tmp_path, monkeypatch, caplog):
     assert np.array_equal(augmented, database_augmentation(database, 5, chunk_size=16))
     assert read_json(f"{folder}/meta.json")["source_sha256"] == dba_cache.file_sha256(source)
     assert not (tmp_path / "cache" / folder / "partial").exists()
+
+
+def test_gldv2_expansions_and_superglobal_rank_like_the_formulas(tmp_path):
+    make_gldv2(tmp_path)
+    methods = ["global", "qe", "dba_qe", "superglobal", "qe+sv"]
+    options = gldv2_options(tmp_path, "EVAL.METHODS", str(methods), "RERANK.DBA_K", "3")
+    cfg = load_cfg("", options + ["RERANK.SG_SHORTLIST", "6", "RERANK.SG_K", "2"])
+    results = evaluate(cfg)
+    assert list(results) == methods and all(set(row) == {"gldv2"} for row in results.values())
+    context = build_context(cfg)
+    queries = context.query_descriptors.astype(np.float64)
+    database = np.asarray(context.database_descriptors, dtype=np.float64)
+    augmented = reference_dba(database, 3, 3.0, "clamp")
+    rankings = {
+        "qe": _ranking(reference_qe(queries, database, 2, 3.0, "clamp"), database),
+        "dba_qe": _ranking(reference_qe(queries, augmented, 2, 3.0, "clamp"), augmented),
+    }
+    for method, ranks in rankings.items():
+        expected = context.summarize(context.results_from_ranking(np.stack(ranks)[:, :100]))
+        assert results[method]["gldv2"] == pytest.approx(expected["gldv2"]), method
+    reordered = []
+    for query, ranked in zip(queries, _ranking(queries, database)):
+        scores = reference_superglobal(query, database[ranked[:6]], 2, 0.15)
+        reordered.append(ranked[:6][np.argsort(-scores, kind="stable")])
+    expected = context.summarize(context.results_with_reranked({"gldv2": reordered}))
+    assert results["superglobal"]["gldv2"] == pytest.approx(expected["gldv2"])

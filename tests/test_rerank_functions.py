@@ -4,10 +4,12 @@ similarities and on data with exact ties."""
 
 import numpy as np
 import pytest
+import torch
 
 from tools.rerank.database_augmentation import augment_blocks, database_augmentation
 from tools.rerank.query_expansion import alpha_query_expansion
 from tools.rerank.superglobal import reranked_order, superglobal_rerank
+from tools.retrieval.global_search import first_k
 
 
 def _unit(rows):
@@ -165,3 +167,13 @@ def test_superglobal_without_neighbours_keeps_the_descriptors_and_adds_the_best_
 def test_reranked_order_breaks_ties_by_initial_position():
     ids = np.array([7, 3, 9, 1])
     assert reranked_order(ids, np.array([0.5, 0.9, 0.5, 0.9])).tolist() == [3, 1, 7, 9]
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 9, 20])
+def test_first_k_keeps_the_lowest_indices_among_ties_at_the_kth_place(k):
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 4, size=(50, 20)).astype(np.float32)  # ties everywhere
+    values, indices = first_k(torch.from_numpy(scores), torch.arange(20).unsqueeze(0), k)
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(np.sort(indices.numpy(), axis=1), np.sort(expected, axis=1))
+    assert np.array_equal(values.numpy(), np.take_along_axis(scores, indices.numpy(), 1))

@@ -48,15 +48,18 @@ def first_k(scores, indices, k):
 
     torch.topk alone keeps an arbitrary subset of the items tied at the k-th place; the rows where
     it had to choose (rare: exact duplicates) are selected again on order keys, which break ties by
-    database index."""
+    database index. Such a row is one whose (k + 1)-th best score equals its k-th: one topk of
+    k + 1 finds them without another pass over the scores."""
     indices = indices.expand_as(scores)
-    values, best = torch.topk(scores, k, dim=1)
-    if k < scores.shape[1]:
-        kth = values[:, -1:]
-        cut = ((scores == kth).sum(dim=1) > (values == kth).sum(dim=1)).nonzero().squeeze(1)
-        if len(cut):
-            _, best[cut] = torch.topk(torch_order_keys(scores[cut], indices[cut]), k, dim=1)
-            values[cut] = torch.gather(scores[cut], 1, best[cut])
+    if k >= scores.shape[1]:
+        values, best = torch.topk(scores, k, dim=1)
+        return values, torch.gather(indices, 1, best)
+    values, best = torch.topk(scores, k + 1, dim=1)
+    cut = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1) if k else values[:0, 0]
+    values, best = values[:, :k].contiguous(), best[:, :k].contiguous()
+    if len(cut):
+        _, best[cut] = torch.topk(torch_order_keys(scores[cut], indices[cut]), k, dim=1)
+        values[cut] = torch.gather(scores[cut], 1, best[cut])
     return values, torch.gather(indices, 1, best)
 
 
