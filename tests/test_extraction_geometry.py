@@ -1,12 +1,16 @@
+import pytest
 import torch
 
+from modeling.resnet import ResNet
 from tools.extraction.geometry import (
     box_centres,
     cell_boxes,
     cell_locations,
     crop_offset,
     crop_to_full_image,
+    map_side,
     network_to_image,
+    official_cell_locations,
     resize_factors,
 )
 
@@ -78,3 +82,32 @@ def test_crop_offset_rounds_like_pil_and_maps_back_to_the_full_image():
     locations = torch.tensor([[0.0, 0.0], [5.5, 2.0]])
     full = crop_to_full_image(locations, [20, 30, 100, 120])
     assert full.tolist() == [[20.0, 30.0], [25.5, 32.0]]
+
+
+def test_official_locations_are_stride_times_index_over_scale_and_resize_factor():
+    # keras-stem geometry (padding 142): the official centre ignores it, stride * index
+    locations, boxes = official_cell_locations(
+        2, 3, (291, 32, 142), 0.5, image_size=(75, 100), prepared_size=(36, 50)
+    )
+    fx, fy = 50 / 100, 36 / 75
+    expected = torch.tensor([[32.0 * col / 0.5 / fx, 32.0 * row / 0.5 / fy] for row in range(2)
+                             for col in range(3)])  # fmt: skip
+    assert torch.allclose(locations, expected)
+    low, high = (32 - 145) / 0.5, (32 + 145) / 0.5  # cell (1, 1): centre 32, half-side 145
+    assert torch.allclose(boxes[4], torch.tensor([low / fx, low / fy, high / fx, high / fy]))
+
+
+@pytest.mark.parametrize("stem", ["torchvision", "keras", "slim"])
+def test_map_side_predicts_the_local_map_of_each_stem(stem):
+    backbone = ResNet(depth=18, width_per_group=8, local_stride=32, stem=stem).eval()
+    modules = backbone.local_path_modules()
+    for side in range(1, 40):
+        predicted = map_side(modules, side)
+        with torch.no_grad():
+            try:
+                block3, _ = backbone(torch.zeros(1, 3, side, side + 1))
+                actual = block3.shape[-2]
+            except RuntimeError:  # the 'valid' max-pool refuses a map smaller than its kernel
+                actual = 0
+        assert predicted == actual, (stem, side)
+    assert (map_side(modules, 4) == 0) == (stem == "keras")  # keras: levels under 5 px are empty

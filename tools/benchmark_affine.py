@@ -56,7 +56,7 @@ DIFFERENT_SCENES = [
     ("coffee", "gravel"),
     ("gravel", "brick"),
 ]
-# rotation 12 degrees, scale 0.85, shear and a translation, then a mild perspective
+# rotation about 11 degrees, scale about 0.86, shear and a translation, then a mild perspective
 WARP = np.array([[0.82, -0.2, 40.0], [0.16, 0.86, 25.0], [1.5e-4, -1e-4, 1.0]])
 
 
