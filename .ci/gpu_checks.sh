@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks the issues name, in one script for a session that is lent a device machine (see
-# /work/.library/device/README.md); docs/benchmarks.md says where each result goes. CI never runs it.
+# The GPU checks of the project in one script, for a machine with one CUDA GPU; docs/benchmarks.md
+# says where each result goes. CI never runs it.
 #
-# Prepare once, here (the device machine has torch, OpenCV, simplejson, tqdm, but not yacs, and no internet):
+# On a GPU machine without internet access that has torch, OpenCV, simplejson and tqdm but not yacs,
+# download the yacs wheel beforehand into .whl/ of the repository (the script installs what it finds
+# there):
 #     echo /.whl/ >> .git/info/exclude
 #     python3 -m pip download --no-deps --only-binary=:all: -d .whl yacs==0.1.8
-# Then one device call: command "bash .ci/gpu_checks.sh", carry [".whl"], timeout_s 540.
+# Then run "bash .ci/gpu_checks.sh" in the repository root.
 # Everything is logged to $OUT/gpu_checks.log, one line per check to $OUT/summary.txt.
 #
 # DRY_RUN=1 bash .ci/gpu_checks.sh runs the same steps at toy sizes on the CPU, to check the script itself.
@@ -35,10 +37,10 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
     GPU_TRAIN=(TRAIN.AMP off TRAIN.CHANNELS_LAST False)
 else
     DEVICE=cuda
-    # issue 4: ResNet-50, 512 px, bf16, channels-last; fp32 without channels-last is the stand-in for the seed's step
+    # training step: ResNet-50, 512 px, bf16, channels-last; fp32 without channels-last stands in for the seed's step
     TRAIN_BENCH=(--device cuda --size 512 --batch 32 --amp bf16 --channels-last --steps 9 --warmup 3)
     TRAIN_BENCH_FP32=(--device cuda --size 512 --batch 32 --amp off --steps 9 --warmup 3)
-    # issue 5: the CPU benchmark's settings, on the GPU
+    # extraction: the CPU benchmark's settings, on the GPU
     EXTRACT_BENCH=(--runs 3 DEVICE cuda)
     GPU_TRAIN=(TRAIN.AMP bf16 TRAIN.CHANNELS_LAST True)
 fi

@@ -384,11 +384,11 @@ def reset_cfg():
     cfg.update(_DEFAULTS.clone())
 
 
-def dump_cfg(out_dir, name="config.yaml"):
+def dump_cfg(config, out_dir, name="config.yaml"):
     """Write the resolved config to out_dir atomically; returns its path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
-    write_text(path, cfg.dump())
+    write_text(path, config.dump())
     return path
 
 
@@ -405,11 +405,21 @@ def parse_args(description, extra=None, argv=None):
 
 
 def load_cfg(cfg_file="", opts=()):
-    """Reset cfg, merge a file and overrides, and return it."""
-    reset_cfg()
+    """A fresh config tree: the defaults with a file and overrides merged in (the global cfg is
+    left alone)."""
+    config = _DEFAULTS.clone()
     if cfg_file:
-        merge_file(cfg, cfg_file)
-    merge_list(cfg, list(opts))
+        merge_file(config, cfg_file)
+    merge_list(config, list(opts))
+    return config
+
+
+def load_global_cfg(cfg_file="", opts=()):
+    """load_cfg into the global cfg, for process entry points (the trainer's processes, which read
+    it in the training loop); returns it."""
+    config = load_cfg(cfg_file, opts)
+    cfg.clear()
+    cfg.update(config)
     return cfg
 
 

@@ -38,7 +38,7 @@ from core.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from core.config import cfg, dump_cfg, load_cfg, merge_dict
+from core.config import cfg, dump_cfg, load_global_cfg, merge_dict
 from core.data import make_train_loader
 from core.io import EXIT_DISK_FULL, DiskFullError
 from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
@@ -107,7 +107,7 @@ def train_in_process(cfg_text, evaluator_factories=()):
     """Entry of every training process (spawned, torchrun, srun or the only one): load the config,
     train. evaluator_factories: module-level functions (they survive spawn) ``factory(cfg)`` ->
     an evaluator or None, run at every validation (core/validation.py)."""
-    load_cfg()
+    load_global_cfg()
     merge_dict(cfg, yaml.safe_load(cfg_text), "the launcher's config")
     try:
         return train_model(evaluator_factories)
@@ -135,7 +135,7 @@ def train_model(evaluator_factories=()):
     run = build_run(device, evaluator_factories)
     position = resume_or_initialise(run)
     if dist.is_main_process():
-        dump_cfg(cfg.OUT_DIR)
+        dump_cfg(cfg, cfg.OUT_DIR)
     run.net = wrap_for_distributed(run.model, device)
     with run.preemption.installed(), training_threads(device):
         return train(run, position)

@@ -132,10 +132,8 @@ def build_inference_model(cfg):
     return build_model(cfg)
 
 
-def build_model(cfg=None):
-    """The whole DELG model for the config (the global ``core.config.cfg`` when none is given)."""
-    if cfg is None:
-        from core.config import cfg
+def build_model(cfg):
+    """The whole DELG model for the config."""
     model_cfg, heads, local = cfg.MODEL, cfg.MODEL.HEADS, cfg.MODEL.LOCAL
     if model_cfg.NUM_CLASSES <= 0:
         raise ConfigError(

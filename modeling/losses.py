@@ -37,11 +37,8 @@ class DelgLoss(nn.Module):
         return total, parts
 
 
-def build_loss(cfg=None):
-    """DelgLoss with the weights of MODEL.LOSSES (the global ``core.config.cfg`` when none is
-    given)."""
-    if cfg is None:
-        from core.config import cfg
+def build_loss(cfg):
+    """DelgLoss with the weights of MODEL.LOSSES."""
     if cfg.MODEL.LOSS_FUN != "cross_entropy":
         raise ConfigError(
             "MODEL.LOSS_FUN must be cross_entropy (DELG trains with cross-entropy on margin "

@@ -84,8 +84,7 @@ def test_the_seed_projects_own_file_merges_with_its_meanings():
 
 
 def test_resolved_config_is_written_and_reads_back(tmp_path):
-    load_cfg("", ["MODEL.DEPTH", "101"])
-    path = dump_cfg(str(tmp_path))
+    path = dump_cfg(load_cfg("", ["MODEL.DEPTH", "101"]), str(tmp_path))
     assert load_cfg(path).MODEL.DEPTH == 101
 
 

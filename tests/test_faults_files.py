@@ -29,7 +29,7 @@ def written_files(folder):
     write_json(str(folder / "results.json"), {"map": 1.0})
     write_npy(str(folder / "array.npy"), np.zeros(3))
     torch_save({"w": torch.zeros(2)}, str(folder / "weights.pth"))
-    dump_cfg(str(folder))
+    dump_cfg(load_cfg(), str(folder))
     state = {
         "format": checkpoint.FORMAT,
         "model": {"w": torch.zeros(2)},

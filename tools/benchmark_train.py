@@ -3,7 +3,7 @@
     python tools/benchmark_train.py  # CPU: ResNet-50, stride 16, 1000 classes, batch 8, 224 px
     python tools/benchmark_train.py --device cuda --size 512 --batch 32 --amp bf16 --channels-last
 
-The DELG step is core.trainer.train_step itself (one forward, one backward of the whole loss,
+The DELG step is core.step.train_step itself (one forward, one backward of the whole loss,
 gradient clipping, the per-iteration statistics all-reduce, SGD step). The plain step is the same
 backbone, global average pooling and a linear layer to the same classes, cross-entropy, the same
 clipping and SGD. Both run on the same random batch; timed steps alternate between the two so that a
@@ -24,9 +24,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from core import trainer  # noqa: E402
-from core.config import cfg, load_cfg  # noqa: E402
+from core.config import cfg, load_global_cfg  # noqa: E402
 from core.distributed import PreemptionFlag  # noqa: E402
 from core.optimizer import build_optimizer  # noqa: E402
+from core.step import train_step  # noqa: E402
 from modeling import build_backbone, build_loss, build_model  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def parse_args():
 
 def make_config(args):
     block = "bottleneck_transform" if args.depth >= 50 else "basic_transform"
-    return load_cfg(
+    return load_global_cfg(
         opts=[
             "MODEL.DEPTH",
             str(args.depth),
@@ -91,7 +92,7 @@ def make_config(args):
 
 
 def delg_step_runner(device, amp_dtype, channels_last):
-    """A closure running trainer.train_step on a Run holding just what the step uses."""
+    """A closure running core.step.train_step on a Run holding just what the step uses."""
     model = build_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -104,7 +105,7 @@ def delg_step_runner(device, amp_dtype, channels_last):
         schedule=None,
         loader=None,
         val_loader=None,
-        retrieval=None,
+        evaluators=[],
         device=device,
         amp_dtype=amp_dtype,
         channels_last=channels_last,
@@ -117,7 +118,8 @@ def delg_step_runner(device, amp_dtype, channels_last):
         bad_images=None,
     )
     model.train()
-    return lambda images, labels: trainer.train_step(run, images, labels, 0)
+    clip = cfg.OPTIM.CLIP_GRAD_NORM
+    return lambda images, labels: train_step(run, images, labels, 0, clip)
 
 
 def plain_step_runner(device, amp_dtype, channels_last):

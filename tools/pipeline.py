@@ -82,8 +82,10 @@ class StepTimer:
     """Wall and CPU seconds of each step, logged as the step ends."""
 
     def __init__(self, log):
-        self.log, self.steps = log, {}
-        self.start_wall, self.start_cpu = time.perf_counter(), cpu_seconds()
+        self.log = log
+        self.steps = {}
+        self.start_wall = time.perf_counter()
+        self.start_cpu = cpu_seconds()
 
     def run(self, name, function, *args, **kwargs):
         wall, cpu = time.perf_counter(), cpu_seconds()

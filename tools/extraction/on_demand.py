@@ -88,7 +88,8 @@ class _Images:
     """A subset of a source, in the order asked for (PreparedImages reads sources by position)."""
 
     def __init__(self, source, indices):
-        self.source, self.indices = source, list(indices)
+        self.source = source
+        self.indices = list(indices)
         self.names = [source.names[index] for index in self.indices]
 
     def __len__(self):
@@ -120,9 +121,13 @@ class OnDemandLocalFeatures:
     def __init__(
         self, store, source, extractor, cache_folder, provenance, num_workers=0, part_size=1000
     ):
-        self.store, self.source, self.extractor = store, source, extractor
-        self.folder, self.provenance = cache_folder, provenance
-        self.num_workers, self.part_size = num_workers, max(1, int(part_size))
+        self.store = store
+        self.source = source
+        self.extractor = extractor
+        self.folder = cache_folder
+        self.provenance = provenance
+        self.num_workers = num_workers
+        self.part_size = max(1, int(part_size))
         self._where = {}  # image name -> (cache part, row)
         self._source_index = None
         self._read_cache()
@@ -308,7 +313,9 @@ class LocalFeatureAccess:
     """
 
     def __init__(self, cfg, query_store, database_store, query_rows):
-        self.cfg, self.query_store, self.database_store = cfg, query_store, database_store
+        self.cfg = cfg
+        self.query_store = query_store
+        self.database_store = database_store
         self.query_rows = np.asarray(query_rows, dtype=np.int64)
         self._readers = {}
 

@@ -125,16 +125,16 @@ class RelevantRankCounter:
     def __init__(self, items, item_scores, num_database, num_buckets=DEFAULT_BUCKETS):
         self.num_database = int(num_database)
         self.num_buckets = int(num_buckets)
-        self.items, self.scores = [], []
+        self.items = []
+        self.scores = []
         for ids, values in zip(items, item_scores):  # sorted by index, so that lookups can bisect
-            ids, values = (
-                np.asarray(ids, dtype=np.int64).reshape(-1),
-                np.asarray(values, np.float32).reshape(-1),
-            )
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            values = np.asarray(values, np.float32).reshape(-1)
             order = np.argsort(ids, kind="stable")
             self.items.append(ids[order])
             self.scores.append(values[order] if len(values) == len(ids) else values)
-        self.keys, self._sorted_keys = [], []
+        self.keys = []
+        self._sorted_keys = []
         low, scale = np.zeros(len(items), np.float32), np.zeros(len(items), np.float32)
         for query, (ids, values) in enumerate(zip(self.items, self.scores)):
             if len(ids) != len(values) or (
@@ -156,7 +156,8 @@ class RelevantRankCounter:
                 scale[query] = (
                     np.float32(self.num_buckets) / spread if spread > 0 else np.float32(1.0)
                 )
-        self._low, self._scale = torch.from_numpy(low)[:, None], torch.from_numpy(scale)[:, None]
+        self._low = torch.from_numpy(low)[:, None]
+        self._scale = torch.from_numpy(scale)[:, None]
         self._hot = np.zeros((len(items), self.num_buckets + 2), dtype=bool)
         self._item_buckets = []
         for query, values in enumerate(self.scores):
@@ -269,7 +270,9 @@ class RelevantRanks:
     keys)."""
 
     def __init__(self, items, ranks, keys):
-        self.items, self.ranks, self.keys = items, ranks, keys
+        self.items = items
+        self.ranks = ranks
+        self.keys = keys
 
     def lookup(self, query, ids):
         """(ranks, keys) of the given database indices, which must be relevant images of the
