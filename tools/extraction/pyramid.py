@@ -112,7 +112,7 @@ def run_pyramid(
 
 def select_from_levels(levels, image_size, geometry, settings):
     """Local features (tensors, see selection.select_local_features) from run_pyramid's local
-    levels."""
+    levels, or None without levels (``prepared_size`` is needed by official locations only)."""
     candidates = [
         level_candidates(
             level["attention"],
@@ -121,7 +121,7 @@ def select_from_levels(levels, image_size, geometry, settings):
             geometry,
             image_size,
             level["network_size"],
-            level["prepared_size"],
+            level.get("prepared_size"),
             settings.locations,
         )
         for level in levels
