@@ -144,9 +144,9 @@ def train_model(evaluator_factories=()):
 # -------------------------------------------------------------------------------------------- setup
 @contextlib.contextmanager
 def training_threads(device):
-    """TRAIN.CPU_THREADS > 0 fixes the intra-op threads of CPU training (restored afterwards): oneDNN
-    sums convolution gradients in an order that depends on the thread count, so a fixed count makes
-    a CPU run repeat bit for bit whatever the machine's cores and load."""
+    """TRAIN.CPU_THREADS > 0 fixes the intra-op threads of CPU training (restored afterwards):
+    oneDNN sums convolution gradients in an order that depends on the thread count, so a fixed
+    count makes a CPU run repeat bit for bit whatever the machine's cores and load."""
     before = torch.get_num_threads()
     if device.type == "cpu" and cfg.TRAIN.CPU_THREADS > 0:
         torch.set_num_threads(cfg.TRAIN.CPU_THREADS)
@@ -430,8 +430,8 @@ def train_epoch(run, epoch, start_batch):
             meter.update(
                 {"lr": lr, **{k: v for k, v in stats.items() if k not in CONTROL}}, stats["images"]
             )
-        if position.global_iter % max(cfg.LOG_PERIOD, 1) == 0:
-            log_iteration(run, meter, epoch, position)
+        if position.global_iter % max(cfg.LOG_PERIOD, 1) == 0 or position.global_iter == 1:
+            log_iteration(run, meter, epoch, position)  # iteration 1 too: a sign of life at once
         stop_after_nonfinite_run(run)
         if stats["preempt"]:
             return position, "preempted"

@@ -12,6 +12,7 @@ import torch
 from core import distributed as dist
 from core.logging import get_logger
 from core.meters import ErrorCounter
+from core.progress import track
 
 logger = get_logger(__name__)
 
@@ -24,7 +25,14 @@ def validate(run, epoch, global_iter):
         return None
     run.model.eval()
     counter = ErrorCounter(["global", "attention"], device=run.device)
-    for images, labels, _ in run.val_loader:
+    batches = track(
+        run.val_loader,
+        len(run.val_loader),
+        f"validation after epoch {epoch + 1}",
+        "batch",
+        enabled=dist.is_main_process(),
+    )
+    for images, labels, _ in batches:
         if labels.numel() == 0:
             continue
         images = images.to(run.device, non_blocking=True)

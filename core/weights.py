@@ -208,6 +208,7 @@ class LoadReport:
     dropped: dict = field(default_factory=dict)
     skipped_classifier: list = field(default_factory=list)  # (key, file shape, model shape)
     total: int = 0
+    unused: list = field(default_factory=list)  # model tensors the caller does not use
 
     def lines(self):
         lines = [
@@ -215,6 +216,11 @@ class LoadReport:
             f"{self.total} "
             f"model tensors"
         ]
+        if self.unused:
+            lines[0] += (
+                f" (the classifiers, {len(self.unused)} tensors, play no part here and are not "
+                "counted)"
+            )
         if self.dropped:
             reasons = sorted(set(self.dropped.values()))
             lines.append(
@@ -233,6 +239,15 @@ class LoadReport:
         if self.unexpected:
             lines.append(f"  unexpected in the file, ignored: {_summary(self.unexpected)}")
         return lines
+
+
+def _leave_out(report, unused):
+    """Take the tensors the caller does not use out of the report's counts and lines."""
+    report.unused = sorted(unused)
+    report.total -= len(unused)
+    report.loaded = [key for key in report.loaded if key not in unused]
+    report.missing = [key for key in report.missing if key not in unused]
+    report.skipped_classifier = [e for e in report.skipped_classifier if e[0] not in unused]
 
 
 def _summary(keys, shown=6):
@@ -264,13 +279,14 @@ def _counts(key):
     )  # absent from old checkpoints; harmless to keep at zero
 
 
-def load_weights(model, path, log=print, strict=False):
+def load_weights(model, path, log=print, strict=False, unused=()):
     """Load a weights file of any supported format into model, log the report, and return it
     (LoadReport).
 
     Raises WeightsError for shape mismatches (other than the classifier's class count) and for
     missing or unexpected backbone tensors; with strict=True also for missing or unexpected head
-    tensors (extraction).
+    tensors (extraction). unused: model tensors the caller does not use (the classifiers at
+    extraction), loaded when they fit but left out of the counts and the report.
     """
     model = getattr(model, "module", model)  # DistributedDataParallel
     model = getattr(model, "_orig_mod", model)  # torch.compile
@@ -303,6 +319,7 @@ def load_weights(model, path, log=print, strict=False):
     skipped = {key for key, _, _ in report.skipped_classifier}
     report.missing = [key for key in target if key not in to_load and key not in skipped]
     report.loaded = sorted(to_load)
+    _leave_out(report, set(unused) & set(target))
     _check(report, mismatched, path, strict, classifier_keys)
     model.load_state_dict(to_load, strict=False)
     for line in report.lines():

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.io import atomic_path, write_json, write_text
+from core.io import atomic_path, read_json, write_json, write_text
 from datasets.synthetic_render import PROFILES, build_landmark, encode_jpeg, label_view, render_view
 from datasets.synthetic_scenes import sample_family
 
@@ -349,17 +349,37 @@ def default_workers():
     )
 
 
+def same_world(out_dir, seed, spec):
+    """The info.json summary of out_dir when it already holds the world of these settings, else
+    None."""
+    info_path = Path(out_dir) / "info.json"
+    try:
+        info = read_json(str(info_path))
+    except (OSError, ValueError):
+        return None
+    same = (
+        info.get("format_version") == FORMAT_VERSION
+        and info.get("seed") == seed
+        and info.get("spec") == dataclasses.asdict(spec)
+    )
+    return info if same else None
+
+
 def generate(out_dir, seed=0, size="default", workers=None, overwrite=False, **overrides):
     """Write the synthetic world to ``out_dir`` and return a summary dict (also saved as
     ``out_dir/info.json``).
 
     ``size`` names a preset of :data:`SIZES`; ``overrides`` are :class:`SyntheticSpec` fields. Same
-    arguments, byte-identical files, whatever ``workers`` is.
+    arguments, byte-identical files, whatever ``workers`` is. A folder that already holds the world
+    of the same settings is kept as it is (the summary says ``reused``) unless overwrite.
     """
     spec = make_spec(size, **overrides)
     if int(seed) != seed or seed < 0:
         raise ValueError(f"synthetic seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
+    existing = same_world(out_dir, seed, spec)
+    if existing is not None and not overwrite:
+        return {**existing, "out_dir": str(out_dir), "reused": True}
     plan = plan_test_set(spec)
     per_landmark = spec.distractors_per_landmark
     train_jobs = [(_train_job, (seed, spec, c)) for c in range(spec.classes)]

@@ -73,7 +73,7 @@ def benchmark_loop_map(ranks, gnd, kappas):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rows", type=int, default=1005000, help="database size (ROxford + distractors)"
     )

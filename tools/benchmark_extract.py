@@ -229,7 +229,7 @@ def benchmark(cfg, image, runs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--cfg", dest="cfg_file", default="", help="YAML config file (the defaults override it)"
     )

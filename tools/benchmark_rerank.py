@@ -161,7 +161,7 @@ def compare(name, query, index, pairs, baseline_pairs, options):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=100, help="pairs timed for our re-ranker")
     parser.add_argument(
         "--baseline-pairs", type=int, default=25, help="pairs timed for the KD-tree baseline"

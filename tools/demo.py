@@ -24,7 +24,7 @@ from tools.pipeline import DEFAULT_CONFIG, DemoOptions, report, run_demo  # noqa
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="output/demo", help="output folder (default: output/demo)")
     parser.add_argument(
         "--iters",

@@ -47,7 +47,7 @@ def parse_sizes(text):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], _extra_arguments, argv)
+    args = parse_args(__doc__.split("\n\n")[0], _extra_arguments, argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
     setup_logging("", is_main=True)
     try:

@@ -53,7 +53,7 @@ def _extra_arguments(parser):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], _extra_arguments, argv)
+    args = parse_args(__doc__.split("\n\n")[0], _extra_arguments, argv)
     try:
         return _run(args)
     except DiskFullError as error:

@@ -17,7 +17,7 @@ from datasets.synthetic import SIZES, generate  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--out", default="data/synthetic", help="output folder (default: data/synthetic)"
     )
@@ -58,8 +58,9 @@ def main(argv=None):
     except (ValueError, FileExistsError) as error:
         sys.exit(f"make_synthetic: {error}")
     train, test = summary["train"], summary["test"]
+    verb = "already holds the world of these settings, kept" if summary.get("reused") else "written"
     print(
-        f"wrote {summary['out_dir']} (seed {summary['seed']}, {summary['spec']['image_size']} px):"
+        f"{summary['out_dir']} {verb} (seed {summary['seed']}, {summary['spec']['image_size']} px):"
     )
     print(
         f"  train: {train['classes']} landmarks x {summary['spec']['train_per_class']} = "

@@ -25,7 +25,7 @@ def _extra_arguments(parser):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], _extra_arguments, argv)
+    args = parse_args(__doc__.split("\n\n")[0], _extra_arguments, argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
     if args.size < 0:
         print("error: --size must be positive", file=sys.stderr)

@@ -366,7 +366,12 @@ def draw_pictures(cfg, context, trained, train_dir, out_dir, log=print):
     options = dataclasses.replace(
         options_from_cfg(cfg), inlier_threshold=factor * cfg.SV.INLIER_THRESHOLD
     )
-    picture, _ = match_picture(*enlarged(*query, factor), *enlarged(*index, factor), options)
+    picture, _ = match_picture(
+        *enlarged(*query, factor),
+        *enlarged(*index, factor),
+        options,
+        names=(query_name, index_name),
+    )
     pictures["matches"] = os.path.join(out_dir, f"matches_{query_name}_{index_name}.png")
     write_png(pictures["matches"], picture)
     return pictures

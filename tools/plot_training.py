@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from core.io import atomic_path  # noqa: E402
 from core.logging import JSON_LOG_NAME, read_json_log  # noqa: E402
+from core.yaml_file import read_yaml  # noqa: E402
 
 _LOSSES = (
     ("loss", "total"),
@@ -33,6 +34,30 @@ _ERRORS = (
     ("attention_top1_err", "attention", "tab:green"),
 )
 _RETRIEVAL = (("mAP_E", "Easy"), ("mAP_M", "Medium"), ("mAP_H", "Hard"))
+
+
+# The training top-1 error of the global head is taken on the logits the loss sees, which carry the
+# angular margin against the true class, so it stays high long after the plain cosine logits (those
+# of validation and retrieval) classify well.
+MARGIN_NOTE = (
+    "train global: on the margin logits the loss sees, so it stays high (near 100 % early);\n"
+    "validation: plain cosine logits, as at retrieval"
+)
+
+
+def run_title(out_dir, last):
+    """'DELG training: <model> on <dataset>, iteration i of n' and the folder, from the run's
+    config.yaml when it is there."""
+    what = "DELG training"
+    config_path = os.path.join(out_dir, "config.yaml")
+    if os.path.isfile(config_path):
+        config = read_yaml(config_path) or {}
+        model, train = config.get("MODEL", {}), config.get("TRAIN", {})
+        what += (
+            f": {model.get('TYPE', '?')}-{model.get('DEPTH', '?')} on {train.get('DATASET', '?')}"
+        )
+    progress = f"iteration {last.get('iter')} of {last.get('max_iter')}"
+    return f"{what}, {progress}\n{os.path.abspath(out_dir)}"
 
 
 def _series(records, key):
@@ -65,12 +90,12 @@ def plot_training(out_dir, png_path=None):
     loss_axes.set_yscale("log")
     loss_axes.set_ylabel("loss (total; parts unweighted)")
     for key, label, color in _ERRORS:
-        error_axes.plot(
-            *_series(train, key), color=color, alpha=0.6, label=f"train {label} (batch)"
-        )
+        note = " (batch, margin logits)" if key == "global_top1_err" else " (batch)"
+        error_axes.plot(*_series(train, key), color=color, alpha=0.6, label=f"train {label}{note}")
         if val:
             error_axes.plot(*_series(val, key), "o--", color=color, label=f"validation {label}")
     error_axes.set_ylabel("top-1 error (%)")
+    error_axes.set_title(MARGIN_NOTE, fontsize="small")
     if retrieval:
         for key, label in _RETRIEVAL:
             axes_list[2].plot(*_series(retrieval, key), "o-", label=label)
@@ -83,7 +108,8 @@ def plot_training(out_dir, png_path=None):
         axes.legend(fontsize="small")
     for axes in axes_list:
         axes.grid(alpha=0.3)
-    figure.suptitle(os.path.basename(os.path.abspath(out_dir)))
+    last = {"iter": max(r.get("iter", 0) for r in records), "max_iter": train[-1].get("max_iter")}
+    figure.suptitle(run_title(out_dir, last))
     figure.tight_layout()
 
     png_path = png_path or os.path.join(out_dir, "training_curves.png")

@@ -27,7 +27,7 @@ from tools.vis.search_result import draw_result  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument("image", help="the query image file")
     parser.add_argument(

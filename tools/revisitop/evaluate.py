@@ -37,7 +37,7 @@ _USER_ERRORS = (
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv=argv)
+    args = parse_args(__doc__.split("\n\n")[0], argv=argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
     setup_logging(cfg.OUT_DIR, is_main=True, to_file=cfg.LOG_DEST == "file")
     try:

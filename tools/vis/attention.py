@@ -123,7 +123,7 @@ def picture_for_image(cfg, image_path, out_path):
 def parse_arguments(argv=None):
     """IMAGE --cfg FILE [--out PNG] [KEY VALUE ...], in any order (the image is the first bare
     argument)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image", help="image file")
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument(

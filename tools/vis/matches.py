@@ -78,8 +78,10 @@ def match_picture(
     options,
     show_outliers=False,
     device="cpu",
+    names=(),
 ):
-    """(picture, inlier count) for two images and their (locations, descriptors)."""
+    """(picture, inlier count) for two images and their (locations, descriptors); names (query,
+    index) head the caption."""
     ((query_rows, index_rows),) = putative_matches(
         query_features[1],
         [index_features[1]],
@@ -95,6 +97,8 @@ def match_picture(
         query_image, index_image, query_points, index_points, inliers, show_outliers
     )
     caption = f"{int(inliers.sum())} inliers / {len(inliers)} putative ({options.method})"
+    if names:
+        caption = f"query {names[0]} (left) vs {names[1]} (right): {caption}"
     scale = float(
         np.clip(picture.shape[1] / 900, 0.3, 0.7)
     )  # readable, and not wider than small pictures
@@ -124,7 +128,7 @@ def main(argv=None):
 
 
 def _main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument("--query", required=True, help="query image name (as in the ground truth)")
     parser.add_argument("--index", required=True, help="database image name")
@@ -146,6 +150,7 @@ def _main(argv=None):
         index_features,
         options_from_cfg(cfg),
         args.outliers,
+        names=(args.query, args.index),
     )
     write_png(args.out, picture)
     print(f"{args.out}: {args.query} vs {args.index}, {inliers} inliers")

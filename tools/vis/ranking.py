@@ -40,6 +40,8 @@ BORDER_COLOURS = {
 }  # RGB
 TILE = 160
 BORDER = 6
+CAPTION_LINE = 13  # pixels between caption lines
+ROW_TITLES = {"global": "global", "sv": "spatial verification"}
 
 
 def label_ranking(ranked, ok, junk):
@@ -65,18 +67,21 @@ def tile(image, label, size=TILE, border=BORDER, caption=""):
     result[border:-border, border:-border] = 255
     top, left = border + (inner - resized.shape[0]) // 2, border + (inner - resized.shape[1]) // 2
     result[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
-    if caption:
-        put_caption(result, caption, (border + 2, size - border - 4), 0.4, padding=1)
+    for line_number, line in enumerate(reversed(caption.splitlines())):  # lines bottom up
+        origin = (border + 2, size - border - 4 - CAPTION_LINE * line_number)
+        put_caption(result, line, origin, 0.4, padding=1)
     return result
 
 
-def ranking_grid(query_image, rows, size=TILE):
-    """rows: [(images, labels, captions)]; each row starts with the query tile. Returns one RGB
-    canvas."""
+def ranking_grid(query_image, rows, size=TILE, titles=()):
+    """rows: [(images, labels, captions)]; each row starts with the query tile, captioned with the
+    row's title (titles[row], e.g. "global" or "spatial verification") when given. Captions may
+    hold several lines. Returns one RGB canvas."""
     width = 1 + max(len(images) for images, _, _ in rows)
     canvas = np.full((len(rows) * size, width * size, 3), 255, dtype=np.uint8)
     for row, (images, labels, captions) in enumerate(rows):
-        tiles = [tile(query_image, "query", size, caption="query")]
+        title = f"{titles[row]}\n" if row < len(titles) else ""
+        tiles = [tile(query_image, "query", size, caption=f"{title}query")]
         tiles += [
             tile(image, label, size, caption=caption)
             for image, label, caption in zip(images, labels, captions)
@@ -161,7 +166,7 @@ def main(argv=None):
 
 
 def _main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument(
         "--query", required=True, help="query name or its number in the ground truth"
@@ -183,8 +188,10 @@ def _main(argv=None):
     for row_name, ids, labels in rows:
         names = [database_store.names[int(image)] for image in ids]
         captions = [
-            f"{rank + 1}" + (f" ({inliers[int(image)]})" if row_name == "sv" else "")
-            for rank, image in enumerate(ids)
+            f"{rank + 1}"
+            + (f" ({inliers[int(image)]} inliers)" if row_name == "sv" else "")
+            + f"\n{image_name}"
+            for rank, (image, image_name) in enumerate(zip(ids, names))
         ]
         images = [
             load_image_and_features(database_store, dataset, image_name)[0] for image_name in names
@@ -192,18 +199,19 @@ def _main(argv=None):
         grid_rows.append((images, labels, captions))
         html_rows.append(
             (
-                row_name,
+                ROW_TITLES[row_name],
                 [
                     (
                         os.path.abspath(dataset.image_path(image_name)),
                         label,
-                        f"{caption} {image_name}",
+                        caption.replace("\n", " "),
                     )
                     for image_name, label, caption in zip(names, labels, captions)
                 ],
             )
         )
-    write_png(args.out, ranking_grid(query_image, grid_rows))
+    titles = [ROW_TITLES[row_name] for row_name, _, _ in rows]
+    write_png(args.out, ranking_grid(query_image, grid_rows, titles=titles))
     if args.html:
         title = f"{cfg.EVAL.DATASET} query {name}, protocol {args.protocol}"
         write_text(

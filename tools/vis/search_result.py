@@ -4,7 +4,7 @@ when verified, the shortlist re-ranked by spatial verification (tools/retrieval/
 from core.io import write_png
 from datasets.image_io import read_image
 from tools.extraction.on_demand import image_source_of
-from tools.vis.ranking import ranking_grid
+from tools.vis.ranking import ROW_TITLES, ranking_grid
 
 # tools/vis/ranking.py's grey border: a user's image has no ground truth to colour by
 NEUTRAL_LABEL = "junk"
@@ -23,7 +23,10 @@ def draw_result(path, cfg, query, result, store):
         (
             images(result.ranked),
             [NEUTRAL_LABEL] * len(result.ranked),
-            [f"{rank} {score:.2f}" for rank, score in enumerate(result.scores, start=1)],
+            [
+                f"{rank} {score:.4f}\n{store.names[int(row)]}"  # near-duplicates differ late
+                for rank, (row, score) in enumerate(zip(result.ranked, result.scores), start=1)
+            ],
         )
     ]
     if result.reranked is not None:
@@ -32,10 +35,11 @@ def draw_result(path, cfg, query, result, store):
                 images(result.reranked),
                 [NEUTRAL_LABEL] * len(result.reranked),
                 [
-                    f"{rank} ({result.inliers[int(row)]})"
+                    f"{rank} ({result.inliers[int(row)]} inliers)\n{store.names[int(row)]}"
                     for rank, row in enumerate(result.reranked, start=1)
                 ],
             )
         )
-    write_png(path, ranking_grid(read_image(query.path), rows))
+    titles = [ROW_TITLES["global"], ROW_TITLES["sv"]][: len(rows)]
+    write_png(path, ranking_grid(read_image(query.path), rows, titles=titles))
     return path
