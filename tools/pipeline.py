@@ -160,9 +160,10 @@ def demo_config(options, data_dir):
 
 
 # ----------------------------------------------------------------------------------------- 2. train
-# Keys the trainer fills in or the demo sets itself: they may differ between the saved and the new
-# config.
+# Keys the trainer fills in or the demo sets itself, and the sections that only extraction and
+# evaluation read: they may differ between the saved and the new config.
 RESUME_IGNORED_KEYS = ("MODEL.NUM_CLASSES", "TRAIN.AUTO_RESUME")
+RESUME_IGNORED_SECTIONS = ("EXTRACT.", "EVAL.", "SV.", "ASMK.", "RERANK.", "TEST.")
 
 
 def same_training(cfg):
@@ -173,7 +174,10 @@ def same_training(cfg):
         return False
     with open(saved) as handle:
         differences = config_differences(handle.read(), cfg.dump())
-    return all(key in RESUME_IGNORED_KEYS for key, _, _ in differences)
+    return all(
+        key in RESUME_IGNORED_KEYS or key.startswith(RESUME_IGNORED_SECTIONS)
+        for key, _, _ in differences
+    )
 
 
 def train(cfg, log=print):
