@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from core.io import check_free_space, torch_save
+from core.nested import flatten
 from core.weights import refusal_reason
 
 CHECKPOINT_DIR = "checkpoints"
@@ -281,19 +282,11 @@ def restore_rng_state(state):
 
 
 # ----------------------------------------------------------------------------------- config changes
-def _flatten(node, prefix=""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", list(value) if isinstance(value, tuple) else value
-
-
 def config_differences(saved_text, current_text):
     """[(key, saved value, current value)] for every key whose value differs between two dumped
     configs."""
-    saved = dict(_flatten(yaml.safe_load(saved_text) or {}))
-    current = dict(_flatten(yaml.safe_load(current_text) or {}))
+    saved = flatten(yaml.safe_load(saved_text) or {}, keep_empty=False)
+    current = flatten(yaml.safe_load(current_text) or {}, keep_empty=False)
     missing = "<absent>"
     return [
         (key, saved.get(key, missing), current.get(key, missing))

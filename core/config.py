@@ -14,6 +14,7 @@ import sys
 from yacs.config import CfgNode
 
 from core.io import write_text
+from core.nested import flatten
 from core.yaml_file import YamlFileError, read_yaml
 
 _C = CfgNode()
@@ -275,17 +276,8 @@ class ConfigError(ValueError):
     """A user mistake in a config file or an override; the message says what and where."""
 
 
-def _flatten(node, prefix=""):
-    for key, value in node.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _flatten(value, full + ".")
-        else:
-            yield full, value
-
-
 def _all_keys():
-    return [key for key, _ in _flatten(_DEFAULTS)]
+    return list(flatten(_DEFAULTS, keep_empty=False))
 
 
 def _lookup(full_key):
@@ -341,7 +333,7 @@ def _set(node, full_key, value):
 def merge_dict(config, values, source):
     """Merge a nested dict into config, checking every key and type; source names the origin in
     errors."""
-    for full_key, value in _flatten(values):
+    for full_key, value in flatten(values, keep_empty=False).items():
         try:
             _set(config, full_key, _coerce(full_key, value, _lookup(full_key)))
         except ConfigError as error:

@@ -27,15 +27,13 @@ import uuid
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from core.distributed import resolve_device
 from core.progress import track
 from datasets.features import FeatureStoreError, open_store, write_store
-from datasets.loader import init_worker
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, RUN_KEYS, local_part, require_same
 from tools.extraction.runner import build_extractor
-from tools.extraction.sources import build_sources, keep_item
+from tools.extraction.sources import build_sources, item_loader
 from tools.extraction.stores import dataset_of_store, output_dir
 
 logger = logging.getLogger(__name__)
@@ -182,13 +180,7 @@ class OnDemandLocalFeatures:
 
     def _extract(self, names):
         images = self.extractor.prepared(_Images(self.source, self._indices_in_source(names)))
-        loader = DataLoader(
-            images,
-            batch_size=None,
-            num_workers=self.num_workers,
-            collate_fn=keep_item,
-            worker_init_fn=init_worker,
-        )
+        loader = item_loader(images, self.num_workers)
         results = [
             self.extractor.extract_item(item)
             for item in track(

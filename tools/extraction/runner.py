@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from core.config import ConfigError
 from core.distributed import (
@@ -29,7 +29,6 @@ from core.distributed import (
 from core.progress import progress_bar
 from core.weights import load_weights
 from datasets.features import open_store
-from datasets.loader import init_worker
 from datasets.transforms import build_normalizer
 from modeling import build_inference_model
 from tools.extraction import shards as shard_io
@@ -37,7 +36,7 @@ from tools.extraction.geometry import LOCATION_MODES
 from tools.extraction.provenance import build_provenance, checkpoint_digest
 from tools.extraction.pyramid import ExtractionSettings, extract_image
 from tools.extraction.resize import RESIZE_MODES, ROUNDINGS
-from tools.extraction.sources import PreparedImages, build_sources, keep_item
+from tools.extraction.sources import PreparedImages, build_sources, item_loader
 from tools.extraction.stores import output_dir
 
 logger = logging.getLogger(__name__)
@@ -98,8 +97,7 @@ def build_extraction_model(cfg, device):
     torch.manual_seed(cfg.RNG_SEED)  # initial weights then agree across processes and runs
     model = build_inference_model(cfg)
     if cfg.TEST.WEIGHTS:  # strict: features from heads missing in the file would be silently random
-        unused = getattr(model, "classifier_keys", ())  # no part in extraction
-        load_weights(model, cfg.TEST.WEIGHTS, log=logger.info, strict=True, unused=unused)
+        load_weights(model, cfg.TEST.WEIGHTS, log=logger.info, strict=True)
     else:
         logger.warning(
             "TEST.WEIGHTS is empty: extracting with the model's initial (untrained) weights"
@@ -237,14 +235,7 @@ class Extractor:
         if not indices:
             return 0
         dataset = Subset(self.prepared(job.source), indices)
-        loader = DataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=keep_item,
-            worker_init_fn=init_worker,
-        )
+        loader = item_loader(dataset, self.num_workers, self.pin_memory)
         items = iter(loader)
         progress = progress_bar(len(indices), job.name, "img", enabled=self.show_progress)
         for shard in shard_ids:

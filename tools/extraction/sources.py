@@ -14,11 +14,12 @@ from collections import Counter
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from core.config import ConfigError
 from datasets.image_io import read_image
 from datasets.list_dataset import ParseError, numbered_lines
+from datasets.loader import init_worker
 from datasets.revisitop import RevisitopDataset, RevisitopImages
 from datasets.transforms import resize_longest_side, to_chw_tensor
 from tools.extraction.stores import PARTS, part_store_names
@@ -208,6 +209,19 @@ def keep_item(item):
     """collate_fn of the batch_size=None loaders over PreparedImages: the prepared item itself
     (module-level, so loader workers can pickle it)."""
     return item
+
+
+def item_loader(images, num_workers, pin_memory=False):
+    """A DataLoader over PreparedImages (or a Subset of them) yielding one prepared item at a time,
+    with the worker init of every loader (datasets.loader.init_worker)."""
+    return DataLoader(
+        images,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=keep_item,
+        worker_init_fn=init_worker,
+    )
 
 
 class PreparedImages(Dataset):

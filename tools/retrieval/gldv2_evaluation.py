@@ -27,6 +27,7 @@ from tools.retrieval.gldv2_metric import (
     read_retrieval_solution,
 )
 from tools.retrieval.global_search import search
+from tools.retrieval.methods import StoreDescriptors, query_descriptors
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def solution_queries(solution, query_store, source):
     )
 
 
-class Gldv2Context:
+class Gldv2Context(StoreDescriptors):
     """What the methods use on GLDv2: stores, the global top-k per query, local features, the
     metric."""
 
@@ -89,14 +90,6 @@ class Gldv2Context:
             f"{GLDV2}: {len(self.query_ids)} queries of {len(solution)} in the solution, "
             f"{len(database_store)} index images"
         )
-
-    @property
-    def query_descriptors(self):
-        return np.asarray(self.query_store.global_descriptors(), dtype=np.float32)[self.query_rows]
-
-    @property
-    def database_descriptors(self):
-        return self.database_store.global_descriptors()
 
     def shortlists(self, size):
         """{"gldv2": per query, the first `size` images of the global ranking} (GLDv2 has no
@@ -136,7 +129,7 @@ def build_gldv2_context(cfg):
     query_store, database_store = open_store_pair(features_dir(cfg), GLDV2)
     check_store_pair(query_store, database_store)
     query_ids, query_rows = solution_queries(solution, query_store, cfg.EVAL.SOLUTION_FILE)
-    queries = np.asarray(query_store.global_descriptors(), dtype=np.float32)[query_rows]
+    queries = query_descriptors(query_store, query_rows)
     depth = max(K, cfg.SV.SHORTLIST, cfg.EVAL.SEARCH_TOPK)
     top_scores, top_indices = search(
         queries,

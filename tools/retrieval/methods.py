@@ -63,6 +63,23 @@ class EvaluationContext(Protocol):
         """{protocol: {metric: percent}} of raw results."""
 
 
+class StoreDescriptors:
+    """The context's global descriptors, read from its stores (both contexts inherit this)."""
+
+    @property
+    def query_descriptors(self):
+        return query_descriptors(self.query_store, self.query_rows)
+
+    @property
+    def database_descriptors(self):
+        return self.database_store.global_descriptors()
+
+
+def query_descriptors(store, rows):
+    """[len(rows), D] float32 global descriptors of these rows of a store."""
+    return np.asarray(store.global_descriptors(), dtype=np.float32)[rows]
+
+
 METHODS = {}
 
 

@@ -24,6 +24,7 @@ from tools.extraction.stores import (
     split_dataset_name,
 )
 from tools.retrieval.global_search import TopK, order_keys, score_chunks
+from tools.retrieval.methods import StoreDescriptors, query_descriptors
 from tools.revisitop.metrics import (
     RelevantRankCounter,
     compute_map,
@@ -104,7 +105,7 @@ def global_pass(query_descriptors, database_descriptors, gnd_raw, topk, chunk_si
     return counter.result(), top_scores, top_indices
 
 
-class RevisitopContext:
+class RevisitopContext(StoreDescriptors):
     """What every method may use on revisitop (tools.retrieval.methods.EvaluationContext): the
     aligned ground truth, the stores, the global pass, local features (``local``:
     LocalFeatureAccess), a cache shared between methods, and the config."""
@@ -129,14 +130,6 @@ class RevisitopContext:
         self.title = (
             f"{cfg.EVAL.DATASET}: {len(query_rows)} queries, {len(database_store)} database images"
         )
-
-    @property
-    def query_descriptors(self):
-        return np.asarray(self.query_store.global_descriptors(), dtype=np.float32)[self.query_rows]
-
-    @property
-    def database_descriptors(self):
-        return self.database_store.global_descriptors()
 
     def shortlists(self, size):
         """{protocol: per query, the first `size` images of the global ranking that are not junk
@@ -196,7 +189,7 @@ def build_revisitop_context(cfg):
     query_rows, gnd = align_ground_truth(
         ground_truth, query_store, database_store, with_distractors, gnd_file
     )
-    queries = np.asarray(query_store.global_descriptors(), dtype=np.float32)[query_rows]
+    queries = query_descriptors(query_store, query_rows)
     # deep enough that every protocol's shortlist is full after its junk is taken out
     depth = max(
         cfg.EVAL.SEARCH_TOPK,

@@ -19,13 +19,11 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from datasets.loader import init_worker
 from datasets.revisitop import RevisitopDataset, gnd_path
 from datasets.transforms import build_normalizer
 from tools.extraction.pyramid import ExtractionSettings, extract_image
-from tools.extraction.sources import PreparedImages, RevisitopPart, keep_item
+from tools.extraction.sources import PreparedImages, RevisitopPart, item_loader
 from tools.extraction.stores import GLDV2
 from tools.revisitop.metrics import protocol_results_from_scores, summarize
 
@@ -55,13 +53,7 @@ class RetrievalValidator:
         """[n, D] float32 L2-normalised global descriptors of the queries or the database, in
         dataset order."""
         images = PreparedImages(RevisitopPart(self.dataset, part), self.max_image_size)
-        loader = DataLoader(
-            images,
-            batch_size=None,
-            num_workers=self.num_workers,
-            collate_fn=keep_item,
-            worker_init_fn=init_worker,
-        )
+        loader = item_loader(images, self.num_workers)
         rows = []
         for item in loader:
             if item["error"] is not None:
