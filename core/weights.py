@@ -54,16 +54,11 @@ def read_checkpoint(path):
 
 
 def refusal_reason(error):
-    """What torch's weights_only unpickler refused (e.g. 'unsupported GLOBAL posix.system'),
-    without its advice to load with weights_only=False, which would run the file's code."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    found = [
-        line
-        for line in lines
-        if ("GLOBAL" in line or "Unsupported" in line or "unsupported" in line)
-        and "weights_only" not in line
-    ]
-    return found[0].rstrip(".") if found else "objects other than tensors and plain data"
+    """What torch's weights_only unpickler refused ('the global posix.system'), without its advice
+    to load with weights_only=False or to allow-list the global, either of which would run the
+    file's code."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return f"the global {found.group(1)}" if found else "objects other than tensors and plain data"
 
 
 def state_dict_of(checkpoint, path="checkpoint"):
