@@ -58,7 +58,7 @@ def refusal_reason(error):
     to load with weights_only=False or to allow-list the global, either of which would run the
     file's code."""
     found = re.search(r"GLOBAL ([\w.]+)", str(error))
-    return f"the global {found.group(1)}" if found else "objects other than tensors and plain data"
+    return f"the global {found.group(1)}" if found else "not a file of tensors and plain data"
 
 
 def state_dict_of(checkpoint, path="checkpoint"):
