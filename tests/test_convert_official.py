@@ -294,3 +294,37 @@ def test_the_conversion_needs_tensorflow_only_when_it_runs(monkeypatch):
     with pytest.raises(ConversionError, match="requirements-convert.txt"):
         tf_savedmodel.import_tensorflow()
     assert torch.is_tensor(torch.zeros(1))  # the framework itself imports without it
+
+
+def test_a_tf2_training_checkpoint_folder_converts_for_fine_tuning(tmp_path, capsys):
+    """tf.train.CheckpointManager layout: model/... object paths, optimizer slots, a `checkpoint`
+    state file; the classifiers come along (cosine_weights transposed) and TRAIN.WEIGHTS loads."""
+    from core.config import load_cfg
+    from core.weights import load_weights
+    from modeling import build_model
+    from tools.convert_official import main
+
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    variables = {
+        name.replace("_model/", "model/", 1) + suffix: value
+        for name, value in tf_archives.keras_variables(classes=CLASSES, seed=9).items()
+    }
+    slot = "model/backbone/l2a/variables/0/.OPTIMIZER_SLOT/optimizer/momentum" + suffix
+    variables[slot] = np.zeros((1, 1, 8, 8), np.float32)
+    variables["optimizer/iter" + suffix] = np.array(7, np.int64)
+    folder = tmp_path / "train_logs"
+    folder.mkdir()
+    tf_archives.save_checkpoint(str(folder / "delf_tf2-ckpt-7"), variables)
+    (folder / "checkpoint").write_text('model_checkpoint_path: "delf_tf2-ckpt-7"\n')
+    out = str(tmp_path / "finetune")
+    assert main([str(folder), out]) == 0
+    printed = capsys.readouterr().out
+    assert "no graph (a checkpoint): attention input decoder" in printed
+    assert slot.removesuffix(suffix) + " [1, 1, 8, 8]" in printed
+    cfg = load_cfg(out + ".yaml")
+    assert cfg.MODEL.NUM_CLASSES == CLASSES and cfg.RESNET.STEM == "keras"
+    model = build_model(cfg)
+    report = load_weights(model, out + ".pth", log=lambda _: None, strict=True)
+    assert not report.missing or all(k.endswith("num_batches_tracked") for k in report.missing)
+    cosine = variables["model/cosine_weights" + suffix]
+    assert torch.equal(model.margin.weight.detach(), torch.from_numpy(cosine.T))
