@@ -32,6 +32,7 @@ from core.distributed import resolve_device
 from core.progress import track
 from datasets.features import FeatureStoreError, open_store, write_store
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, RUN_KEYS, local_part, require_same
+from tools.extraction.pyramid import no_local_features
 from tools.extraction.runner import build_extractor
 from tools.extraction.sources import build_sources, item_loader
 from tools.extraction.stores import dataset_of_store, output_dir
@@ -98,15 +99,6 @@ class _Images:
 
     def read(self, position):
         return self.source.read(self.indices[position])
-
-
-def _empty_local(dim):
-    return {
-        "locations": np.zeros((0, 2), np.float32),
-        "scales": np.zeros(0, np.float32),
-        "scores": np.zeros(0, np.float32),
-        "descriptors": np.zeros((0, dim), np.float32),
-    }
 
 
 # ---------------------------------------------------------------------------------------- the cache
@@ -203,7 +195,7 @@ class OnDemandLocalFeatures:
         # unreadable images are cached without features (0 inliers), so that they are not tried
         # again every run
         local = [
-            _empty_local(dim) if result.get("error") else result["local"] for result in results
+            no_local_features(dim) if result.get("error") else result["local"] for result in results
         ]
         number = len(os.listdir(self.folder)) if os.path.isdir(self.folder) else 0
         unique = uuid.uuid4().hex[:8]  # concurrent runs never write the same folder
