@@ -165,8 +165,9 @@ def test_bad_options_and_existing_output_are_refused(world):
         make_spec("tiny", database=10)
     with pytest.raises(ValueError, match="classes must be a positive integer"):
         make_spec("tiny", classes=0)
+    assert generate(world[0], seed=0, size="tiny", workers=1)["reused"]  # the same world: kept
     with pytest.raises(FileExistsError, match="overwrite"):
-        generate(world[0], seed=0, size="tiny", workers=1)
+        generate(world[0], seed=1, size="tiny", workers=1)  # another world
 
 
 def test_script_writes_a_world_and_reports_it(tmp_path):
