@@ -1,7 +1,5 @@
-"""Fault injection on training data: unreadable images against the bad-image budget; sparse labels
-of the seed list format."""
+"""Fault injection on training data: unreadable images against the bad-image budget."""
 
-import logging
 from pathlib import Path
 
 import pytest
