@@ -47,8 +47,8 @@ _C.MODEL.LOCAL = CfgNode()
 _C.MODEL.LOCAL.TYPE = "autoencoder"
 _C.MODEL.LOCAL.ATTENTION_DIM = 512  # hidden channels of the attention network
 # what the autoencoder head's attention network reads: decoder (ReLU of the decoder output; the
-# attention classifier pools L2-normalised block3: official TF2 DELG) or block3 (attention on block3,
-# the classifier pools the decoder output: TF1 DELF wiring). The seed head always reads block3.
+# attention classifier pools L2-normalised block3: official TF2 DELG) or block3 (attention on
+# block3, the classifier pools the decoder output: TF1 DELF wiring). The seed head reads block3.
 _C.MODEL.LOCAL.ATTENTION_INPUT = "decoder"
 # local descriptor dimension (autoencoder bottleneck; 512 for seed)
 _C.MODEL.LOCAL.DESCRIPTOR_DIM = 128
