@@ -30,6 +30,7 @@ from tools.rerank.database_augmentation import database_augmentation  # noqa: E4
 
 ALPHA = 3.0
 TOLERANCE = 1e-4  # float32 sums in another order; the self weight is 1 in ours, (x . x)^3 in faiss
+NEAR_TIE = 1e-5  # k-th and (k + 1)-th faiss scores closer than this: either choice is exact
 
 
 def random_database(rows, dim, seed=0):
@@ -40,19 +41,22 @@ def random_database(rows, dim, seed=0):
 
 
 def faiss_baseline(database, k, alpha, rows_at_once=8192):
-    """(augmented database, neighbour indices [n, k]) through faiss and NumPy."""
+    """(augmented database, neighbour indices [n, k], score gap between the k-th and the next
+    neighbour) through faiss and NumPy."""
     import faiss
 
     index = faiss.IndexFlatIP(database.shape[1])
     index.add(database)
-    scores, neighbours = index.search(database, k)
+    scores, neighbours = index.search(database, k + 1)  # one more: the gap at the k-th place
+    gaps = scores[:, k - 1] - scores[:, k]
+    scores, neighbours = scores[:, :k], neighbours[:, :k]
     augmented = np.empty_like(database)
     for start in range(0, len(database), rows_at_once):
         stop = start + rows_at_once
         weights = np.maximum(scores[start:stop], 0.0) ** alpha
         block = np.einsum("nk,nkd->nd", weights, database[neighbours[start:stop]])
         augmented[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return augmented, neighbours
+    return augmented, neighbours, gaps
 
 
 def timed(name, function, *args, rows):
@@ -96,11 +100,19 @@ def main(argv=None):
         args.device,
         rows=args.rows,
     )
-    (baseline, neighbours), baseline_s = timed(
+    (baseline, neighbours, gaps), baseline_s = timed(
         "faiss", faiss_baseline, database, args.k, ALPHA, rows=args.rows
     )
 
-    difference = float(np.abs(ours - baseline).max())
+    row_difference = np.abs(ours - baseline).max(axis=1)
+    # a row may differ where the k-th and the next neighbour are closer than float32 rounding of
+    # two differently computed products: there the two exact searches may choose differently
+    near_tie = gaps < NEAR_TIE
+    difference = float(row_difference[~near_tie].max())
+    print(
+        f"near-ties at the k-th place: {int(near_tie.sum())} rows, of which "
+        f"{int((row_difference[near_tie] > TOLERANCE).sum())} differ"
+    )
     self_first = float(np.mean(neighbours[:, 0] == np.arange(args.rows)))
     print(
         f"largest difference: {difference:.2e}; faiss ranks the image itself first for "

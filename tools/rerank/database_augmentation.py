@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from tools.rerank.query_expansion import expand, gather_rows
-from tools.retrieval.global_search import TopK, as_float32_rows, resolve_device
+from tools.retrieval.global_search import TopK, as_float32_rows, first_k, resolve_device
 
 
 def block_ranges(num_rows, chunk_size):
@@ -96,7 +96,32 @@ def _score_block(database, blocks, pending, todo_starts, start, rows, device):
             scores = rows @ columns.T
         pending[start].add(other_start, scores)
         if other_start > start and other_start in todo_starts:
-            pending[other_start].add(start, scores.T.contiguous())
+            _add_transposed(pending[other_start], start, scores)
+
+
+def _add_transposed(top, offset, scores):
+    """top.add(offset, scores.T) without transposing the whole block once ``top`` is full: only the
+    entries at or above a column's current k-th best score (ties included, so the tie rule still
+    decides) can enter its top-k, and they are few."""
+    if top.scores.shape[1] < top.k:
+        top.add(offset, scores.T.contiguous())
+        return
+    threshold = top.scores.min(dim=1).values.to(scores.device)
+    rows, columns = (scores >= threshold.unsqueeze(0)).nonzero(as_tuple=True)
+    if len(rows) == 0:
+        return
+    order = torch.argsort(columns, stable=True)
+    rows, columns = rows[order], columns[order]
+    counts = torch.bincount(columns, minlength=scores.shape[1])
+    slots = torch.arange(len(columns), device=scores.device) - (counts.cumsum(0) - counts)[columns]
+    shape = (scores.shape[1], int(counts.max()))
+    candidates = torch.full(shape, float("-inf"), device=scores.device)
+    indices = torch.zeros(shape, dtype=torch.int64, device=scores.device)
+    candidates[columns, slots] = scores[rows, columns]
+    indices[columns, slots] = rows + offset
+    merged_scores = torch.cat([top.scores, candidates.cpu()], dim=1)
+    merged_indices = torch.cat([top.indices, indices.cpu()], dim=1)
+    top.scores, top.indices = first_k(merged_scores, merged_indices, top.k)
 
 
 def database_augmentation(
