@@ -37,8 +37,8 @@ def final_weights(data_root, out_dir, ambient_threads):
 
 
 def test_demo_training_is_identical_across_thread_counts_and_load(data_root, tmp_path):
-    assert load_cfg(CI_CONFIG).TRAIN.CPU_THREADS == 2
-    quiet = final_weights(data_root, tmp_path / "quiet", ambient_threads=1)
+    assert load_cfg(CI_CONFIG).TRAIN.CPU_THREADS == 1
+    quiet = final_weights(data_root, tmp_path / "quiet", ambient_threads=2)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another load on a core
     try:
         loaded = final_weights(data_root, tmp_path / "loaded", ambient_threads=3)
