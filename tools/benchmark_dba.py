@@ -108,7 +108,7 @@ def main(argv=None):
     # a row may differ where the k-th and the next neighbour are closer than float32 rounding of
     # two differently computed products: there the two exact searches may choose differently
     near_tie = gaps < NEAR_TIE
-    difference = float(row_difference[~near_tie].max())
+    difference = float(row_difference[~near_tie].max(initial=0.0))
     print(
         f"near-ties at the k-th place: {int(near_tie.sum())} rows, of which "
         f"{int((row_difference[near_tie] > TOLERANCE).sum())} differ"
