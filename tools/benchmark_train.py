@@ -45,7 +45,7 @@ class PlainClassifier(nn.Module):
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--stride", type=int, default=16, help="MODEL.LOCAL_STRIDE")
     parser.add_argument("--classes", type=int, default=1000)

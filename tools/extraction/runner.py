@@ -97,7 +97,8 @@ def build_extraction_model(cfg, device):
     torch.manual_seed(cfg.RNG_SEED)  # initial weights then agree across processes and runs
     model = build_inference_model(cfg)
     if cfg.TEST.WEIGHTS:  # strict: features from heads missing in the file would be silently random
-        load_weights(model, cfg.TEST.WEIGHTS, log=logger.info, strict=True)
+        unused = getattr(model, "classifier_keys", ())  # no part in extraction
+        load_weights(model, cfg.TEST.WEIGHTS, log=logger.info, strict=True, unused=unused)
     else:
         logger.warning(
             "TEST.WEIGHTS is empty: extracting with the model's initial (untrained) weights"
