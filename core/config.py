@@ -133,8 +133,8 @@ _C.TRAIN.AMP = "off"  # mixed precision on GPU: off, bf16 or fp16 (with a grad s
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format on GPU
 _C.TRAIN.MAX_BAD_IMAGE_FRACTION = 0.01  # stop when more than this fraction of images fail to decode
 # intra-op threads of CPU training, 0: torch's (or the launcher's) choice. oneDNN sums convolution
-# gradients in an order that depends on the thread count, so a fixed count makes a CPU run repeat bit
-# for bit whatever the machine's cores and load (the demo sets 2)
+# gradients in an order that depends on the thread count, so a fixed count makes a CPU run repeat
+# bit for bit whatever the machine's cores and load (the demo sets 2)
 _C.TRAIN.CPU_THREADS = 0
 # stop after this many non-finite losses in a row (each is skipped)
 _C.TRAIN.MAX_NONFINITE_STEPS = 5
