@@ -19,10 +19,26 @@ JSON_LOG_NAME = "training_log.jsonl"
 _FORMAT = "[%(asctime)s %(levelname)s %(filename)s:%(lineno)d] %(message)s"
 
 
+class StdoutHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever sys.stdout is at the time of each record, so a
+    replaced or closed stdout (a captured test, a redirected notebook cell) never breaks logging."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler assigns it; the property always reads sys.stdout
+        pass
+
+
 def setup_logging(out_dir, is_main, to_file=False):
     """Configure the root logger for this process; to_file also writes OUT_DIR/stdout.log (main
     process)."""
-    handlers = [logging.StreamHandler(sys.stdout)]
+    handlers = [StdoutHandler()]
     if to_file and is_main:
         os.makedirs(out_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(out_dir, "stdout.log")))
