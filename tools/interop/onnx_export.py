@@ -94,6 +94,9 @@ class OnnxExtractionModel:
                 f"{list(structure.local_geometry)} (exported from another model)"
             )
         self.backbone = structure.backbone
+        # the sizes of the empty features of an image too small for the network (official mode)
+        self.global_dim = structure.global_dim
+        self.local_descriptor_dim = structure.local_descriptor_dim
 
     def eval(self):
         return self
