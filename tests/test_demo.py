@@ -22,6 +22,15 @@ ITERATIONS = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def demo_command(world, out, *extra, iterations=ITERATIONS):
+    """The reduced demo's command line on a tiny world (iterations None: the config's)."""
+    command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny"]
+    command += ["--data", str(world), "--out", str(out)]
+    if iterations is not None:
+        command += ["--iters", str(iterations), "--threads", "1"]
+    return [*command, *extra]
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo") / "synthetic_tiny"
@@ -32,22 +41,7 @@ def tiny_world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_run(tiny_world):
     out = tiny_world.parent / "demo_out"
-    command = [
-        sys.executable,
-        "tools/demo.py",
-        "--cfg",
-        CI_CONFIG,
-        "--size",
-        "tiny",
-        "--data",
-        str(tiny_world),
-        "--out",
-        str(out),
-        "--iters",
-        str(ITERATIONS),
-        "--threads",
-        "1",
-    ]
+    command = demo_command(tiny_world, out)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result.stdout
@@ -128,20 +122,9 @@ def test_a_world_of_another_seed_is_not_silently_reused(tiny_world):
 
 
 def test_a_config_mistake_stops_the_demo_before_it_generates_anything(tmp_path):
-    command = [
-        sys.executable,
-        "tools/demo.py",
-        "--cfg",
-        CI_CONFIG,
-        "--size",
-        "tiny",
-        "--data",
-        str(tmp_path / "world"),
-        "--out",
-        str(tmp_path / "out"),
-        "TRAIN.IM_SIZ",
-        "64",
-    ]
+    command = demo_command(
+        tmp_path / "world", tmp_path / "out", "TRAIN.IM_SIZ", "64", iterations=None
+    )
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert (
@@ -157,24 +140,7 @@ def test_an_interrupted_demo_continues_its_training_to_the_same_results(tiny_wor
     writes the same results. Once finished, the model is reused; a changed config is a new training
     and starts afresh."""
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "tools/demo.py",
-        "--cfg",
-        CI_CONFIG,
-        "--size",
-        "tiny",
-        "--data",
-        str(tiny_world),
-        "--out",
-        str(out),
-        "--iters",
-        str(ITERATIONS),
-        "--threads",
-        "1",
-        "TRAIN.CHECKPOINT_ITERS",
-        "6",
-    ]
+    command = demo_command(tiny_world, out, "TRAIN.CHECKPOINT_ITERS", "6")
 
     def run(*extra):
         result = subprocess.run(
