@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tools.rerank import database_augmentation as dba
 from tools.rerank.database_augmentation import augment_blocks, database_augmentation
 from tools.rerank.query_expansion import alpha_query_expansion
 from tools.rerank.superglobal import reranked_order, superglobal_rerank
@@ -125,6 +126,23 @@ def test_alpha_dba_chunked_equals_unchunked_exactly(data):
         assert np.array_equal(
             database_augmentation(database, 10, 3.0, chunk_size=chunk_size), whole
         )
+
+
+@pytest.mark.parametrize("data", [_random, _tied])
+def test_alpha_dba_segment_filter_matches_the_formula(data, monkeypatch):
+    """Blocks of a multiple of SEGMENT rows go through the segment filter once a top-k is full, for
+    the block's rows and for its columns; with exact ties and duplicates it still equals the
+    formula, and the plain path (blocks of 100 rows) bit for bit."""
+    database = data(np.random.default_rng(8), 4 * dba.SEGMENT + 37)
+    merged = []
+    original = dba._merge_segments
+    monkeypatch.setattr(dba, "_merge_segments", lambda *args: merged.append(1) or original(*args))
+    augmented = database_augmentation(database, 6, 3.0, chunk_size=dba.SEGMENT)
+    assert len(merged) >= 6  # rows and columns of the later block pairs
+    np.testing.assert_allclose(augmented, reference_dba(database, 6, 3.0, "clamp"), atol=2e-6)
+    merged.clear()
+    assert np.array_equal(database_augmentation(database, 6, 3.0, chunk_size=100), augmented)
+    assert not merged
 
 
 def test_alpha_dba_blocks_skipped_as_done_leave_the_others_unchanged():

@@ -10,7 +10,10 @@ lowest database indices: tools/retrieval/global_search.first_k). k = 1 leaves th
 The k-NN search of the database against itself runs in square blocks of ``chunk_size`` rows on CPU
 or CUDA and uses the symmetry of the score matrix: the block pair (i, j), j > i, is multiplied
 once and feeds the top-k of block i (its rows) and of block j (its columns), which halves the
-matrix products of a plain search. Memory stays bounded: two blocks of rows, one block of scores
+matrix products of a plain search. Once a row's running top-k is full, a block's scores are not
+sorted but read once for the maxima of their segments of SEGMENT consecutive scores, and only the
+few segments that reach the row's k-th best score are merged (_merge_segments): the products, not
+the selection, then take the time. Memory stays bounded: two blocks of rows, one block of scores
 and the running top-k of the rows still to do ([n, k - 1] scores and indices).
 
 ``augment_blocks`` yields the augmented rows block by block and can skip blocks finished earlier
@@ -25,6 +28,8 @@ from tqdm import tqdm
 
 from tools.rerank.query_expansion import expand, gather_rows
 from tools.retrieval.global_search import TopK, as_float32_rows, first_k, resolve_device
+
+SEGMENT = 64  # scores per segment of the candidate filter (_merge_segments)
 
 
 def block_ranges(num_rows, chunk_size):
@@ -84,44 +89,73 @@ def augment_blocks(
 
 def _score_block(database, blocks, pending, todo_starts, start, rows, device):
     """Complete the top-k of block ``start``: score it against every block whose pair with it was
-    not scored yet, and hand the transposed scores to the later blocks still to do."""
+    not scored yet, and hand the scores, read by column, to the later blocks still to do."""
+    buffer = rows.new_empty(len(rows) * max(stop - first for first, stop in blocks))
     for other_start, other_stop in blocks:
         if other_start < start and other_start in todo_starts:
             continue  # this pair was scored from the other block's side
+        scores = buffer[: len(rows) * (other_stop - other_start)].view(len(rows), -1)
         if other_start == start:
-            scores = rows @ rows.T
+            torch.matmul(rows, rows.T, out=scores)
             scores.fill_diagonal_(float("-inf"))  # the image itself is added with weight 1
         else:
             columns = as_float32_rows(database, other_start, other_stop, device)
-            scores = rows @ columns.T
-        pending[start].add(other_start, scores)
+            torch.matmul(rows, columns.T, out=scores)
+        _add_rows(pending[start], other_start, scores)
         if other_start > start and other_start in todo_starts:
-            _add_transposed(pending[other_start], start, scores)
+            _add_columns(pending[other_start], start, scores)
 
 
-def _add_transposed(top, offset, scores):
-    """top.add(offset, scores.T) without transposing the whole block once ``top`` is full: only the
-    entries at or above a column's current k-th best score (ties included, so the tie rule still
-    decides) can enter its top-k, and they are few."""
-    if top.scores.shape[1] < top.k:
+def _is_full(top):
+    return top.scores.shape[1] == top.k
+
+
+def _add_rows(top, offset, scores):
+    """top.add(offset, scores), through the segment filter once ``top`` is full."""
+    num_rows, num_columns = scores.shape
+    if not _is_full(top) or num_columns % SEGMENT:
+        top.add(offset, scores)
+        return
+    segments = scores.view(num_rows, num_columns // SEGMENT, SEGMENT)
+    _merge_segments(top, offset, segments.amax(dim=2), lambda items, at: segments[items, at])
+
+
+def _add_columns(top, offset, scores):
+    """top.add(offset, scores.T) without transposing the block once ``top`` is full."""
+    num_rows, num_columns = scores.shape
+    if not _is_full(top) or num_rows % SEGMENT:
         top.add(offset, scores.T.contiguous())
         return
-    threshold = top.scores.min(dim=1).values.to(scores.device)
-    rows, columns = (scores >= threshold.unsqueeze(0)).nonzero(as_tuple=True)
-    if len(rows) == 0:
+    segments = scores.view(num_rows // SEGMENT, SEGMENT, num_columns)
+    _merge_segments(top, offset, segments.amax(dim=1).T, lambda items, at: segments[at, :, items])
+
+
+def _merge_segments(top, offset, maxima, values_of):
+    """Merge into the full top-k ``top`` the scores that reach their item's current k-th best score,
+    found through the segments (SEGMENT consecutive scores of one item, maxima [items, segments])
+    whose maximum reaches it. No other score can enter a top-k (one equal to the k-th can, by the
+    tie rule, and is kept), and after the first blocks they are few: the block is read once for its
+    segment maxima instead of being sorted. values_of(items, segments) -> the segments' scores
+    [hits, SEGMENT]."""
+    threshold = top.scores.min(dim=1).values.to(maxima.device)
+    items, at = (maxima >= threshold.unsqueeze(1)).nonzero(as_tuple=True)  # items ascending
+    values = values_of(items, at)
+    hits, place = (values >= threshold[items].unsqueeze(1)).nonzero(as_tuple=True)
+    if len(hits) == 0:
         return
-    order = torch.argsort(columns, stable=True)
-    rows, columns = rows[order], columns[order]
-    counts = torch.bincount(columns, minlength=scores.shape[1])
-    slots = torch.arange(len(columns), device=scores.device) - (counts.cumsum(0) - counts)[columns]
-    shape = (scores.shape[1], int(counts.max()))
-    candidates = torch.full(shape, float("-inf"), device=scores.device)
-    indices = torch.zeros(shape, dtype=torch.int64, device=scores.device)
-    candidates[columns, slots] = scores[rows, columns]
-    indices[columns, slots] = rows + offset
-    merged_scores = torch.cat([top.scores, candidates.cpu()], dim=1)
-    merged_indices = torch.cat([top.indices, indices.cpu()], dim=1)
-    top.scores, top.indices = first_k(merged_scores, merged_indices, top.k)
+    items, scores, indices = items[hits], values[hits, place], offset + at[hits] * SEGMENT + place
+    counts = torch.bincount(items, minlength=len(threshold))
+    touched = counts.nonzero().squeeze(1)
+    rows = (counts > 0).cumsum(0)[items] - 1  # the item's row among the touched ones
+    slots = torch.arange(len(items), device=items.device) - (counts.cumsum(0) - counts)[items]
+    shape = (len(touched), int(counts.max()))
+    candidates = torch.full(shape, float("-inf"), device=maxima.device)
+    candidate_indices = torch.zeros(shape, dtype=torch.int64, device=maxima.device)
+    candidates[rows, slots], candidate_indices[rows, slots] = scores, indices
+    touched = touched.cpu()
+    merged_scores = torch.cat([top.scores[touched], candidates.cpu()], dim=1)
+    merged_indices = torch.cat([top.indices[touched], candidate_indices.cpu()], dim=1)
+    top.scores[touched], top.indices[touched] = first_k(merged_scores, merged_indices, top.k)
 
 
 def database_augmentation(
