@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import load_cfg
 from modeling import build_loss, build_model
 from modeling.margin_heads import ArcFaceHead, CosineHead, CurricularArcFaceHead
 from modeling.pooling import GeM
+from tests.small_models import tiny_cfg
 
 
 def embeddings_with_obtuse_targets(head, labels, generator):
@@ -127,28 +127,13 @@ def test_gem_power_is_a_parameter_only_when_learnable():
 
 @pytest.mark.parametrize("local_type, descriptor_dim", [("autoencoder", "8"), ("seed", "16")])
 def test_local_losses_train_only_the_local_branch(local_type, descriptor_dim):
-    cfg = load_cfg(
-        "",
-        [
-            "MODEL.NUM_CLASSES",
-            "5",
-            "MODEL.HEADS.REDUCTION_DIM",
-            "16",
-            "MODEL.DEPTH",
-            "18",
-            "RESNET.TRANS_FUN",
-            "basic_transform",
-            "RESNET.WIDTH_PER_GROUP",
-            "32",
-            "MODEL.LOCAL.ATTENTION_DIM",
-            "16",
-            "MODEL.LOCAL.TYPE",
-            local_type,
-            "MODEL.LOCAL.DESCRIPTOR_DIM",
-            descriptor_dim,
-            "MODEL.HEADS.GEM_LEARNABLE",
-            "True",
-        ],
+    cfg = tiny_cfg(
+        "MODEL.LOCAL.TYPE",
+        local_type,
+        "MODEL.LOCAL.DESCRIPTOR_DIM",
+        descriptor_dim,
+        "MODEL.HEADS.GEM_LEARNABLE",
+        "True",
     )
     torch.manual_seed(0)
     model, loss_fn = build_model(cfg), build_loss(cfg)

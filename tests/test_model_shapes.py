@@ -6,31 +6,9 @@ import math
 import pytest
 import torch
 
-from core.config import ConfigError, load_cfg
+from core.config import ConfigError
 from modeling import build_loss, build_model
-
-
-def small_cfg(*overrides):
-    """Small heads (few classes, short embedding) so that only the backbone costs time."""
-    return load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.HEADS.REDUCTION_DIM", "16", *overrides])
-
-
-def tiny_cfg(*overrides):
-    """Half-width ResNet-18 with small heads: the cheapest model for behaviour that does not depend
-    on depth."""
-    return small_cfg(
-        "MODEL.DEPTH",
-        "18",
-        "RESNET.TRANS_FUN",
-        "basic_transform",
-        "RESNET.WIDTH_PER_GROUP",
-        "32",
-        "MODEL.LOCAL.ATTENTION_DIM",
-        "16",
-        "MODEL.LOCAL.DESCRIPTOR_DIM",
-        "8",
-        *overrides,
-    )
+from tests.small_models import small_cfg, tiny_cfg
 
 
 @pytest.mark.parametrize("depth", [18, 50, 101])

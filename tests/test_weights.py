@@ -14,6 +14,7 @@ from core.config import load_cfg
 from core.io import torch_save
 from core.weights import WeightsError, load_weights, read_checkpoint
 from modeling import build_model
+from tests.small_models import small_cfg, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_KEYS = (
@@ -23,29 +24,6 @@ SEED_KEYS = (
     / "seed_r50_delg_state_dict_keys.json"
 )
 SEED_CLASSES = 81313  # the class count of the released seed checkpoint
-
-
-def tiny_cfg(num_classes=5, *overrides):
-    return load_cfg(
-        "",
-        [
-            "MODEL.NUM_CLASSES",
-            str(num_classes),
-            "MODEL.HEADS.REDUCTION_DIM",
-            "16",
-            "MODEL.DEPTH",
-            "18",
-            "RESNET.TRANS_FUN",
-            "basic_transform",
-            "RESNET.WIDTH_PER_GROUP",
-            "32",
-            "MODEL.LOCAL.ATTENTION_DIM",
-            "16",
-            "MODEL.LOCAL.DESCRIPTOR_DIM",
-            "8",
-            *overrides,
-        ],
-    )
 
 
 def random_seed_state_dict(num_classes, generator):
@@ -174,19 +152,8 @@ def test_torchvision_resnet50_loads_into_the_backbone(tmp_path):
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.0)
     torch_save(reference.state_dict(), tmp_path / "resnet50.pth")
-    model = build_model(
-        load_cfg(
-            "",
-            [
-                "MODEL.NUM_CLASSES",
-                "5",
-                "MODEL.HEADS.REDUCTION_DIM",
-                "16",
-                "RESNET.STRIDE_1X1",
-                "False",
-            ],
-        )
-    )  # torchvision's layout, to compare outputs
+    # torchvision's layout, to compare outputs
+    model = build_model(small_cfg("RESNET.STRIDE_1X1", "False"))
     lines = []
     report = load_weights(model, str(tmp_path / "resnet50.pth"), log=lines.append)
     assert report.source == "torchvision"
@@ -216,8 +183,7 @@ def test_our_checkpoint_roundtrip_and_report(tmp_path):
     assert len(report.loaded) == report.total == len(source.state_dict())
     assert lines == [
         f"weights {tmp_path / 'ours.pth'} (a checkpoint of this framework): loaded {report.total} "
-        "of "
-        f"{report.total} model tensors"
+        f"of {report.total} model tensors"
     ]
     for key, value in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
@@ -231,9 +197,9 @@ def test_ddp_prefix_is_removed(tmp_path):
 
 
 def test_other_class_count_skips_the_classifiers_with_a_line(tmp_path):
-    source = build_model(tiny_cfg(num_classes=7))
+    source = build_model(tiny_cfg("MODEL.NUM_CLASSES", "7"))
     torch_save({"model": source.state_dict()}, tmp_path / "ours.pth")
-    model = build_model(tiny_cfg(num_classes=10))
+    model = build_model(tiny_cfg("MODEL.NUM_CLASSES", "10"))
     lines = []
     report = load_weights(model, str(tmp_path / "ours.pth"), log=lines.append, strict=True)
     assert sorted(key for key, _, _ in report.skipped_classifier) == [
@@ -259,28 +225,14 @@ def test_backbone_shape_mismatch_is_an_error(tmp_path):
 
 def test_head_shape_mismatch_is_an_error(tmp_path):
     torch_save({"model": build_model(tiny_cfg()).state_dict()}, tmp_path / "ours.pth")
-    model = build_model(tiny_cfg(5, "MODEL.HEADS.REDUCTION_DIM", "24"))
+    model = build_model(tiny_cfg("MODEL.HEADS.REDUCTION_DIM", "24"))
     with pytest.raises(WeightsError, match=r"whiten\.weight"):
         load_weights(model, str(tmp_path / "ours.pth"), log=lambda line: None)
 
 
 def test_missing_backbone_tensors_are_an_error(tmp_path):
     torch_save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
-    model = build_model(
-        load_cfg(
-            "",
-            [
-                "MODEL.NUM_CLASSES",
-                "5",
-                "MODEL.DEPTH",
-                "34",
-                "RESNET.TRANS_FUN",
-                "basic_transform",
-                "MODEL.HEADS.REDUCTION_DIM",
-                "16",
-            ],
-        )
-    )
+    model = build_model(small_cfg("MODEL.DEPTH", "34", "RESNET.TRANS_FUN", "basic_transform"))
     with pytest.raises(
         WeightsError, match=r"missing 80 tensors \(backbone\.layer1 10, backbone\.layer2 20, "
     ):
@@ -311,7 +263,7 @@ def test_files_that_could_run_code_or_are_not_weights_are_refused(tmp_path):
 
 def test_torchvision_weights_into_the_official_layout_say_so(tmp_path):
     torch_save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
-    cfg = load_cfg("", ["MODEL.NUM_CLASSES", "5", "MODEL.HEADS.REDUCTION_DIM", "16"])
+    cfg = small_cfg()
     assert cfg.RESNET.STRIDE_1X1  # the paper's default layout
     lines = []
     load_weights(build_model(cfg), str(tmp_path / "resnet50.pth"), log=lines.append)
