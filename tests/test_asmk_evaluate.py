@@ -15,13 +15,9 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
+from tests.eval_helpers import cached_asmk_index
 from tests.tiny import TINY_PRESET, extract_tiny_world
-from tools.rerank.asmk_search import (
-    AsmkIndex,
-    cache_dir_from_cfg,
-    local_descriptors_of,
-    params_from_cfg,
-)
+from tools.rerank.asmk_search import local_descriptors_of
 from tools.revisitop.evaluate import main
 from tools.revisitop.metrics import compute_map, summarize
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnd
@@ -52,18 +48,9 @@ def _ranks_to_results(ranks, gnd_raw, kappas=(1, 5, 10)):
 def _asmk_scores(cfg, query_store, database_store, query_rows):
     """ASMK scores [n_q, n_db] from an index built independently of the evaluation (it must hit the
     cache)."""
-    descriptors, image_ids, count = local_descriptors_of(database_store)
-    index = AsmkIndex.build(
-        descriptors,
-        image_ids,
-        params_from_cfg(cfg),
-        cache_dir=cache_dir_from_cfg(cfg),
-        seed=cfg.ASMK.SEED,
-        num_images=count,
-    )
-    assert (
-        not index.codebook_trained and not index.ivf_built
-    )  # the evaluation left both in ASMK.CACHE_DIR
+    index = cached_asmk_index(cfg, database_store)
+    # the evaluation left both in ASMK.CACHE_DIR
+    assert not index.codebook_trained and not index.ivf_built
     query_descriptors, query_ids, num_queries = local_descriptors_of(query_store, query_rows)
     return index.score_matrix(query_descriptors, query_ids, num_queries)
 
@@ -183,20 +170,17 @@ def make_shared_descriptor_world(root, num_database=40, num_queries=4, seed=0):
     with open(root / "gnd_shared.pkl", "wb") as handle:
         pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, handle)
     provenance = {"config": {"MODEL": {"DEPTH": 18}}, "checkpoint_sha256": "made-up"}
-    write_store(
-        root / "features" / "shared_query",
-        qimlist,
-        _unit(rng.standard_normal((num_queries, 16))),
-        [_local(descriptors, rng) for descriptors in query_local],
-        provenance=provenance,
-    )
-    write_store(
-        root / "features" / "shared_database",
-        imlist,
-        _unit(rng.standard_normal((num_database, 16))),
-        [_local(descriptors, rng) for descriptors in database_local],
-        provenance=provenance,
-    )
+    for role, names, local in (
+        ("query", qimlist, query_local),
+        ("database", imlist, database_local),
+    ):
+        write_store(
+            root / "features" / f"shared_{role}",
+            names,
+            _unit(rng.standard_normal((len(names), 16))),
+            [_local(descriptors, rng) for descriptors in local],
+            provenance=provenance,
+        )
     return gnd
 
 

@@ -6,6 +6,7 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import write_store
+from tests.eval_helpers import cpu_eval_options
 from tools.extraction.provenance import ProvenanceMismatch
 from tools.extraction.stores import open_store_pair
 from tools.retrieval.methods import METHODS, format_table, register_method
@@ -91,24 +92,7 @@ def make_world(
 
 def _cfg(root, *extra):
     return load_cfg(
-        "",
-        [
-            "EVAL.DATASET",
-            "tiny",
-            "EVAL.DATA_ROOT",
-            str(root),
-            "EVAL.FEATURES_DIR",
-            str(root / "features"),
-            "OUT_DIR",
-            str(root / "out"),
-            "EVAL.METHODS",
-            "['global', 'sv']",
-            "EVAL.DEVICE",
-            "cpu",
-            "DEVICE",
-            "cpu",
-            *extra,
-        ],
+        "", cpu_eval_options(root, "tiny", "['global', 'sv']", "EVAL.DATA_ROOT", str(root), *extra)
     )
 
 

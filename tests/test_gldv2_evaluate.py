@@ -7,12 +7,8 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
-from tools.rerank.asmk_search import (
-    AsmkIndex,
-    cache_dir_from_cfg,
-    local_descriptors_of,
-    params_from_cfg,
-)
+from tests.eval_helpers import cached_asmk_index, cpu_eval_options
+from tools.rerank.asmk_search import local_descriptors_of
 from tools.retrieval.gldv2_metric import (
     mean_average_precision_at_k,
     predictions_from_ranks,
@@ -46,22 +42,12 @@ QUERY_WEIGHTS = {
     "q3": {6: 1.0},
     "q4": {9: 2.0, 8: 1.5, 2: 1.0},
 }
-PLANTED = {
-    "q1": 1,
-    "q4": 5,
-}  # index images sharing 30 geometrically consistent local matches with the query
-GLOBAL_AP = {
-    "q0": (1 + 2 / 3) / 2,
-    "q1": 1 / 2,
-    "q4": (1 + 2 / 3 + 3 / 8) / 3,
-    "q5": 0.0,
-}  # i5 at rank 8 for q4
-SV_AP = {
-    "q0": (1 + 2 / 3) / 2,
-    "q1": 1.0,
-    "q4": (1 + 1 + 3 / 4) / 3,
-    "q5": 0.0,
-}  # i1 and i5 move to the top
+# index images sharing 30 geometrically consistent local matches with the query
+PLANTED = {"q1": 1, "q4": 5}
+# i5 at rank 8 for q4
+GLOBAL_AP = {"q0": (1 + 2 / 3) / 2, "q1": 1 / 2, "q4": (1 + 2 / 3 + 3 / 8) / 3, "q5": 0.0}
+# i1 and i5 move to the top
+SV_AP = {"q0": (1 + 2 / 3) / 2, "q1": 1.0, "q4": (1 + 1 + 3 / 4) / 3, "q5": 0.0}
 
 
 def _unit(rows):
@@ -114,27 +100,18 @@ def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
 
 
 def _options(root, *extra):
-    return [
-        "EVAL.DATASET",
+    return cpu_eval_options(
+        root,
         "gldv2",
+        "['global', 'sv']",
         "EVAL.SOLUTION_FILE",
         str(root / "retrieval_solution_v2.1.csv"),
-        "EVAL.FEATURES_DIR",
-        str(root / "features"),
-        "OUT_DIR",
-        str(root / "out"),
-        "EVAL.DEVICE",
-        "cpu",
-        "DEVICE",
-        "cpu",
-        "EVAL.METHODS",
-        "['global', 'sv']",
         *extra,
         # only the planted copies (distance ~0.1) match; random 32-d pairs under 0.3 practically
         # never occur
         "SV.MATCH_THRESHOLD",
         "0.3",
-    ]
+    )
 
 
 def test_gldv2_map_at_100_matches_hand_computed_values(tmp_path, capsys):
@@ -167,9 +144,8 @@ def test_gldv2_store_names_and_errors(tmp_path):
 
 def test_gldv2_asmk_in_query_batches(tmp_path, monkeypatch):
     make_gldv2(tmp_path)
-    monkeypatch.setattr(
-        asmk_methods, "SCORES_AT_ONCE", 2 * 12
-    )  # two queries per batch: the 3 queries take 2
+    # two queries per batch: the 3 queries take 2
+    monkeypatch.setattr(asmk_methods, "SCORES_AT_ONCE", 2 * 12)
     options = _options(
         tmp_path,
         "EVAL.METHODS",
@@ -191,14 +167,7 @@ def test_gldv2_asmk_in_query_batches(tmp_path, monkeypatch):
         open_store(tmp_path / "features" / "gldv2_test"),
         open_store(tmp_path / "features" / "gldv2_index"),
     )
-    descriptors, image_ids, count = local_descriptors_of(index)
-    asmk = AsmkIndex.build(
-        descriptors,
-        image_ids,
-        params_from_cfg(cfg),
-        cache_dir=cache_dir_from_cfg(cfg),
-        num_images=count,
-    )
+    asmk = cached_asmk_index(cfg, index)
     assert not asmk.codebook_trained
     rows = [queries.index_of(name) for name in ("q0", "q1", "q4")]
     scores = asmk.score_matrix(*local_descriptors_of(queries, rows)[:2], num_queries=3)

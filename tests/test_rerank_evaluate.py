@@ -10,6 +10,7 @@ import pytest
 
 from core.config import load_cfg
 from core.io import read_json
+from tests.eval_helpers import cpu_eval_options
 from tests.test_evaluate import make_world
 from tests.test_gldv2_evaluate import _options as gldv2_options
 from tests.test_gldv2_evaluate import make_gldv2
@@ -28,21 +29,12 @@ SG = {"M": 25, "K": 3, "beta": 0.15}
 def _cfg(root, methods, *extra):
     return load_cfg(
         "",
-        [
-            "EVAL.DATASET",
+        cpu_eval_options(
+            root,
             "tiny+1m",
+            str(list(methods)),
             "EVAL.DATA_ROOT",
             str(root),
-            "EVAL.FEATURES_DIR",
-            str(root / "features"),
-            "OUT_DIR",
-            str(root / "out"),
-            "EVAL.METHODS",
-            str(list(methods)),
-            "EVAL.DEVICE",
-            "cpu",
-            "DEVICE",
-            "cpu",
             "RERANK.QE_K",
             "3",
             "RERANK.DBA_K",
@@ -54,7 +46,7 @@ def _cfg(root, methods, *extra):
             "RERANK.SG_K",
             str(SG["K"]),
             *extra,
-        ],
+        ),
     )
 
 

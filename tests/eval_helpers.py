@@ -1,0 +1,43 @@
+"""What the evaluation tests on made-up stores share: their options and an ASMK index read back
+from the evaluation's cache."""
+
+from tools.rerank.asmk_search import (
+    AsmkIndex,
+    cache_dir_from_cfg,
+    local_descriptors_of,
+    params_from_cfg,
+)
+
+
+def cpu_eval_options(root, dataset, methods, *extra):
+    """Options that evaluate `methods` on `dataset` on the CPU, from the stores in root/features
+    into root/out; `extra` adds or overrides."""
+    return [
+        "EVAL.DATASET",
+        dataset,
+        "EVAL.FEATURES_DIR",
+        str(root / "features"),
+        "OUT_DIR",
+        str(root / "out"),
+        "EVAL.METHODS",
+        methods,
+        "EVAL.DEVICE",
+        "cpu",
+        "DEVICE",
+        "cpu",
+        *extra,
+    ]
+
+
+def cached_asmk_index(cfg, database_store):
+    """The ASMK index of `database_store` built as the evaluation builds it, independently of it (an
+    evaluation that ran before leaves its codebook and inverted file in the cache)."""
+    descriptors, image_ids, count = local_descriptors_of(database_store)
+    return AsmkIndex.build(
+        descriptors,
+        image_ids,
+        params_from_cfg(cfg),
+        cache_dir=cache_dir_from_cfg(cfg),
+        seed=cfg.ASMK.SEED,
+        num_images=count,
+    )
