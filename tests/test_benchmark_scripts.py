@@ -8,17 +8,9 @@ import sys
 
 import pytest
 
-from tests.tiny import REPO
+from tests.tiny import REPO, TINY_R18
 
 SHARED_GND = REPO.parent / "shared" / "data" / "revisitop" / "gnd_roxford5k.pkl"
-TINY_R18 = [
-    "MODEL.DEPTH",
-    "18",
-    "RESNET.TRANS_FUN",
-    "basic_transform",
-    "RESNET.WIDTH_PER_GROUP",
-    "16",
-]
 HEADLINE = re.compile(r"^ratio: \d+(\.\d+)?$")
 
 CASES = {

@@ -16,19 +16,14 @@ from PIL import Image
 from core.config import load_cfg
 from datasets.features import open_store
 from modeling import build_model
+from tests.tiny import REPO, TINY_R18
 from tools.extraction.runner import ABORT_ENV, run_extraction
 from tools.extraction.shards import shard_folder
 from tools.extraction.sources import folder_images, gldv2_images, list_images
 from tools.extractor import main as extractor_main
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
-    "MODEL.DEPTH",
-    "18",
-    "RESNET.TRANS_FUN",
-    "basic_transform",
-    "RESNET.WIDTH_PER_GROUP",
-    "16",
+    *TINY_R18,
     "MODEL.NUM_CLASSES",
     "0",
     "MODEL.LOCAL_STRIDE",
@@ -139,9 +134,8 @@ def test_upscaled_copy_gives_locations_twice_as_large(tmp_path):
         )
         assert upscaled.shape == original.shape
         assert np.abs(upscaled - 2 * original).max() <= 1.0
-        assert (
-            np.corrcoef(upscaled_scores, original_scores)[0, 1] > 0.9
-        )  # the same cells, seen alike
+        # the same cells, seen alike
+        assert np.corrcoef(upscaled_scores, original_scores)[0, 1] > 0.9
 
 
 def test_list_csv_and_folder_sources_name_and_locate_images(tmp_path):
@@ -168,9 +162,8 @@ def test_list_csv_and_folder_sources_name_and_locate_images(tmp_path):
 
 def test_unreadable_image_is_listed_and_the_rest_extracted(tmp_path):
     data = _folder(tmp_path / "data", [(48, 64), (12, 40)])  # the second is tiny: upscaled to 32 px
-    Image.fromarray(_picture(40, 40, 9)[:, :, 0]).save(
-        data / "img_2_gray.png"
-    )  # single-channel file
+    # single-channel file
+    Image.fromarray(_picture(40, 40, 9)[:, :, 0]).save(data / "img_2_gray.png")
     (data / "img_1b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     exit_code, _ = _extract(data, tmp_path / "out")
     assert exit_code == 1
@@ -340,18 +333,16 @@ def test_killed_run_resumes_without_recomputing_finished_shards(reference, tmp_p
     store = tmp_path / "out" / "set"
     assert (Path(shard_folder(store, 0)) / "meta.json").is_file()
     assert not (store / "meta.json").exists() and not Path(shard_folder(store, 1)).exists()
-    assert (
-        extractor_main(["--merge", str(store)]) == 2
-    )  # refuses to merge an incomplete set of shards
+    # refuses to merge an incomplete set of shards
+    assert extractor_main(["--merge", str(store)]) == 2
     assert f"shard {shard_folder(store, 1)} is missing" in capsys.readouterr().err
     exit_code, summary = _extract(data, tmp_path / "out", "EXTRACT.SHARD_SIZE", "2")
     assert exit_code == 0
     assert summary["set"]["computed_shards"] == [1, 2] and summary["set"]["images_processed"] == 4
     _assert_same_store(open_store(store), uninterrupted)
     again_code, again = _extract(data, tmp_path / "out", "EXTRACT.SHARD_SIZE", "2")
-    assert (
-        again_code == 0 and again["set"]["images_processed"] == 0
-    )  # a finished store is not touched
+    # a finished store is not touched
+    assert again_code == 0 and again["set"]["images_processed"] == 0
 
 
 def test_attention_picture_is_written(tmp_path):

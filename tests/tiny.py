@@ -37,14 +37,19 @@ TINY_TRAINING = [
     "100",
 ]
 
-# An untrained quarter-width ResNet-18, images of at most 112 px, two local scales and 100 features.
-TINY_EXTRACTION = [
+# A quarter-width ResNet-18 (basic blocks).
+TINY_R18 = [
     "MODEL.DEPTH",
     "18",
     "RESNET.TRANS_FUN",
     "basic_transform",
     "RESNET.WIDTH_PER_GROUP",
     "16",
+]
+
+# An untrained quarter-width ResNet-18, images of at most 112 px, two local scales and 100 features.
+TINY_EXTRACTION = [
+    *TINY_R18,
     "DEVICE",
     "cpu",
     "DATA_LOADER.NUM_WORKERS",
@@ -81,9 +86,8 @@ def extract_tiny_world(root, *extra):
 
     Returns the options used, which evaluation and search reuse (they name the data, OUT_DIR and
     `extra`)."""
-    from tools.extraction.runner import (
-        run_extraction,
-    )  # the extraction stack is only needed by these tests
+    # the extraction stack is only needed by these tests
+    from tools.extraction.runner import run_extraction
 
     test = str(generate_tiny_world(root) / "test")
     options = [
