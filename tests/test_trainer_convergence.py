@@ -59,24 +59,28 @@ def test_loss_and_training_error_fall(run_dir):
     chance_ce = math.log(8)  # the tiny synthetic set has 8 classes
     assert mean(last, "loss") < 0.4 * mean(first, "loss")
     assert mean(last, "loss_global") < mean(first, "loss_global")
-    assert (
-        mean(last, "loss_attention") < chance_ce - 0.3
-    )  # the attention classifier learned beyond chance
+    # the attention classifier learned beyond chance
+    assert mean(last, "loss_attention") < chance_ce - 0.3
     assert mean(last, "loss_reconstruction") < 0.5 * mean(first, "loss_reconstruction")
     assert mean(last, "global_top1_err") < mean(first, "global_top1_err") - 10.0
     assert mean(last, "attention_top1_err") < mean(first, "attention_top1_err") - 15.0
     assert records[-1]["lr"] < records[0]["lr"]  # the cosine schedule ran to its end
 
 
-@pytest.mark.slow
-def test_plot_training_writes_a_png_of_the_run(run_dir):
-    result = subprocess.run(
-        [sys.executable, "tools/plot_training.py", str(run_dir)],
+def _plot_training(folder):
+    """tools/plot_training.py run on `folder`: the finished process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "tools/plot_training.py", str(folder)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+@pytest.mark.slow
+def test_plot_training_writes_a_png_of_the_run(run_dir):
+    result = _plot_training(run_dir)
     assert result.returncode == 0, result.stderr
     png = run_dir / "training_curves.png"
     assert result.stdout.strip() == str(png)
@@ -84,11 +88,5 @@ def test_plot_training_writes_a_png_of_the_run(run_dir):
 
 
 def test_plot_training_names_a_folder_without_a_log(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "tools/plot_training.py", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _plot_training(tmp_path)
     assert result.returncode == 2 and "training_log.jsonl does not exist" in result.stderr
