@@ -26,6 +26,7 @@ from datasets.revisitop import RevisitopDataset  # noqa: E402
 from tools.extraction.stores import features_dir, open_store_pair, split_dataset_name  # noqa: E402
 from tools.rerank.matching import putative_matches  # noqa: E402
 from tools.rerank.spatial_verification import inlier_mask, options_from_cfg  # noqa: E402
+from tools.vis.cli import run_with_one_line_errors  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
 INLIER_COLOUR = (40, 200, 40)  # RGB
@@ -99,9 +100,8 @@ def match_picture(
     caption = f"{int(inliers.sum())} inliers / {len(inliers)} putative ({options.method})"
     if names:
         caption = f"query {names[0]} (left) vs {names[1]} (right): {caption}"
-    scale = float(
-        np.clip(picture.shape[1] / 900, 0.3, 0.7)
-    )  # readable, and not wider than small pictures
+    # readable, and not wider than small pictures
+    scale = float(np.clip(picture.shape[1] / 900, 0.3, 0.7))
     origin = (6, int(8 + 24 * scale))
     put_caption(picture, caption, origin, scale)
     return picture, int(inliers.sum())
@@ -120,11 +120,7 @@ def load_image_and_features(store, dataset, name):
 
 
 def main(argv=None):
-    try:
-        return _main(argv)
-    except (ValueError, FileNotFoundError) as error:  # a damaged store or ground truth: one line
-        print(f"matches error: {error}", file=sys.stderr)
-        return 2
+    return run_with_one_line_errors("matches", _main, argv)
 
 
 def _main(argv=None):

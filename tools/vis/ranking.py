@@ -29,6 +29,7 @@ from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spat
 from tools.retrieval.global_search import exact_search  # noqa: E402
 from tools.revisitop.context import align_ground_truth, load_gnd  # noqa: E402
 from tools.revisitop.protocols import protocol_gnd  # noqa: E402
+from tools.vis.cli import run_with_one_line_errors  # noqa: E402
 from tools.vis.matches import load_image_and_features  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
@@ -158,11 +159,7 @@ def query_rankings(cfg, query, protocol, topk):
 
 
 def main(argv=None):
-    try:
-        return _main(argv)
-    except (ValueError, FileNotFoundError) as error:  # a damaged store or ground truth: one line
-        print(f"ranking error: {error}", file=sys.stderr)
-        return 2
+    return run_with_one_line_errors("ranking", _main, argv)
 
 
 def _main(argv=None):
@@ -218,8 +215,8 @@ def _main(argv=None):
             args.html, ranking_html(title, os.path.abspath(dataset.image_path(name)), html_rows)
         )
     print(
-        f"{args.out}: query {name}, protocol {args.protocol}, top {args.topk} before and after "
-        "re-ranking"
+        f"{args.out}: query {name}, protocol {args.protocol}, "
+        f"top {args.topk} before and after re-ranking"
     )
     return 0
 
