@@ -1,6 +1,6 @@
 """The DELG training loop, read top to bottom.
 
-train_model(): set up the process, build data, model and optimiser, resume (or load initial
+train_model(): set up the process and build the run (core/run.py), resume (or load initial
 weights), then for each epoch for each batch take one step (core/step.py); after each step
 ``due_at`` says what the position calls for: a checkpoint (every TRAIN.CHECKPOINT_ITERS iterations,
 every TRAIN.CHECKPOINT_PERIOD epochs, at the end) and validation (every TRAIN.EVAL_PERIOD epochs and
@@ -15,16 +15,11 @@ flags every process must agree on: "some loss was not finite" (then nobody steps
 signal arrived" (then everybody checkpoints and exits).
 """
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 import yaml
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from core import distributed as dist
 from core.checkpoint import (
@@ -39,26 +34,15 @@ from core.checkpoint import (
     training_state,
 )
 from core.config import cfg, dump_cfg, load_global_cfg, merge_dict
-from core.data import make_train_loader
 from core.io import EXIT_DISK_FULL, DiskFullError
-from core.logging import JsonLog, get_logger, peak_memory_mb, setup_logging, train_line
+from core.logging import get_logger, peak_memory_mb, train_line
 from core.meters import TrainMeter
-from core.optimizer import build_lr_schedule, build_optimizer, set_lr
+from core.optimizer import set_lr
+from core.run import build_run, setup_process, training_threads, wrap_for_distributed
 from core.step import CONTROL, train_step
-from core.tensorboard import build_log_sinks
-from core.validation import build_evaluators, run_evaluators, validate
+from core.validation import run_evaluators, validate
 from core.weights import load_weights
-from datasets.loader import (
-    FailureBudget,
-    TooManyBadImagesError,
-    build_failure_budget,
-    build_train_dataset,
-    build_val_dataset,
-    build_val_loader,
-    collate_skip_failures,
-)
-from modeling import build_loss, build_model
-from modeling.complexity import count_parameters, format_parameters
+from datasets.loader import TooManyBadImagesError
 
 logger = get_logger(__name__)
 
@@ -72,34 +56,6 @@ _LOGGED = ("loss", "grad_norm", "top1_err_global", "top1_err_attention")
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
-
-
-@dataclass
-class Run:
-    """Everything the loop works with, built once by build_run()."""
-
-    model: nn.Module  # the bare model: state dicts and validation
-    net: nn.Module  # what the step calls: the DDP wrapper, or the model itself in a single process
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    schedule: object
-    loader: torch.utils.data.DataLoader
-    val_loader: object
-    evaluators: list  # the caller's evaluators (core.validation.run_evaluators)
-    device: torch.device
-    amp_dtype: object  # torch.bfloat16, torch.float16 or None
-    channels_last: bool
-    class_ids: list
-    epoch_iters: int
-    total_iters: int
-    max_epoch: int
-    json_log: JsonLog
-    preemption: dist.PreemptionFlag
-    bad_images: FailureBudget
-    nonfinite_in_row: int = 0
-    nonfinite_total: int = 0
-    loss_parts: tuple = ()  # the loss_<part> statistics of the last measured step
 
 
 # ------------------------------------------------------------------------------------- entry points
@@ -141,163 +97,6 @@ def train_model(evaluator_factories=()):
         return train(run, position)
 
 
-# -------------------------------------------------------------------------------------------- setup
-@contextlib.contextmanager
-def training_threads(device):
-    """TRAIN.CPU_THREADS > 0 fixes the intra-op threads of CPU training (restored afterwards):
-    oneDNN sums convolution gradients in an order that depends on the thread count, so a fixed
-    count makes a CPU run repeat bit for bit whatever the machine's cores and load."""
-    before = torch.get_num_threads()
-    if device.type == "cpu" and cfg.TRAIN.CPU_THREADS > 0:
-        torch.set_num_threads(cfg.TRAIN.CPU_THREADS)
-        logger.info("TRAIN.CPU_THREADS: training with %d threads", cfg.TRAIN.CPU_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def setup_process():
-    setup_logging(cfg.OUT_DIR, dist.is_main_process(), to_file=cfg.LOG_DEST == "file")
-    device_kind = dist.resolve_device(cfg.DEVICE)
-    device = (
-        torch.device("cuda", dist.get_local_rank())
-        if device_kind == "cuda"
-        else torch.device("cpu")
-    )
-    # Every process draws the same initial weights; the data order and augmentation have their own
-    # seeds.
-    torch.manual_seed(cfg.RNG_SEED)
-    np.random.seed(cfg.RNG_SEED)
-    torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK
-    if device.type == "cpu" and (cfg.TRAIN.AMP != "off" or cfg.TRAIN.CHANNELS_LAST):
-        logger.info(
-            "TRAIN.AMP %s and TRAIN.CHANNELS_LAST %s are GPU options; ignored on CPU",
-            cfg.TRAIN.AMP,
-            cfg.TRAIN.CHANNELS_LAST,
-        )
-    logger.info("process %d of %d on %s", dist.get_rank(), dist.get_world_size(), device)
-    return device
-
-
-def build_run(device, evaluator_factories=()):
-    """Data, model, loss, optimiser, scaler, schedule, loaders and evaluators, from cfg."""
-    for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
-        if cfg.TRAIN[key] < 1:
-            raise ValueError(
-                f"TRAIN.{key} {cfg.TRAIN[key]}: expected a number of epochs, at least 1"
-            )
-    rank, world = dist.get_rank(), dist.get_world_size()
-    train_set, mapping = build_train_dataset(cfg)
-    set_num_classes(mapping.num_classes)
-    if dist.is_main_process():
-        mapping.save(os.path.join(cfg.OUT_DIR, "class_mapping.json"))
-    if cfg.TRAIN.BATCH_SIZE % world:
-        raise ValueError(
-            f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is not divisible by the {world} processes"
-        )
-    pin = cfg.DATA_LOADER.PIN_MEMORY and device.type == "cuda"
-    loader = make_train_loader(
-        train_set,
-        cfg.TRAIN.BATCH_SIZE // world,
-        cfg.DATA_LOADER.NUM_WORKERS,
-        collate_skip_failures,
-        cfg.RNG_SEED,
-        rank,
-        world,
-        pin,
-    )
-    val_set, _ = build_val_dataset(cfg)
-    val_loader = build_val_loader(cfg, val_set, rank, world, pin) if val_set is not None else None
-    evaluators = build_evaluators(cfg, evaluator_factories)
-    if cfg.TRAIN.RETRIEVAL_EVAL and not evaluators:
-        logger.warning(
-            "TRAIN.RETRIEVAL_EVAL True but no evaluator was handed to the trainer: run "
-            "train_delg.py (or pass tools.revisitop.validation.build_retrieval_validator)"
-        )
-
-    model = build_model(cfg).to(device)
-    logger.info("model: %s", format_parameters(count_parameters(model)))
-    channels_last = cfg.TRAIN.CHANNELS_LAST and device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.BN.SYNC and world > 1:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            logger.info("BN.SYNC ignored: SyncBatchNorm needs GPUs")
-    amp_dtype = amp_dtype_of(cfg.TRAIN.AMP) if device.type == "cuda" else None
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    epoch_iters = loader.sampler.batches_per_epoch
-    total_iters = (
-        cfg.OPTIM.MAX_ITER if cfg.OPTIM.MAX_ITER > 0 else cfg.OPTIM.MAX_EPOCH * epoch_iters
-    )
-    logger.info(
-        "%d iterations of %d images per epoch, %d iterations in all",
-        epoch_iters,
-        cfg.TRAIN.BATCH_SIZE,
-        total_iters,
-    )
-    return Run(
-        model=model,
-        net=model,
-        loss_fn=build_loss(cfg),
-        optimizer=optimizer,
-        scaler=scaler,
-        schedule=build_lr_schedule(cfg, epoch_iters, total_iters),
-        loader=loader,
-        val_loader=val_loader,
-        evaluators=evaluators,
-        device=device,
-        amp_dtype=amp_dtype,
-        channels_last=channels_last,
-        class_ids=list(mapping.landmark_ids),
-        epoch_iters=epoch_iters,
-        total_iters=total_iters,
-        max_epoch=math.ceil(total_iters / epoch_iters),
-        json_log=JsonLog(
-            cfg.OUT_DIR, dist.is_main_process(), build_log_sinks(cfg, dist.is_main_process())
-        ),
-        preemption=dist.PreemptionFlag(),
-        bad_images=build_failure_budget(cfg, len(train_set)),
-    )
-
-
-def set_num_classes(num_classes):
-    """MODEL.NUM_CLASSES 0 takes the data's class count; a head smaller than the data is an
-    error."""
-    if cfg.MODEL.NUM_CLASSES == 0:
-        cfg.MODEL.NUM_CLASSES = num_classes
-    elif cfg.MODEL.NUM_CLASSES < num_classes:
-        raise ValueError(
-            f"MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES} is smaller than the {num_classes} classes "
-            "of "
-            "the training data; set it to 0 to take the data's count"
-        )
-    elif cfg.MODEL.NUM_CLASSES > num_classes:
-        logger.warning(
-            "MODEL.NUM_CLASSES %d but the training data has %d classes",
-            cfg.MODEL.NUM_CLASSES,
-            num_classes,
-        )
-
-
-def amp_dtype_of(name):
-    dtypes = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"TRAIN.AMP must be off, bf16 or fp16, got {name!r}")
-    return dtypes[name]
-
-
-def wrap_for_distributed(model, device):
-    if dist.get_world_size() == 1:
-        return model
-    device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-
-
 # ------------------------------------------------------------------------------------------- resume
 def resume_or_initialise(run):
     """Continue from the newest readable checkpoint (TRAIN.AUTO_RESUME), else load TRAIN.WEIGHTS;
@@ -317,8 +116,7 @@ def resume_or_initialise(run):
         raise ValueError(
             f"OUT_DIR {cfg.OUT_DIR} holds checkpoints of an earlier run (the newest at iteration "
             f"{earlier[-1][0]}): set TRAIN.AUTO_RESUME True to continue it, or choose another "
-            "OUT_DIR (or "
-            f"remove {os.path.join(cfg.OUT_DIR, 'checkpoints')}) to start afresh"
+            f"OUT_DIR (or remove {os.path.join(cfg.OUT_DIR, 'checkpoints')}) to start afresh"
         )
     if cfg.TRAIN.WEIGHTS:
         load_weights(run.model, cfg.TRAIN.WEIGHTS, log=logger.info)
@@ -491,10 +289,9 @@ def stop_after_nonfinite_run(run):
     if run.nonfinite_in_row >= limit:
         raise TrainingStopped(
             f"stopping: {run.nonfinite_in_row} non-finite losses in a row "
-            f"(TRAIN.MAX_NONFINITE_STEPS = {limit}); "
-            "the weights of the last checkpoint are finite: lower OPTIM.BASE_LR, raise "
-            "OPTIM.WARMUP_EPOCHS or "
-            "check the data, then resume with TRAIN.AUTO_RESUME True"
+            f"(TRAIN.MAX_NONFINITE_STEPS = {limit}); the weights of the last checkpoint are "
+            "finite: lower OPTIM.BASE_LR, raise OPTIM.WARMUP_EPOCHS or check the data, then "
+            "resume with TRAIN.AUTO_RESUME True"
         )
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from core import run as run_module
 from core import trainer
 from core.checkpoint import list_checkpoints, read_training_checkpoint
 from core.config import load_cfg
@@ -41,7 +42,7 @@ class NanOnCalls(nn.Module):
 
 
 def test_nan_loss_step_is_skipped_and_counted(data_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "build_loss", lambda cfg: NanOnCalls(build_loss(cfg), {3}))
+    monkeypatch.setattr(run_module, "build_loss", lambda cfg: NanOnCalls(build_loss(cfg), {3}))
     snapshots = []
     real_step = trainer.train_step
 
@@ -78,7 +79,7 @@ def test_nan_loss_step_is_skipped_and_counted(data_root, tmp_path, monkeypatch):
 
 def test_a_run_of_nan_losses_stops_with_a_clear_message(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        trainer, "build_loss", lambda cfg: NanOnCalls(build_loss(cfg), set(range(2, 100)))
+        run_module, "build_loss", lambda cfg: NanOnCalls(build_loss(cfg), set(range(2, 100)))
     )
     opts = tiny_opts(data_root, tmp_path, "OPTIM.MAX_ITER", "20", "TRAIN.MAX_NONFINITE_STEPS", "3")
     assert trainer.train_in_process(load_cfg(TINY_PRESET, opts).dump()) == trainer.EXIT_NONFINITE

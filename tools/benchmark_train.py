@@ -23,10 +23,10 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from core import trainer  # noqa: E402
 from core.config import cfg, load_global_cfg  # noqa: E402
 from core.distributed import PreemptionFlag  # noqa: E402
 from core.optimizer import build_optimizer  # noqa: E402
+from core.run import Run, amp_dtype_of  # noqa: E402
 from core.step import train_step  # noqa: E402
 from modeling import build_backbone, build_loss, build_model  # noqa: E402
 
@@ -96,7 +96,7 @@ def delg_step_runner(device, amp_dtype, channels_last):
     model = build_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run = trainer.Run(
+    run = Run(
         model=model,
         net=model,
         loss_fn=build_loss(cfg),
@@ -164,7 +164,7 @@ def main():
     make_config(args)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    amp_dtype = trainer.amp_dtype_of(args.amp) if on_gpu else None
+    amp_dtype = amp_dtype_of(args.amp) if on_gpu else None
     channels_last = args.channels_last and on_gpu
     if not on_gpu and (args.amp != "off" or args.channels_last):
         print("--amp and --channels-last are GPU options; ignored on CPU")

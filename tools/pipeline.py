@@ -15,8 +15,8 @@ and pictures.
 4. evaluate: EVAL.METHODS on the trained features (global search, spatial verification, ASMK) and
    global search on the untrained ones; results.json has the evaluation's layout plus the method
    ``untrained_global``;
-5. pictures: training curves, attention of two queries, and the inlier matches between the query
-   that spatial verification helped most and its best re-ranked positive.
+5. pictures (tools/vis/demo_pictures.py): training curves, attention of two queries, and the inlier
+   matches between the query that spatial verification helped most and its best re-ranked positive.
 
 Every step calls the library the command-line tools call (trainer, extraction runner, evaluation
 methods, tools/vis) with the one config; nothing is tuned for the demo here.
@@ -30,22 +30,18 @@ import shutil
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
 from core.checkpoint import config_differences, list_checkpoints
 from core.config import load_cfg
 from core.io import read_json, write_json
-from datasets.revisitop import RevisitopDataset
 from datasets.synthetic import generate, make_spec
 from tools.revisitop.protocols import PROTOCOLS
+from tools.vis.demo_pictures import draw_pictures
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(REPO / "configs" / "synthetic" / "demo.yaml")
 UNTRAINED = "untrained_global"
-PICTURE_PROTOCOL = "M"  # the protocol whose shortlists and APs choose the match picture
-SMALL_IMAGE = 400  # pixels: match pictures of images smaller than this are drawn twice as large
 
 
 @dataclasses.dataclass
@@ -258,9 +254,8 @@ def evaluate_methods(cfg):
     from tools.retrieval.methods import raw_results
     from tools.revisitop.evaluation import build_context  # imports every method module
 
-    shutil.rmtree(
-        cfg.ASMK.CACHE_DIR, ignore_errors=True
-    )  # a codebook of an earlier demo's features must not be reused
+    # a codebook of an earlier demo's features must not be reused
+    shutil.rmtree(cfg.ASMK.CACHE_DIR, ignore_errors=True)
     context = build_context(cfg)
     return context, raw_results(context, cfg.EVAL.METHODS)
 
@@ -291,112 +286,18 @@ def format_results(results, title=""):
     return "\n".join(lines)
 
 
-# -------------------------------------------------------------------------------------- 5. pictures
-def pick_queries(context, trained):
-    """(two queries for the attention pictures, the query for the match picture).
-
-    The match picture shows the query whose Medium AP spatial verification raised most (the first
-    query when no AP rose), so that it shows what re-ranking adds.
-    """
-    count = len(context.query_rows)
-    gains = np.zeros(count)
-    if "sv" in trained and "global" in trained:
-        gains = np.asarray(trained["sv"][PICTURE_PROTOCOL][1]) - np.asarray(
-            trained["global"][PICTURE_PROTOCOL][1]
-        )
-    return sorted({0, count // 2}), int(np.argmax(gains))
-
-
-def best_reranked_positive(context, query):
-    """The database row of the first positive in the query's Medium shortlist re-ranked by spatial
-    verification, or None when the shortlist holds no positive."""
-    from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification
-    from tools.revisitop.protocols import protocol_gnd
-
-    shortlist = context.shortlists(context.cfg.SV.SHORTLIST)[PICTURE_PROTOCOL][query]
-    context.local.prepare_queries()
-    context.local.prepare_database(np.asarray(shortlist, dtype=np.int64))
-    reranked, _ = rerank_with_spatial_verification(
-        {PICTURE_PROTOCOL: [shortlist]},
-        lambda _: context.local.query(query),
-        context.local.database,
-        options_from_cfg(context.cfg),
-        progress=False,
-    )
-    positives = set(protocol_gnd(context.gnd, PICTURE_PROTOCOL)[query]["ok"].tolist())
-    return next((row for row in reranked[PICTURE_PROTOCOL][0].tolist() if row in positives), None)
-
-
-def enlarged(image, features, factor):
-    """(image, (locations, descriptors)) scaled by an integer factor."""
-    if factor == 1:
-        return image, features
-    height, width = image.shape[:2]
-    image = cv2.resize(image, (width * factor, height * factor), interpolation=cv2.INTER_LINEAR)
-    locations, descriptors = features
-    # pixel centres: x in the original maps to (x + 0.5) * factor - 0.5 in the enlarged image
-    return image, ((np.asarray(locations, dtype=np.float64) + 0.5) * factor - 0.5, descriptors)
-
-
-def draw_pictures(cfg, context, trained, train_dir, out_dir, log=print):
-    """Training curves, two attention pictures and one match picture; returns {what: path}."""
-    from core.io import write_png
-    from tools.plot_training import plot_training
-    from tools.rerank.spatial_verification import options_from_cfg
-    from tools.vis.attention import picture_for_image
-    from tools.vis.matches import load_image_and_features, match_picture
-
-    pictures = {
-        "training_curves": plot_training(train_dir, os.path.join(out_dir, "training_curves.png"))
-    }
-    dataset = RevisitopDataset(cfg.EVAL.DATA_ROOT, cfg.EVAL.DATASET)
-    attention_queries, match_query = pick_queries(context, trained)
-    for query in attention_queries:
-        name = dataset.query_names[query]
-        pictures[f"attention_{name}"] = picture_for_image(
-            cfg, dataset.image_path(name), os.path.join(out_dir, f"attention_{name}.png")
-        )
-    row = best_reranked_positive(context, match_query)
-    if row is None:
-        log(f"[demo] query {match_query} has no positive in its shortlist: no match picture")
-        return pictures
-    query_name, index_name = dataset.query_names[match_query], context.database_store.names[row]
-    query = load_image_and_features(context.query_store, dataset, query_name)
-    index = load_image_and_features(context.database_store, dataset, index_name)
-    # Small images are drawn twice as large: pixels, keypoints and the RANSAC threshold alike, so
-    # the inliers are those of the verification that re-ranked them, and the lines and caption stay
-    # readable.
-    factor = 2 if max(*query[0].shape[:2], *index[0].shape[:2]) < SMALL_IMAGE else 1
-    options = dataclasses.replace(
-        options_from_cfg(cfg), inlier_threshold=factor * cfg.SV.INLIER_THRESHOLD
-    )
-    picture, _ = match_picture(
-        *enlarged(*query, factor),
-        *enlarged(*index, factor),
-        options,
-        names=(query_name, index_name),
-    )
-    pictures["matches"] = os.path.join(out_dir, f"matches_{query_name}_{index_name}.png")
-    write_png(pictures["matches"], picture)
-    return pictures
-
-
 # ----------------------------------------------------------------------------------------- the demo
 def run_demo(options, log=print):
     """Run every step; return a summary dict (results, paths, timings), also written to
     OUT/summary.json."""
     threads = options.threads or available_cores()
-    torch.set_num_threads(
-        threads
-    )  # the loader's and the generator's worker processes run one thread each
-    logging.getLogger("faiss").setLevel(
-        logging.WARNING
-    )  # its loader reports every CPU variant it tried
+    # the loader's and the generator's worker processes run one thread each
+    torch.set_num_threads(threads)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # it reports every CPU variant it tried
     timer, out = StepTimer(log), options.out_dir
     data_dir = options.data_dir or default_data_dir(options.seed, options.data_size)
-    cfg = demo_config(
-        options, data_dir
-    )  # a config mistake stops the demo before anything is generated
+    # a config mistake stops the demo before anything is generated
+    cfg = demo_config(options, data_dir)
     timer.run(
         "data",
         ensure_synthetic,
@@ -459,7 +360,6 @@ def report(summary):
     lines += [f"picture:    {path}" for path in summary["pictures"].values()]
     lines.append(
         f"time:       {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU (this process and "
-        "its "
-        f"workers), {summary['iterations']} iterations, {summary['threads']} threads"
+        f"its workers), {summary['iterations']} iterations, {summary['threads']} threads"
     )
     return "\n".join(lines)

@@ -4,12 +4,12 @@ package.
 Search by local features alone (``asmk``) or re-order a global shortlist by ASMK similarity
 (``asmk_rerank``)::
 
-    params = AsmkParams(codebook_size=256)                  # or params_from_cfg(cfg)
-    index = AsmkIndex.build(db_descriptors, db_image_ids, params, cache_dir="output/asmk",
-    num_images=len(db))
-    ranks, scores = index.search(q_descriptors, q_image_ids, num_queries=len(queries))   # [n_q,
-    n_db]
-    order, asmk_scores = index.rerank(shortlist, q_descriptors, q_image_ids)             # [n_q, k]
+    params = AsmkParams(codebook_size=256)  # or params_from_cfg(cfg)
+    index = AsmkIndex.build(
+        db_descriptors, db_image_ids, params, cache_dir="output/asmk", num_images=len(db)
+    )
+    ranks, scores = index.search(q_descriptors, q_image_ids, num_queries=len(queries))  # n_q x n_db
+    order, asmk_scores = index.rerank(shortlist, q_descriptors, q_image_ids)  # [n_q, k]
 
 Descriptors come flat, as in the feature store: ``descriptors`` [M, d] (float16 or float32) and
 ``image_ids`` [M], non-decreasing, so that each image owns one contiguous block of rows (the
@@ -17,11 +17,8 @@ package's convention). Images without local features simply own no rows; ``num_i
 ``num_queries`` say how many images there are in all.
 
 The package keeps its cache as pickles, which this project never writes, so it is used without
-``cache_path``: the codebook centroids are stored as ``.npy``, and the inverted file, which is a
-list of per-visual-word arrays, is stored as one CSR layout of ``.npy`` arrays (entries sorted by
-word plus word offsets). The inverted file is built here from the package's quantisation and
-aggregation with NumPy instead of ``IVF.add`` (a Python loop over every entry), which also lets it
-count trailing images without features; tests check that it equals the package's own.
+``cache_path``: the codebook centroids are stored as ``.npy``, and the inverted file as arrays
+(tools/rerank/asmk_ivf.py).
 """
 
 import dataclasses
@@ -33,17 +30,20 @@ import numpy as np
 from asmk import ASMKMethod
 from asmk import codebook as asmk_codebook
 from asmk import index as asmk_index
-from asmk import inverted_file as asmk_ivf
 from asmk import kernel as asmk_kernel
 
-from core.io import read_json, write_json, write_npy
+from core.io import write_npy
+from tools.rerank.asmk_ivf import (
+    CACHE_FORMAT,
+    build_ivf_arrays,
+    ivf_from_arrays,
+    load_ivf_arrays,
+    save_ivf_arrays,
+)
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cache layout changes, so old caches are rebuilt
 _HASH_ROWS = 1 << 16  # descriptor rows hashed at a time
-_AGGREGATE_ROWS = 1 << 19  # database descriptors quantised and aggregated at a time
-_IVF_ARRAYS = ("vecs", "image_ids", "word_offsets", "norm_factor", "idf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,10 +201,10 @@ class AsmkIndex:
             if codebook_path:
                 write_npy(codebook_path, codebook.centroids)
         kernel = asmk_kernel.ASMKKernel(codebook, binary=params.binary)
-        arrays = _load_ivf_arrays(ivf_folder, params, num_images)
+        arrays = load_ivf_arrays(ivf_folder, params, num_images)
         ivf_built = arrays is None
         if ivf_built:
-            arrays = _build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params)
+            arrays = build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params)
             if ivf_folder:
                 provenance = {
                     "num_images": num_images,
@@ -213,8 +213,8 @@ class AsmkIndex:
                     "codebook": os.path.basename(codebook_path),
                     "params": dataclasses.asdict(params),
                 }
-                _save_ivf_arrays(ivf_folder, arrays, provenance)
-        ivf = _ivf_from_arrays(arrays, num_images, params.use_idf)
+                save_ivf_arrays(ivf_folder, arrays, provenance)
+        ivf = ivf_from_arrays(arrays, num_images, params.use_idf)
         logger.info(
             "ASMK: codebook %s, inverted file %s (%d images, %d entries)",
             "trained" if codebook_trained else f"read from {codebook_path}",
@@ -242,8 +242,7 @@ class AsmkIndex:
         if descriptors.shape[1] != self.dim:
             raise ValueError(
                 f"query local descriptors have {descriptors.shape[1]} dimensions, the ASMK "
-                "codebook "
-                f"{self.dim}: were queries and database extracted with the same model?"
+                f"codebook {self.dim}: were queries and database extracted with the same model?"
             )
         _, images, ranks, ranked_scores = self.method.query_ivf(
             np.asarray(descriptors, dtype=np.float32),
@@ -297,8 +296,7 @@ def _check_features(descriptors, image_ids, num_images, what):
     if len(image_ids) and (image_ids[0] < 0 or np.any(np.diff(image_ids) < 0)):
         raise ValueError(
             f"{what} image ids must be non-negative and non-decreasing (one contiguous block of "
-            "rows "
-            "per image)"
+            "rows per image)"
         )
     needed = int(image_ids[-1]) + 1 if len(image_ids) else 0
     num_images = needed if num_images is None else int(num_images)
@@ -353,104 +351,3 @@ def _load_codebook(path, params, dim):
     )
     codebook.index(np.ascontiguousarray(centroids))
     return codebook
-
-
-def _aggregate_database(codebook, kernel, descriptors, image_ids, multiple_assignment):
-    """Quantise and aggregate in blocks of whole images: (residuals, visual words, image ids),
-    image-major."""
-    parts, start = [], 0
-    while start < len(descriptors):
-        end = min(start + _AGGREGATE_ROWS, len(descriptors))
-        end = int(
-            np.searchsorted(image_ids, image_ids[end - 1], side="right")
-        )  # finish the last image
-        block = np.asarray(descriptors[start:end], dtype=np.float32)
-        quantized = codebook.quantize(
-            block, image_ids[start:end], multiple_assignment=multiple_assignment
-        )
-        parts.append(kernel.aggregate(*quantized))
-        start = end
-    return tuple(np.concatenate(columns) for columns in zip(*parts))
-
-
-def _build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params):
-    """The state ``IVF.add`` would produce, computed with array operations, in CSR layout (entries
-    sorted by word)."""
-    vecs, words, owners = _aggregate_database(
-        codebook, kernel, descriptors, image_ids, params.multiple_assignment_db
-    )
-    order = np.argsort(
-        words, kind="stable"
-    )  # within a word, images stay in ascending order as in IVF.add
-    vecs, words, owners = vecs[order], words[order], owners[order].astype(np.int64)
-    counts = np.bincount(words, minlength=codebook.size)
-    idf = np.ones(codebook.size, dtype=np.float32)
-    if params.use_idf:
-        used = counts > 0
-        idf[used] = np.log(num_images / counts[used]) ** 2
-    return {
-        "vecs": vecs,
-        "image_ids": owners,
-        "word_offsets": np.concatenate([[0], np.cumsum(counts)]),
-        "norm_factor": np.bincount(
-            owners, weights=idf[words].astype(np.float64), minlength=num_images
-        ),
-        "idf": idf,
-    }
-
-
-def _ivf_from_arrays(arrays, num_images, use_idf):
-    """The package's IVF object (per-word lists of entries) over the CSR arrays; the lists are
-    views, not copies."""
-    offsets = arrays["word_offsets"].tolist()
-    lists_vecs, lists_ids = [], []
-    for start, end in zip(offsets[:-1], offsets[1:]):
-        lists_vecs.append(arrays["vecs"][start:end] if end > start else None)
-        lists_ids.append(arrays["image_ids"][start:end] if end > start else None)
-    state = {
-        "norm_factor": arrays["norm_factor"],
-        "n_images": int(num_images),
-        "ivf_vecs": lists_vecs,
-        "ivf_image_ids": lists_ids,
-        "counts": np.diff(arrays["word_offsets"]).astype(np.int32),
-        "idf": arrays["idf"],
-        "imid_offset": 0,
-    }
-    return asmk_ivf.IVF.initialize_from_state(
-        {"type": "IVF", "params": {"use_idf": bool(use_idf)}, "state": state}
-    )
-
-
-def _save_ivf_arrays(folder, arrays, provenance):
-    """One .npy per array; meta.json is written last, so a folder without it is never read."""
-    os.makedirs(folder, exist_ok=True)
-    for name in _IVF_ARRAYS:
-        write_npy(os.path.join(folder, f"{name}.npy"), arrays[name])
-    write_json(
-        os.path.join(folder, "meta.json"),
-        {"format": CACHE_FORMAT, "entries": len(arrays["vecs"]), **provenance},
-    )
-
-
-def _load_ivf_arrays(folder, params, num_images):
-    if not folder or not os.path.isfile(os.path.join(folder, "meta.json")):
-        return None
-    meta = read_json(os.path.join(folder, "meta.json"))
-    arrays = {
-        name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False)
-        for name in _IVF_ARRAYS
-    }
-    offsets = arrays["word_offsets"]
-    consistent = (
-        meta.get("format") == CACHE_FORMAT
-        and meta.get("num_images") == num_images
-        and len(offsets) == params.codebook_size + 1
-        and offsets[-1] == len(arrays["vecs"]) == len(arrays["image_ids"])
-        and len(arrays["norm_factor"]) == num_images
-    )
-    if not consistent:
-        logger.warning(
-            "ASMK: the inverted file in %s does not match this database; building it again", folder
-        )
-        return None
-    return arrays
