@@ -135,3 +135,19 @@ def parity(model, session, sizes, seed=0):
             for name, value, reference in zip(OUTPUT_NAMES, got, expected)
         }
     return report
+
+
+def scaled_difference(difference, magnitude):
+    """A max abs difference on the scale of its output: absolute where the output's values stay
+    within 1, relative to the largest value beyond (fp32 keeps about 7 digits, so a local map
+    reaching 100 differs by ~1e-4 between two runtimes summing in another order)."""
+    return difference / max(1.0, magnitude)
+
+
+def worst_difference(report):
+    """The largest scaled_difference over every size and output of a parity report."""
+    return max(
+        scaled_difference(difference, magnitude)
+        for differences in report.values()
+        for difference, magnitude in differences.values()
+    )
