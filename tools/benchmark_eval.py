@@ -2,10 +2,9 @@
 synthetic scores).
 
 Ours: protocol_results_from_scores (no sorting of the database). Baseline: argsort every column
-(stable, the tie
-rule both share), then the benchmark's per-query loop for each protocol. Both run in this process on
-the same matrix; the numbers must be identical. The time of numpy's default (unstable) argsort is
-printed for reference. Last line: ``ratio: <baseline time / our time>``.
+(stable, the tie rule both share), then the benchmark's per-query loop for each protocol. Both run
+in this process on the same matrix; the numbers must be identical. The time of numpy's default
+(unstable) argsort is printed for reference. Last line: ``ratio: <baseline time / our time>``.
 
     python tools/benchmark_eval.py [--rows 1005000] [--gnd PATH]
 """
@@ -83,16 +82,15 @@ def main():
     gnd_raw = ground_truth["gnd"]
     if args.rows < len(ground_truth["imlist"]):
         parser.error(
-            f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} database images of "
-            f"{args.gnd}"
+            f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} database images "
+            f"of {args.gnd}"
         )
     kappas = (1, 5, 10)
     scores = synthetic_scores(gnd_raw, args.rows)
     print(f"score matrix {scores.shape[0]:,} x {scores.shape[1]} float32")
 
-    protocol_results_from_scores(
-        scores[:20000], gnd_raw, kappas
-    )  # warm-up: thread pools, first allocations
+    # warm-up: thread pools, first allocations
+    protocol_results_from_scores(scores[:20000], gnd_raw, kappas)
     start = time.perf_counter()
     ours = protocol_results_from_scores(scores, gnd_raw, kappas)
     our_time = time.perf_counter() - start
@@ -127,9 +125,9 @@ def main():
     np.argsort(-scores, axis=0)
     quick_sort = time.perf_counter() - start
     print(
-        f"for reference: numpy's default (unstable, SIMD) argsort takes {quick_sort:.2f} s, a "
-        "baseline with it "
-        f"{quick_sort + baseline_time - sort_time:.2f} s (ties then fall in no defined order)"
+        f"for reference: numpy's default (unstable, SIMD) argsort takes {quick_sort:.2f} s, "
+        f"a baseline with it {quick_sort + baseline_time - sort_time:.2f} s "
+        "(ties then fall in no defined order)"
     )
     print(f"ratio: {baseline_time / our_time:.2f}")
 

@@ -2,19 +2,17 @@
 process.
 
 Pairs: one query and many index images, 1000 x 128-d L2-normalised features each, like a shortlist:
-every fifth
-index image is a positive that shares 300 descriptors with the query (200 placed by a homography,
-100 at random places), the others share 30 descriptors at random places (chance matches); the rest
-match nothing. A second set, positives only, is timed as well (DEGENSAC on 300 matches dominates
-there).
+every fifth index image is a positive that shares 300 descriptors with the query (200 placed by a
+homography, 100 at random places), the others share 30 descriptors at random places (chance
+matches); the rest match nothing. A second set, positives only, is timed as well (DEGENSAC on 300
+matches dominates there).
 Ours: verify_pairs (a query's pairs matched in batched matrix products) + DEGENSAC. Baseline: one
-scipy cKDTree
-query per pair with distance bound 1.0 (the official release's matching), then the same DEGENSAC
-call. The two must agree on every inlier count. Last line: ``ratio: <our pairs/s / baseline
-pairs/s>`` (shortlist mix).
+scipy cKDTree query per pair with distance bound 1.0 (the official release's matching), then the
+same DEGENSAC call. The two must agree on every inlier count. Last line: ``ratio: <our pairs/s /
+baseline pairs/s>`` (shortlist mix).
 
-    python tools/benchmark_rerank.py [--pairs 100] [--baseline-pairs 25] [--full-roxford [--workers
-    1]]
+    python tools/benchmark_rerank.py [--pairs 100] [--baseline-pairs 25] [--full-roxford
+    [--workers 1]]
 
 --full-roxford also times a whole ROxford re-ranking: 70 queries x top 100 per protocol (junk
 excluded, the union of the three protocols verified once), 1000 features per image (the same mix),
@@ -32,6 +30,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
+from tools.benchmark_eval import DEFAULT_GND  # noqa: E402
 from tools.rerank.spatial_verification import (  # noqa: E402
     VerificationOptions,
     count_inliers,
@@ -43,13 +42,6 @@ from tools.revisitop.protocols import protocol_gnds  # noqa: E402
 
 FEATURES, DIM = 1000, 128
 POSITIVE_SHARED, POSITIVE_PLACED, NEGATIVE_SHARED = 300, 200, 30
-DEFAULT_GND = (
-    pathlib.Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "revisitop"
-    / "gnd_roxford5k.pkl"
-)
 
 
 def _unit(rows):
@@ -152,8 +144,7 @@ def compare(name, query, index, pairs, baseline_pairs, options):
     print(
         f"{name}: ours {our_rate:.1f} pairs/s, baseline {baseline_rate:.1f} pairs/s, ratio "
         f"{our_rate / baseline_rate:.2f}; inlier counts agree on {baseline_pairs - len(disagree)} "
-        "/ "
-        f"{baseline_pairs} pairs"
+        f"/ {baseline_pairs} pairs"
     )
     if disagree:
         raise SystemExit(f"{name}: inlier counts differ for pairs {disagree[:10]}")
@@ -179,8 +170,8 @@ def main():
     options = VerificationOptions()  # NN under 1.0, DEGENSAC 20 px, confidence 1.0, 1000 iterations
     count = max(args.pairs, args.baseline_pairs)
     print(
-        f"{FEATURES} features x {DIM}-d per image, float16; DEGENSAC 20 px, confidence 1.0, 1000 "
-        "iterations"
+        f"{FEATURES} features x {DIM}-d per image, float16; "
+        "DEGENSAC 20 px, confidence 1.0, 1000 iterations"
     )
     compare(
         "positives only",
@@ -196,8 +187,7 @@ def main():
         seconds, pairs = full_roxford(args.gnd, args.workers, options)
         print(
             f"full ROxford re-ranking ({pairs} distinct pairs, {args.workers} geometry workers): "
-            f"{seconds:.1f} s "
-            f"({pairs / seconds:.0f} pairs/s)"
+            f"{seconds:.1f} s ({pairs / seconds:.0f} pairs/s)"
         )
     print(f"ratio: {ours / baseline:.2f}")
 
