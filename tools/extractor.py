@@ -72,9 +72,8 @@ def _run(args):
             print(f"{folder}: {count} images, {len(failures)} failed")
         return 0
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
-    place = place_from_environment(
-        dict(os.environ), cfg.PORT
-    )  # a copy: under srun it fills in RANK itself
+    # a copy: under srun it fills in RANK itself
+    place = place_from_environment(dict(os.environ), cfg.PORT)
     setup_logging(cfg.OUT_DIR, is_main=place is None or place.rank == 0)
     exit_code, _ = runner.run_extraction(cfg)
     return exit_code

@@ -4,12 +4,11 @@ or GLDv2.
     python tools/revisitop/evaluate.py --cfg configs/synthetic/delg_tiny_cpu.yaml [KEY VALUE ...]
 
 Revisitop: reads EVAL.DATASET's ground truth (EVAL.DATA_ROOT/gnd_<name>.pkl) and the stores
-<dataset>_query and
-<dataset>_database under EVAL.FEATURES_DIR (default EXTRACT.OUTPUT_DIR, else OUT_DIR/features) and
-prints mAP and mP@k for Easy / Medium / Hard. EVAL.DATASET gldv2: the stores gldv2_test and
-gldv2_index and EVAL.SOLUTION_FILE, mAP@100. EVAL.METHODS: global, sv (local features of a
-global-only database are extracted on demand for the shortlisted images), asmk, asmk_rerank. Writes
-OUT_DIR/results.json.
+<dataset>_query and <dataset>_database under EVAL.FEATURES_DIR (default EXTRACT.OUTPUT_DIR, else
+OUT_DIR/features) and prints mAP and mP@k for Easy / Medium / Hard. EVAL.DATASET gldv2: the stores
+gldv2_test and gldv2_index and EVAL.SOLUTION_FILE, mAP@100. EVAL.METHODS: global, sv (local features
+of a global-only database are extracted on demand for the shortlisted images), asmk, asmk_rerank.
+Writes OUT_DIR/results.json.
 """
 
 import pathlib
@@ -32,8 +31,8 @@ _USER_ERRORS = (
     PickleReadError,
     UnsafePickleError,
     ValueError,
-    LaunchError,
-)  # LaunchError: DEVICE cuda without a GPU, when local features are extracted on demand
+    LaunchError,  # DEVICE cuda without a GPU, when local features are extracted on demand
+)
 
 
 def main(argv=None):
