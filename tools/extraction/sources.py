@@ -3,9 +3,8 @@ datasets.
 
 Each source is an ordered set of images with ``names``, ``path(i)`` (for failure reports) and
 ``read(i)`` -> (uint8 HxWx3 RGB image, crop box [x1, y1, x2, y2] or None). ``PreparedImages`` wraps
-a source for DataLoader
-workers: it decodes, applies the EXTRACT.MAX_IMAGE_SIZE limit and turns unreadable images into
-failure records, so that one bad file never stops an extraction.
+a source for DataLoader workers: it decodes, applies the EXTRACT.MAX_IMAGE_SIZE limit and turns
+unreadable images into failure records, so that one bad file never stops an extraction.
 """
 
 import csv
@@ -84,6 +83,16 @@ def _name_of(relative_path):
     return os.path.splitext(relative_path.replace(os.sep, "/"))[0]
 
 
+def _images_under(root, relative, nothing_found):
+    """PathImages of the `relative` paths under root, named by _name_of; ConfigError with the
+    message `nothing_found` when there are none."""
+    if not relative:
+        raise ConfigError(nothing_found)
+    return PathImages(
+        [_name_of(path) for path in relative], [os.path.join(root, path) for path in relative]
+    )
+
+
 def folder_images(root):
     """Every image file under root (recursively), sorted by relative path; names drop the
     extension."""
@@ -96,12 +105,10 @@ def folder_images(root):
             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
         ]
     relative.sort()
-    if not relative:
-        raise ConfigError(
-            f"EXTRACT.DATA_ROOT {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found"
-        )
-    return PathImages(
-        [_name_of(path) for path in relative], [os.path.join(root, path) for path in relative]
+    return _images_under(
+        root,
+        relative,
+        f"EXTRACT.DATA_ROOT {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found",
     )
 
 
@@ -113,12 +120,10 @@ def list_images(list_path, root):
         parts = text.rsplit(None, 1)
         has_label = len(parts) == 2 and parts[1].lstrip("-").isdigit()
         relative.append(parts[0] if has_label else text)
-    if not relative:
-        raise ConfigError(
-            f"EXTRACT.SPLIT {list_path}: no images listed (expected one image path per line)"
-        )
-    return PathImages(
-        [_name_of(path) for path in relative], [os.path.join(root, path) for path in relative]
+    return _images_under(
+        root,
+        relative,
+        f"EXTRACT.SPLIT {list_path}: no images listed (expected one image path per line)",
     )
 
 
