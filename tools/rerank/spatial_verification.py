@@ -1,10 +1,12 @@
 """Spatial verification: count geometrically consistent local matches and re-rank a global shortlist
 by them.
 
-    inliers = compute_num_inliers(query_locations, query_descriptors, index_locations,
-    index_descriptors)
-    reranked, inliers = rerank_with_spatial_verification(shortlists, query_local, index_local,
-    options)
+    inliers = compute_num_inliers(
+        query_locations, query_descriptors, index_locations, index_descriptors
+    )
+    reranked, inliers = rerank_with_spatial_verification(
+        shortlists, query_local, index_local, options
+    )
 
 Geometry (``options.method``), all seeded so that a run repeats exactly:
 - ``degensac``: homography by DEGENSAC (pydegensac.findHomography(px_th, conf, max_iters, seed)),
@@ -220,9 +222,8 @@ def verify_pairs(
     batched product.
 
     pairs_by_query: {query: index images to verify}; query_local(q) / index_local(i) return
-    (locations [n, 2],
-    descriptors [n, d]). num_workers > 0 fits the geometry in that many processes while matching
-    goes on.
+    (locations [n, 2], descriptors [n, d]). num_workers > 0 fits the geometry in that many
+    processes while matching goes on.
     """
     total = sum(len(indices) for indices in pairs_by_query.values())
     inliers = {}
@@ -298,11 +299,9 @@ def rerank_with_spatial_verification(
     once.
 
     shortlists: {protocol: per query, index images in global-ranking order (junk of the protocol
-    already left
-    out)}. The union over protocols is verified once. Returns ({protocol: per query, re-ranked
-    images},
-    {(query, image): inliers}). Images with equal inlier counts keep their global order (stable
-    sort).
+    already left out)}. The union over protocols is verified once. Returns ({protocol: per query,
+    re-ranked images}, {(query, image): inliers}). Images with equal inlier counts keep their global
+    order (stable sort).
     """
     pairs_by_query = {}
     for per_query in shortlists.values():
