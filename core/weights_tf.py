@@ -242,27 +242,26 @@ def convert_keras(conversion, target_eps):
 
 
 def _dense(conversion, target, names):
-    conversion.put(
-        f"{target}.weight",
-        dense_kernel(conversion.take(names["kernel"])),
-        [names["kernel"]],
-        "[in, out] -> [out, in]",
-    )
-    conversion.put(f"{target}.bias", conversion.take(names["bias"]), [names["bias"]])
+    _weight(conversion, target, names["kernel"], dense_kernel, "[in, out] -> [out, in]")
+    _bias(conversion, target, names["bias"])
 
 
 def _conv_with_bias(conversion, target, names):
-    conversion.put(
-        f"{target}.weight",
-        conv_kernel(conversion.take(names["kernel"])),
-        [names["kernel"]],
-        "HWIO -> OIHW",
-    )
+    _weight(conversion, target, names["kernel"], conv_kernel, "HWIO -> OIHW")
     if names.get("bias") is None:
         shape = conversion.state[f"{target}.weight"].shape[0]
         conversion.put(f"{target}.bias", np.zeros(shape, np.float32), [], "absent: 0")
     else:
-        conversion.put(f"{target}.bias", conversion.take(names["bias"]), [names["bias"]])
+        _bias(conversion, target, names["bias"])
+
+
+def _weight(conversion, target, kernel, to_ours, how):
+    """target.weight from a TF kernel whose layout to_ours converts (`how` says how)."""
+    conversion.put(f"{target}.weight", to_ours(conversion.take(kernel)), [kernel], how)
+
+
+def _bias(conversion, target, bias):
+    conversion.put(f"{target}.bias", conversion.take(bias), [bias])
 
 
 def _attention(conversion, names, bn_eps, target_eps):
@@ -274,7 +273,7 @@ def _attention(conversion, names, bn_eps, target_eps):
         (f"{prefix}.conv1", f"{prefix}.bn"), conv1, names["bn_conv1"], bn_eps, target_eps
     )
     if bias is not None:
-        conversion.put(f"{prefix}.conv1.bias", conversion.take(bias), [bias])
+        _bias(conversion, f"{prefix}.conv1", bias)
     else:
         width = conversion.state[f"{prefix}.conv1.weight"].shape[0]
         conversion.put(
@@ -291,11 +290,6 @@ def _classifiers(conversion, cosine, attention_fc):
     """Training checkpoints: cosine_weights [dim, classes] -> margin.weight [classes, dim];
     the attention classifier (dense [in, classes] or 1x1 conv) -> attention_classifier."""
     if cosine is not None:
-        conversion.put(
-            "margin.weight",
-            dense_kernel(conversion.take(cosine)),
-            [cosine],
-            "[dim, classes] -> [classes, dim]",
-        )
+        _weight(conversion, "margin", cosine, dense_kernel, "[dim, classes] -> [classes, dim]")
     if attention_fc.get("kernel") is not None:
         _dense(conversion, "attention_classifier", attention_fc)
