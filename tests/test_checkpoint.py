@@ -34,9 +34,8 @@ def test_rotation_keeps_the_newest(tmp_path):
         path = save_checkpoint(str(tmp_path), _state(it), keep=2)
     assert [it for it, _ in list_checkpoints(str(tmp_path))] == [15, 20]
     assert path.endswith("checkpoint_000000020.pth")
-    assert not [
-        p for p in (tmp_path / "checkpoints").iterdir() if p.suffix != ".pth"
-    ]  # no temporary files left
+    # no temporary files left
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.suffix != ".pth"]
 
 
 def test_state_round_trip_restores_model_optimizer_and_position(tmp_path):

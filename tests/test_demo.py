@@ -79,9 +79,8 @@ def test_retrieval_in_the_loop_matches_extraction_and_evaluation(demo_run):
     records = read_json_log(str(out / "train" / JSON_LOG_NAME))
     retrieval = [record for record in records if record["type"] == "retrieval"]
     validations = [record for record in records if record["type"] == "val"]
-    assert [r["iter"] for r in retrieval] == [
-        r["iter"] for r in validations
-    ]  # every EVAL_PERIOD and at the end
+    # every EVAL_PERIOD and at the end
+    assert [r["iter"] for r in retrieval] == [r["iter"] for r in validations]
     assert len(retrieval) >= 2 and retrieval[-1]["iter"] == ITERATIONS
     # the trainer's model after the last step is the final checkpoint the demo extracted and
     # evaluated

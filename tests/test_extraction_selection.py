@@ -10,10 +10,8 @@ def _level(scores, scale, dim=3, seed=0):
     scores = torch.tensor(scores, dtype=torch.float32)
     height, width = scores.shape
     local = torch.randn(dim, height, width, generator=torch.Generator().manual_seed(seed)) * 5
-    size = (
-        round(height * 4 / scale),
-        round(width * 4 / scale),
-    )  # image whose resize by `scale` gives h*4 x w*4
+    # image whose resize by `scale` gives h*4 x w*4
+    size = (round(height * 4 / scale), round(width * 4 / scale))
     return level_candidates(
         scores, local, scale, GEOMETRY, image_size=size, network_size=(height * 4, width * 4)
     )
@@ -32,11 +30,8 @@ def test_candidates_hold_one_row_per_cell_with_level_scale_and_image_locations()
 def test_threshold_then_top_k_across_scales_sorted_by_score():
     levels = [_level([[1.0, 9.0], [3.0, 0.5]], scale=1.0), _level([[8.0, 2.0]], scale=0.5, seed=1)]
     selected = select_local_features(levels, threshold=2.0, max_features=3, nms_iou=1.0)
-    assert selected["scores"].tolist() == [
-        9.0,
-        8.0,
-        3.0,
-    ]  # 2.0 passes the threshold but falls outside the top 3
+    # 2.0 passes the threshold but falls outside the top 3
+    assert selected["scores"].tolist() == [9.0, 8.0, 3.0]
     assert selected["scales"].tolist() == [1.0, 0.5, 1.0]
     assert selected["locations"].tolist() == [[4.0, 0.0], [0.5, 0.5], [0.0, 4.0]]
 
@@ -61,10 +56,8 @@ def test_nms_suppresses_overlapping_receptive_fields():
     # = 0.2.
     fine = _level([[5.0, 4.0, 3.0]], scale=1.0)
     selected = select_local_features([fine], threshold=0.0, max_features=10, nms_iou=0.1)
-    assert selected["scores"].tolist() == [
-        5.0,
-        3.0,
-    ]  # cell 1 overlaps cell 0; cell 2 overlaps only cell 1
+    # cell 1 overlaps cell 0; cell 2 overlaps only cell 1
+    assert selected["scores"].tolist() == [5.0, 3.0]
     kept = select_local_features([fine], threshold=0.0, max_features=10, nms_iou=0.3)
     assert kept["scores"].tolist() == [5.0, 4.0, 3.0]
     disabled = select_local_features([fine], threshold=0.0, max_features=10, nms_iou=1.0)

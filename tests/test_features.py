@@ -68,9 +68,8 @@ def test_incomplete_or_inconsistent_store_is_reported(tmp_path):
 def test_float16_store_of_1000_features_costs_at_most_270_kib(tmp_path):
     rng = np.random.default_rng(2)
     write_store(tmp_path, ["a"], None, [_local(rng, 1000, dim=128)], float16=True)
-    assert (
-        open_store(tmp_path).bytes_per_image() <= 270 * 1024
-    )  # 256 KB of descriptors + 16 KB of geometry
+    # 256 KB of descriptors + 16 KB of geometry
+    assert open_store(tmp_path).bytes_per_image() <= 270 * 1024
 
 
 def test_concatenated_stores_equal_one_store_written_whole(tmp_path):

@@ -57,9 +57,8 @@ def test_map_at_100_matches_hand_computed_values(tmp_path):
 
 def test_only_the_first_k_predictions_count_and_the_divisor_is_capped_at_k():
     relevant = [f"r{i}" for i in range(150)]
-    assert average_precision_at_k(relevant, relevant) == pytest.approx(
-        1.0
-    )  # 100 hits / min(150, 100)
+    # 100 hits / min(150, 100)
+    assert average_precision_at_k(relevant, relevant) == pytest.approx(1.0)
     assert average_precision_at_k(["x", "y", "r0"], relevant, k=2) == 0.0
     assert average_precision_at_k(["x", "r0"], ["r0", "r1"], k=1) == 0.0
     assert average_precision_at_k(["x", "r0"], ["r0"], k=2) == pytest.approx(0.5)

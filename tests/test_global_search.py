@@ -92,9 +92,8 @@ def test_ties_at_the_kth_place_keep_the_lowest_database_indices(chunk_size):
     cutting through
     them: the first k in the ranking order are kept, whatever the chunking."""
     rng = np.random.default_rng(4)
-    database = rng.integers(-3, 4, (40, 8)).astype(
-        np.float32
-    )  # small integers: every score is exact
+    # small integers: every score is exact
+    database = rng.integers(-3, 4, (40, 8)).astype(np.float32)
     database[5] = 5.0  # scores 200 with itself, at most 120 with any other row
     query = database[5:6].copy()
     duplicates = rng.choice(np.setdiff1d(np.arange(40), [5]), 11, replace=False)

@@ -61,9 +61,8 @@ def test_grayscale_and_sixteen_bit_become_three_equal_channels(tmp_path):
     np.testing.assert_array_equal(image[..., 0], gray)
     np.testing.assert_array_equal(image[..., 2], gray)
 
-    deep = (
-        gray.astype(np.uint16) * 257
-    )  # full 16-bit range, which PIL's own convert would clip to 255
+    # full 16-bit range, which PIL's own convert would clip to 255
+    deep = gray.astype(np.uint16) * 257
     Image.fromarray(deep).save(tmp_path / "deep.png")
     np.testing.assert_array_equal(read_image(tmp_path / "deep.png")[..., 1], gray)
 

@@ -113,11 +113,8 @@ def test_random_ranking_matches_a_straightforward_implementation(real):
                 assert aps[query] == pytest.approx(item[0], abs=1e-12) and np.allclose(
                     prs[query], item[1]
                 )
-        assert 0.0 < mean_ap < 0.2, (
-            name,
-            protocol,
-            mean_ap,
-        )  # a random ranking scores low, but not zero
+        # a random ranking scores low, but not zero
+        assert 0.0 < mean_ap < 0.2, (name, protocol, mean_ap)
 
 
 def test_two_roxford_queries_without_easy_images_are_left_out_of_easy():
@@ -165,9 +162,8 @@ def test_junk_is_ignored_per_protocol():
     assert (
         easy == pytest.approx(1.0) and medium == pytest.approx(1.0) and hard == pytest.approx(1.0)
     )
-    ranking = np.array([5, 4, 0, 1, 2, 3, 6, 7])[
-        :, None
-    ]  # one negative first: junk 4 must not push positives down
+    # one negative first: junk 4 must not push positives down
+    ranking = np.array([5, 4, 0, 1, 2, 3, 6, 7])[:, None]
     assert compute_map(ranking, protocol_gnd(gnd_raw, "E"))[1][0] == pytest.approx(
         reference_metrics(ranking[:, 0], [0, 1], [4, 2, 3], KAPPAS)[0]
     )

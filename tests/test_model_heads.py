@@ -66,9 +66,8 @@ def test_without_labels_every_head_gives_scaled_cosine():
 
 def test_arcface_gradient_is_finite_at_zero_angle():
     head = ArcFaceHead(8, 3, scale=10.0, margin=0.1)
-    embedding = (
-        head.weight.detach()[[0, 1]].clone().requires_grad_(True)
-    )  # cos(theta) = 1 for the target
+    # cos(theta) = 1 for the target
+    embedding = head.weight.detach()[[0, 1]].clone().requires_grad_(True)
     head(embedding, torch.tensor([0, 1])).sum().backward()
     assert torch.isfinite(embedding.grad).all() and torch.isfinite(head.weight.grad).all()
 
@@ -119,9 +118,8 @@ def test_gem_power_is_a_parameter_only_when_learnable():
     assert [name for name, _ in GeM(3.0, learnable=True).named_parameters()] == ["p"]
     fixed = GeM(3.0)
     assert list(fixed.parameters()) == [] and "p" in fixed.state_dict()
-    half = (
-        torch.rand(2, 4, 3, 3).to(torch.bfloat16) * 40
-    )  # 40 ** 3 overflows float16; pooling runs in float32
+    # 40 ** 3 overflows float16; pooling runs in float32
+    half = torch.rand(2, 4, 3, 3).to(torch.bfloat16) * 40
     assert GeM(3.0)(half).dtype == torch.bfloat16
 
 

@@ -132,9 +132,8 @@ def test_an_image_too_small_for_the_network_gives_empty_features_through_onnxrun
     model, path = exported
     onnx_model = OnnxExtractionModel(path, structure=model)
     settings = ExtractionSettings(global_scales=(1.0,), local_scales=(1.0,), min_size=10)
-    image = torch.randn(
-        1, 3, 8, 30
-    )  # under MIN_SIZE: no network pass, empty features of the right sizes
+    # under MIN_SIZE: no network pass, empty features of the right sizes
+    image = torch.randn(1, 3, 8, 30)
     features = extract_image(onnx_model, image, (8, 30), tuple(model.local_geometry), settings)
     assert features["global"].shape == (model.global_dim,) and not features["global"].any()
     assert features["local"]["descriptors"].shape == (0, model.local_descriptor_dim)

@@ -70,10 +70,8 @@ def test_real_ground_truth_loads_with_boxes_rounded_like_pil(name, database_size
 def test_query_crop_equals_the_box_rounded_with_round(tmp_path):
     _write_dataset(tmp_path, boxes=[[2.5, 3.5, 10.5, 12.7], [1.49, 0.0, 19.51, 15.5]])
     dataset = RevisitopDataset(tmp_path, "tiny")
-    assert dataset.query_boxes == [
-        [2, 4, 10, 13],
-        [1, 0, 20, 16],
-    ]  # round half to even: 2.5 -> 2, 3.5 -> 4
+    # round half to even: 2.5 -> 2, 3.5 -> 4
+    assert dataset.query_boxes == [[2, 4, 10, 13], [1, 0, 20, 16]]
     full = np.asarray(Image.open(tmp_path / "jpg" / "query_0.jpg").convert("RGB"))
     crop, box = dataset.read_query(0)
     assert box == [2, 4, 10, 13]

@@ -114,10 +114,7 @@ def test_errors_are_reported(synthetic, tmp_path, capsys):
     assert "search error" in capsys.readouterr().err
     assert main(["--cfg", TINY_PRESET, str(tmp_path / "missing.jpg"), *options]) == 2
     assert "missing.jpg" in capsys.readouterr().err
-    other = [
-        *options,
-        "MODEL.HEADS.REDUCTION_DIM",
-        "64",
-    ]  # a model the store was not extracted with
+    # a model the store was not extracted with
+    other = [*options, "MODEL.HEADS.REDUCTION_DIM", "64"]
     assert main(["--cfg", TINY_PRESET, str(image), *other]) == 2
     assert "MODEL.HEADS.REDUCTION_DIM" in capsys.readouterr().err

@@ -46,10 +46,8 @@ def planted_pair(seed, planted=60, wrong=40, transform=HOMOGRAPHY, size=300, dim
 def test_known_transform_inliers_are_found(method, transform):
     features = planted_pair(0, planted=60, wrong=40, transform=transform)
     inliers = compute_num_inliers(*features, method=method)
-    assert 60 <= inliers <= 63, (
-        method,
-        inliers,
-    )  # the 40 wrong matches are rejected (a random one may fall close)
+    # the 40 wrong matches are rejected (a random one may fall close)
+    assert 60 <= inliers <= 63, (method, inliers)
     assert compute_num_inliers(*features, method=method) == inliers  # seeded: repeats exactly
 
 
@@ -77,13 +75,11 @@ def test_too_few_or_degenerate_matches_count_zero(method):
     options = VerificationOptions(method=method)
     rng = np.random.default_rng(2)
     assert count_inliers(rng.uniform(0, 99, (3, 2)), rng.uniform(0, 99, (3, 2)), options) == 0
-    assert (
-        count_inliers(np.zeros((30, 2)), np.ones((30, 2)), options) == 0
-    )  # every point the same: no model
+    # every point the same: no model
+    assert count_inliers(np.zeros((30, 2)), np.ones((30, 2)), options) == 0
     points = np.stack([np.arange(30.0), 2 * np.arange(30.0)], axis=1)  # collinear on both sides
-    assert count_inliers(points, points + 5, options) in range(
-        0, 31
-    )  # whatever it is, it does not raise
+    # whatever it is, it does not raise
+    assert count_inliers(points, points + 5, options) in range(0, 31)
     broken = rng.uniform(0, 99, (10, 2))
     broken[0, 0] = np.nan
     assert count_inliers(broken, broken, options) == 0
@@ -106,9 +102,8 @@ def test_putative_matches_equal_a_kd_tree_with_a_distance_bound():
         assert np.array_equal(query_rows, expected) and np.array_equal(
             index_rows, nearest[expected]
         )
-    assert (
-        len(matches[0][0]) >= 80
-    )  # the 80 planted ones (a random pair may fall under 1.0 as well)
+    # the 80 planted ones (a random pair may fall under 1.0 as well)
+    assert len(matches[0][0]) >= 80
 
 
 def test_matching_near_the_distance_bound_equals_float64_brute_force():
@@ -131,9 +126,8 @@ def test_matching_near_the_distance_bound_equals_float64_brute_force():
     first = distances[np.arange(600), nearest]
     assert 100 < np.count_nonzero(np.abs(first - 1.0) < 0.05) and 0.2 < np.mean(first < 1.0) < 0.8
     ((rows, cols),) = putative_matches(query, [index], max_distance=1.0)
-    clear = (
-        np.abs(first - 1.0) > 1e-5
-    )  # leave out the few whose float32 and float64 answers may differ
+    # leave out the few whose float32 and float64 answers may differ
+    clear = np.abs(first - 1.0) > 1e-5
     expected = np.flatnonzero((first < 1.0) & clear)
     assert np.array_equal(np.intersect1d(rows, np.flatnonzero(clear)), expected)
     assert np.array_equal(cols[np.isin(rows, expected)], nearest[expected])
@@ -165,9 +159,8 @@ def test_ratio_test_and_mutual_check_follow_their_definitions():
 def test_rerank_verifies_the_union_once_and_orders_by_inliers_then_global_order():
     planted = [50, 0, 20, 0, 35, 15]
     pairs = [planted_pair(10 + i, planted=count, wrong=10) for i, count in enumerate(planted)]
-    pairs.append(
-        pairs[1]
-    )  # image 6 is a copy of image 1: equal inliers, so the global order must decide
+    # image 6 is a copy of image 1: equal inliers, so the global order must decide
+    pairs.append(pairs[1])
     # one query whose features are the concatenation of every pair's query features
     query_locations = np.concatenate([pair[0] for pair in pairs[:6]])
     query_descriptors = np.concatenate([pair[1] for pair in pairs[:6]])

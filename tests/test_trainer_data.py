@@ -18,9 +18,8 @@ def test_processes_get_disjoint_whole_batches_of_one_permutation():
     shares = [list(sampler) for sampler in samplers]
     assert [len(share) for share in shares] == [8, 8] and samplers[0].batches_per_epoch == 2
     indices = [index for share in shares for index, _, _ in share]
-    assert (
-        len(set(indices)) == 16
-    )  # 23 images, 2 processes x 2 batches x 4: the rest waits for another epoch
+    # 23 images, 2 processes x 2 batches x 4: the rest waits for another epoch
+    assert len(set(indices)) == 16
     positions = sorted(position for share in shares for _, _, position in share)
     assert positions == list(range(16)) and all(
         epoch == 3 for share in shares for _, epoch, _ in share

@@ -73,23 +73,20 @@ def test_two_processes_train_checkpoint_stop_on_sigterm_and_resume(tmp_path):
         tiny_opts(data_root, out_dir, "OPTIM.MAX_ITER", "1000", "TRAIN.CHECKPOINT_ITERS", "3")
     )
     wait_for_iteration(first, out_dir, 5)
-    first.send_signal(
-        signal.SIGTERM
-    )  # to the launcher, which forwards it to both training processes
+    # to the launcher, which forwards it to both training processes
+    first.send_signal(signal.SIGTERM)
     output = first.communicate(timeout=120)[0]
     assert first.returncode == 0, output[-3000:]
     assert "received SIGTERM: checkpointing at the next iteration boundary" in output
     saved = [it for it, _ in list_checkpoints(str(out_dir))]
     stopped_at = saved[-1]
     assert stopped_at >= 5 and len(saved) == 3, saved  # TRAIN.KEEP_CHECKPOINTS 3 (the default)
-    assert all(it % 3 == 0 or it % 4 == 0 for it in saved[:-1]), (
-        saved
-    )  # every 3 iterations and every epoch (4)
+    # every 3 iterations and every epoch (4)
+    assert all(it % 3 == 0 or it % 4 == 0 for it in saved[:-1]), saved
     state = read_training_checkpoint(list_checkpoints(str(out_dir))[-1][1])
     assert len(state["rng"]) == 2  # one RNG state per process
-    assert (
-        max(logged_iterations(out_dir)) == stopped_at
-    )  # stopped at the boundary right after the signal
+    # stopped at the boundary right after the signal
+    assert max(logged_iterations(out_dir)) == stopped_at
 
     second = launch(
         tiny_opts(

@@ -65,9 +65,8 @@ def runs(tmp_path_factory):
     def step_then_signal(*args, **kwargs):
         steps["count"] += 1
         if steps["count"] == STOP_AT:
-            os.kill(
-                os.getpid(), signal.SIGUSR1
-            )  # handled between bytecodes: acted on at the iteration boundary
+            # handled between bytecodes: acted on at the iteration boundary
+            os.kill(os.getpid(), signal.SIGUSR1)
         return real_step(*args, **kwargs)
 
     trainer.train_step = step_then_signal
@@ -86,10 +85,8 @@ def resume_copy(runs, name):
 
 def test_stop_then_resume_gives_identical_weights(runs):
     data_root, out_dir = resume_copy(runs, "resumed")
-    assert [it for it, _ in list_checkpoints(str(out_dir))] == [
-        4,
-        STOP_AT,
-    ]  # epoch end, then the preemption
+    # epoch end, then the preemption
+    assert [it for it, _ in list_checkpoints(str(out_dir))] == [4, STOP_AT]
     assert train(tiny_opts(data_root, out_dir, "TRAIN.AUTO_RESUME", "True")) == 0
     log = (out_dir / "stdout.log").read_text()
     assert (
@@ -100,9 +97,8 @@ def test_stop_then_resume_gives_identical_weights(runs):
     position, weights = final_model(out_dir)
     straight_position, straight_weights = final_model(runs[1] / "straight")
     assert position == straight_position and position["global_iter"] == TOTAL
-    assert_same_weights(
-        weights, straight_weights
-    )  # 0 and 2 loader workers: augmentation seeded per sample
+    # 0 and 2 loader workers: augmentation seeded per sample
+    assert_same_weights(weights, straight_weights)
 
 
 def test_corrupt_newest_checkpoint_falls_back_and_replays_exactly(runs):

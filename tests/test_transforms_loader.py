@@ -32,9 +32,8 @@ def test_normalizer_orders_channels_before_mean_and_std():
     red[0] = 255
     rgb = Normalizer([0.5, 0.25, 0.125], [0.5, 0.5, 0.25], "RGB")(red)
     torch.testing.assert_close(rgb[:, 0, 0], torch.tensor([1.0, -0.5, -0.5]))
-    bgr = Normalizer([0.125, 0.25, 0.5], [0.25, 0.5, 0.5], "BGR")(
-        red
-    )  # mean/std given in BGR order
+    # mean/std given in BGR order
+    bgr = Normalizer([0.125, 0.25, 0.5], [0.25, 0.5, 0.5], "BGR")(red)
     torch.testing.assert_close(bgr[:, 0, 0], torch.tensor([-0.5, -0.5, 1.0]))
     with pytest.raises(ValueError, match="RGB"):
         Normalizer([0, 0, 0], [1, 1, 1], "RBG")
@@ -177,10 +176,8 @@ def test_gldv2_builders_split_and_loaders_count_failures_across_workers(tmp_path
         assert torch.equal(labels, labels_again) and torch.equal(images, images_again)
 
     halves = [build_val_loader(cfg, val, rank, world_size=2) for rank in (0, 1)]
-    assert [sum(len(labels) for _, labels, _ in loader) for loader in halves] == [
-        2,
-        1,
-    ]  # none repeated
+    # none repeated
+    assert [sum(len(labels) for _, labels, _ in loader) for loader in halves] == [2, 1]
 
 
 def test_list_builders_and_test_split_labels(tmp_path):
@@ -198,11 +195,8 @@ def test_list_builders_and_test_split_labels(tmp_path):
         "val_list.txt",
     )
     train, mapping = build_train_dataset(cfg)
-    assert mapping.num_classes == 3 and train.labels.tolist() == [
-        0,
-        2,
-        2,
-    ]  # seed labels are kept as they are
+    # seed labels are kept as they are
+    assert mapping.num_classes == 3 and train.labels.tolist() == [0, 2, 2]
     val, _ = build_val_dataset(cfg)
     assert val.labels.tolist() == [1] and val[0][0].shape == (3, 8, 8)
 
