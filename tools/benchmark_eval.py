@@ -82,8 +82,8 @@ def main():
     gnd_raw = ground_truth["gnd"]
     if args.rows < len(ground_truth["imlist"]):
         parser.error(
-            f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} database images "
-            f"of {args.gnd}"
+            f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} "
+            f"database images of {args.gnd}"
         )
     kappas = (1, 5, 10)
     scores = synthetic_scores(gnd_raw, args.rows)
