@@ -1,5 +1,7 @@
-"""What the evaluation tests on made-up stores share: their options and an ASMK index read back
-from the evaluation's cache."""
+"""What the evaluation and search tests on made-up features share: unit rows, random local
+features, evaluation options and an ASMK index read back from the evaluation's cache."""
+
+import numpy as np
 
 from tools.rerank.asmk_search import (
     AsmkIndex,
@@ -7,6 +9,22 @@ from tools.rerank.asmk_search import (
     local_descriptors_of,
     params_from_cfg,
 )
+
+
+def unit_rows(rows):
+    """The rows scaled to unit L2 norm, as float32."""
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_local(rng, count, dim=32):
+    """Local features of a made-up image: `count` random places in 200 x 200 px, unit scales and
+    scores, random unit descriptors."""
+    return {
+        "locations": rng.uniform(0, 200, (count, 2)).astype(np.float32),
+        "scales": np.ones(count, np.float32),
+        "scores": np.ones(count, np.float32),
+        "descriptors": unit_rows(rng.standard_normal((count, dim))),
+    }
 
 
 def cpu_eval_options(root, dataset, methods, *extra):

@@ -15,7 +15,7 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
-from tests.eval_helpers import cached_asmk_index
+from tests.eval_helpers import cached_asmk_index, unit_rows
 from tests.tiny import TINY_PRESET, extract_tiny_world
 from tools.rerank.asmk_search import local_descriptors_of
 from tools.revisitop.evaluate import main
@@ -131,10 +131,6 @@ def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
 
 
 # ---------------------------------------------------------------------------------- known structure
-def _unit(rows):
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
 def _local(descriptors, rng):
     count = len(descriptors)
     return {
@@ -149,7 +145,7 @@ def make_shared_descriptor_world(root, num_database=40, num_queries=4, seed=0):
     """Random global descriptors; each query's local descriptors are noisy copies of 12 descriptors
     of each of its 6 positives (4 easy, 2 hard), the negatives share none. Returns the raw gnd."""
     rng = np.random.default_rng(seed)
-    database_local = [_unit(rng.standard_normal((50, 32))) for _ in range(num_database)]
+    database_local = [unit_rows(rng.standard_normal((50, 32))) for _ in range(num_database)]
     query_local, gnd = [], []
     for _ in range(num_queries):
         chosen = rng.choice(num_database, 7, replace=False)
@@ -162,7 +158,7 @@ def make_shared_descriptor_world(root, num_database=40, num_queries=4, seed=0):
             }
         )
         copies = [database_local[image][rng.choice(50, 12, replace=False)] for image in chosen[:6]]
-        query_local.append(_unit(np.concatenate(copies) + 0.05 * rng.standard_normal((72, 32))))
+        query_local.append(unit_rows(np.concatenate(copies) + 0.05 * rng.standard_normal((72, 32))))
     imlist, qimlist = (
         [f"db_{i:03d}" for i in range(num_database)],
         [f"q_{i}" for i in range(num_queries)],
@@ -177,7 +173,7 @@ def make_shared_descriptor_world(root, num_database=40, num_queries=4, seed=0):
         write_store(
             root / "features" / f"shared_{role}",
             names,
-            _unit(rng.standard_normal((len(names), 16))),
+            unit_rows(rng.standard_normal((len(names), 16))),
             [_local(descriptors, rng) for descriptors in local],
             provenance=provenance,
         )

@@ -6,7 +6,7 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import write_store
-from tests.eval_helpers import cpu_eval_options
+from tests.eval_helpers import cpu_eval_options, random_local, unit_rows
 from tools.extraction.provenance import ProvenanceMismatch
 from tools.extraction.stores import open_store_pair
 from tools.retrieval.methods import METHODS, format_table, register_method
@@ -24,19 +24,6 @@ PROVENANCE = {
 HOMOGRAPHY = np.array([[0.95, 0.05, 12.0], [-0.04, 1.05, -8.0], [1e-4, 5e-5, 1.0]])
 
 
-def _unit(rows):
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _local(rng, count=80, dim=32):
-    return {
-        "locations": rng.uniform(0, 200, (count, 2)).astype(np.float32),
-        "scales": np.ones(count, np.float32),
-        "scores": np.ones(count, np.float32),
-        "descriptors": _unit(rng.standard_normal((count, dim))),
-    }
-
-
 def make_world(
     root, num_database=40, num_queries=5, distractors=0, database_provenance=PROVENANCE, seed=0
 ):
@@ -46,10 +33,10 @@ def make_world(
     rng = np.random.default_rng(seed)
     imlist = [f"db_{i:03d}" for i in range(num_database)]
     qimlist = [f"q_{i}" for i in range(num_queries)]
-    queries = _unit(rng.standard_normal((num_queries, 16)))
-    database = _unit(rng.standard_normal((num_database + distractors, 16)))
-    query_local = [_local(rng, count=200) for _ in qimlist]  # room for 6 x 30 planted matches
-    database_local = [_local(rng) for _ in range(num_database + distractors)]
+    queries = unit_rows(rng.standard_normal((num_queries, 16)))
+    database = unit_rows(rng.standard_normal((num_database + distractors, 16)))
+    query_local = [random_local(rng, 200) for _ in qimlist]  # room for 6 x 30 planted matches
+    database_local = [random_local(rng, 80) for _ in range(num_database + distractors)]
     gnd = []
     for query in range(num_queries):
         chosen = rng.choice(num_database, 8, replace=False)
@@ -62,11 +49,11 @@ def make_world(
                 "junk": junk.tolist(),
             }
         )
-        database[easy] = _unit(queries[query] + 0.3 * rng.standard_normal((3, 16)))
+        database[easy] = unit_rows(queries[query] + 0.3 * rng.standard_normal((3, 16)))
         for slot, image in enumerate(np.concatenate([easy, hard])):
             rows, source = np.arange(30 * slot, 30 * slot + 30), rng.choice(80, 30, replace=False)
             features = database_local[image]
-            query_local[query]["descriptors"][rows] = _unit(
+            query_local[query]["descriptors"][rows] = unit_rows(
                 features["descriptors"][source] + 0.02 * rng.standard_normal((30, 32))
             )
             points = (

@@ -7,7 +7,7 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
-from tests.eval_helpers import cached_asmk_index, cpu_eval_options
+from tests.eval_helpers import cached_asmk_index, cpu_eval_options, random_local, unit_rows
 from tools.rerank.asmk_search import local_descriptors_of
 from tools.retrieval.gldv2_metric import (
     mean_average_precision_at_k,
@@ -50,19 +50,6 @@ GLOBAL_AP = {"q0": (1 + 2 / 3) / 2, "q1": 1 / 2, "q4": (1 + 2 / 3 + 3 / 8) / 3, 
 SV_AP = {"q0": (1 + 2 / 3) / 2, "q1": 1.0, "q4": (1 + 1 + 3 / 4) / 3, "q5": 0.0}
 
 
-def _unit(rows):
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _local(rng, count=60, dim=32):
-    return {
-        "locations": rng.uniform(0, 200, (count, 2)).astype(np.float32),
-        "scales": np.ones(count, np.float32),
-        "scores": np.ones(count, np.float32),
-        "descriptors": _unit(rng.standard_normal((count, dim))),
-    }
-
-
 def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
     rng = np.random.default_rng(0)
     index_names = [f"i{i}" for i in range(12)]
@@ -72,12 +59,12 @@ def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
     for row, name in enumerate(query_names):
         for image, weight in QUERY_WEIGHTS[name].items():
             query_global[row, image] = weight
-    index_local = [_local(rng) for _ in index_names]
-    query_local = [_local(rng) for _ in query_names]
+    index_local = [random_local(rng, 60) for _ in index_names]
+    query_local = [random_local(rng, 60) for _ in query_names]
     for name, image in PLANTED.items():
         features, query = index_local[image], query_local[query_names.index(name)]
         source = rng.choice(60, 30, replace=False)
-        query["descriptors"][:30] = _unit(
+        query["descriptors"][:30] = unit_rows(
             features["descriptors"][source] + 0.02 * rng.standard_normal((30, 32))
         )
         points = (
@@ -89,7 +76,7 @@ def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
     write_store(
         features / store_names[0],
         query_names,
-        _unit(query_global),
+        unit_rows(query_global),
         query_local,
         provenance=PROVENANCE,
     )

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.eval_helpers import unit_rows
 from tools.retrieval.global_search import (
     exact_search,
     faiss_search,
@@ -12,10 +13,6 @@ from tools.retrieval.global_search import (
 from tools.revisitop.context import global_pass
 from tools.revisitop.metrics import compute_map, protocol_results_from_ranks
 from tools.revisitop.protocols import protocol_gnds
-
-
-def _unit(rows):
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _brute_force(queries, database, k):
@@ -38,10 +35,10 @@ def test_order_keys_sort_like_a_stable_descending_argsort():
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_exact_search_matches_brute_force_on_a_memory_mapped_store(tmp_path, dtype):
     rng = np.random.default_rng(0)
-    database = _unit(rng.standard_normal((1000, 32))).astype(dtype)
+    database = unit_rows(rng.standard_normal((1000, 32))).astype(dtype)
     np.save(tmp_path / "db.npy", database)
     database = np.load(tmp_path / "db.npy", mmap_mode="r")
-    queries = _unit(rng.standard_normal((7, 32)))
+    queries = unit_rows(rng.standard_normal((7, 32)))
     scores, indices = exact_search(queries, database, k=25, chunk_size=333)
     expected_scores, expected_indices = _brute_force(queries, database, 25)
     assert indices.dtype == np.int64 and indices.shape == (7, 25)
@@ -71,7 +68,10 @@ def test_chunks_never_exceed_the_chunk_size():
 
 def test_faiss_gives_the_same_top_k():
     rng = np.random.default_rng(1)
-    database, queries = _unit(rng.standard_normal((500, 16))), _unit(rng.standard_normal((5, 16)))
+    database, queries = (
+        unit_rows(rng.standard_normal((500, 16))),
+        unit_rows(rng.standard_normal((5, 16))),
+    )
     exact = search(queries, database, 20, chunk_size=128)
     approx = faiss_search(queries, database, 20, chunk_size=128)
     assert np.array_equal(exact[1], approx[1]) and np.allclose(exact[0], approx[0], atol=1e-5)
@@ -80,7 +80,10 @@ def test_faiss_gives_the_same_top_k():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_search_matches_cpu():
     rng = np.random.default_rng(2)
-    database, queries = _unit(rng.standard_normal((3000, 64))), _unit(rng.standard_normal((9, 64)))
+    database, queries = (
+        unit_rows(rng.standard_normal((3000, 64))),
+        unit_rows(rng.standard_normal((9, 64))),
+    )
     cpu = exact_search(queries, database, 50, chunk_size=1000, device="cpu")
     gpu = exact_search(queries, database, 50, chunk_size=1000, device="cuda")
     assert np.array_equal(cpu[1], gpu[1])
@@ -108,8 +111,8 @@ def test_streaming_pass_gives_exact_full_database_metrics():
     rng = np.random.default_rng(3)
     num_database, num_queries = 2000, 6
     database, queries = (
-        _unit(rng.standard_normal((num_database, 24))),
-        _unit(rng.standard_normal((num_queries, 24))),
+        unit_rows(rng.standard_normal((num_database, 24))),
+        unit_rows(rng.standard_normal((num_queries, 24))),
     )
     gnd_raw = []
     for _ in range(num_queries):
