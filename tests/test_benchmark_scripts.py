@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.tiny import REPO, TINY_R18
+from tests.tiny import REPO, TINY_HEADS, TINY_R18
 
 SHARED_GND = REPO.parent / "shared" / "data" / "revisitop" / "gnd_roxford5k.pkl"
 HEADLINE = re.compile(r"^ratio: \d+(\.\d+)?$")
@@ -38,12 +38,7 @@ CASES = {
         "128",
         "EXTRACT.MAX_FEATURES",
         "50",
-        "MODEL.HEADS.REDUCTION_DIM",
-        "32",
-        "MODEL.LOCAL.ATTENTION_DIM",
-        "32",
-        "MODEL.LOCAL.DESCRIPTOR_DIM",
-        "16",
+        *TINY_HEADS,
     ],
     "rerank": ["--pairs", "3", "--baseline-pairs", "2"],
     "dba": ["--rows", "3000", "--dim", "32"],

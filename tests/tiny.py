@@ -9,16 +9,21 @@ from datasets.synthetic import generate
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = str(REPO / "configs" / "synthetic" / "delg_tiny_cpu.yaml")
 
-# A quarter-width ResNet-18 with 32-d heads: a training step of 8 crops of 64 px takes milliseconds.
-TINY_TRAINING = [
-    "RESNET.WIDTH_PER_GROUP",
-    "16",
+# 32-d heads: a 32-d embedding and attention, 16-d local descriptors.
+TINY_HEADS = [
     "MODEL.HEADS.REDUCTION_DIM",
     "32",
     "MODEL.LOCAL.ATTENTION_DIM",
     "32",
     "MODEL.LOCAL.DESCRIPTOR_DIM",
     "16",
+]
+
+# A quarter-width ResNet-18 with 32-d heads: a training step of 8 crops of 64 px takes milliseconds.
+TINY_TRAINING = [
+    "RESNET.WIDTH_PER_GROUP",
+    "16",
+    *TINY_HEADS,
     "TRAIN.VAL_FRACTION",
     "0.25",
     "TRAIN.BATCH_SIZE",
