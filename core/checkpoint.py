@@ -262,8 +262,7 @@ def restore_process_rng(rng_states, rank, world_size, report):
     if len(rng_states) != world_size:
         report(
             f"the checkpoint holds RNG states of {len(rng_states)} processes, this run has "
-            f"{world_size}: all "
-            "take process 0's"
+            f"{world_size}: all take process 0's"
         )
         rank = 0
     restore_rng_state(rng_states[rank])

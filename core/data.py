@@ -40,8 +40,7 @@ class ResumableDistributedSampler(Sampler):
         if self.batches_per_epoch == 0:
             raise ValueError(
                 f"the training set has {num_samples} images, fewer than one batch of {batch_size} "
-                "images for each "
-                f"of {num_replicas} processes; lower TRAIN.BATCH_SIZE"
+                f"images for each of {num_replicas} processes; lower TRAIN.BATCH_SIZE"
             )
         self.epoch = 0
         self.start_batch = 0

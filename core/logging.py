@@ -115,11 +115,9 @@ def train_line(record):
     )
     return (
         f"epoch {record['epoch'] + 1}/{record['max_epoch']} iter "
-        f"{record['iter_in_epoch']}/{record['epoch_iters']}"
-        f" (total {record['iter']}/{record['max_iter']}) loss={record['loss']:.4f} {losses}"
-        f" top1_err global={record['global_top1_err']:.2f}% "
-        f"attention={record['attention_top1_err']:.2f}%"
-        f" lr={record['lr']:.3e} {record['images_per_sec']:.1f} im/s eta "
-        f"{format_eta(record['eta_seconds'])}"
-        f" mem {record['peak_mem_mb']:.0f}MB"
+        f"{record['iter_in_epoch']}/{record['epoch_iters']} (total "
+        f"{record['iter']}/{record['max_iter']}) loss={record['loss']:.4f} {losses} top1_err "
+        f"global={record['global_top1_err']:.2f}% attention={record['attention_top1_err']:.2f}% "
+        f"lr={record['lr']:.3e} {record['images_per_sec']:.1f} im/s eta "
+        f"{format_eta(record['eta_seconds'])} mem {record['peak_mem_mb']:.0f}MB"
     )

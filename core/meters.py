@@ -82,9 +82,8 @@ class ErrorCounter:
 
     def __init__(self, names, device="cpu"):
         self.names = list(names)
-        self.counts = torch.zeros(
-            len(self.names) + 1, dtype=torch.float64, device=device
-        )  # errors..., samples
+        # errors..., samples
+        self.counts = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=device)
 
     def add(self, logits_by_name, labels):
         for i, name in enumerate(self.names):

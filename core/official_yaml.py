@@ -75,8 +75,8 @@ def official_yaml(settings, release, layout_line):
     header = (
         f"# Official DELG {release}: {layout_line}.\n"
         "# Written by tools/convert_official.py; use with TEST.WEIGHTS (extraction) or\n"
-        "# TRAIN.WEIGHTS"
-        " (fine-tuning) set to the .pth written beside it. See docs/official_weights.md.\n"
+        "# TRAIN.WEIGHTS (fine-tuning) set to the .pth written beside it. "
+        "See docs/official_weights.md.\n"
     )
     body = yaml.dump(official_values(settings), Dumper=_Dumper, sort_keys=False)
     return header + body

@@ -208,8 +208,7 @@ class LoadReport:
     def lines(self):
         lines = [
             f"weights {self.path} ({FORMAT_NAMES[self.source]}): loaded {len(self.loaded)} of "
-            f"{self.total} "
-            f"model tensors"
+            f"{self.total} model tensors"
         ]
         if self.unused:
             lines[0] += (
@@ -224,8 +223,7 @@ class LoadReport:
         for key, file_shape, model_shape in self.skipped_classifier:
             lines.append(
                 f"  classifier left out: {key} is {file_shape} in the file, {model_shape} in the "
-                "model "
-                f"(another number of classes); it keeps its initialisation"
+                "model (another number of classes); it keeps its initialisation"
             )
         if self.missing:
             lines.append(
@@ -269,9 +267,8 @@ def _is_backbone(key):
 
 
 def _counts(key):
-    return not key.endswith(
-        "num_batches_tracked"
-    )  # absent from old checkpoints; harmless to keep at zero
+    # absent from old checkpoints; harmless to keep at zero
+    return not key.endswith("num_batches_tracked")
 
 
 def load_weights(model, path, log=print, strict=False, unused=()):
@@ -291,9 +288,8 @@ def load_weights(model, path, log=print, strict=False, unused=()):
         first = ", ".join(list(state)[:5])
         raise WeightsError(
             f"{path}: unrecognised parameter names (first: {first}); expected this framework's "
-            "(backbone.*), the seed's (globalmodel.*), torchvision's (conv1.*, layer1.*) or "
-            "pycls' "
-            f"(stem.*, s1.*)"
+            "(backbone.*), the seed's (globalmodel.*), torchvision's (conv1.*, layer1.*) or pycls' "
+            "(stem.*, s1.*)"
         )
     converted, dropped = CONVERTERS[source](state)
     target = model.state_dict()
@@ -322,10 +318,8 @@ def load_weights(model, path, log=print, strict=False, unused=()):
     if source == "torchvision" and getattr(getattr(model, "backbone", None), "stride_1x1", False):
         log(
             "note: torchvision ResNets stride on the 3x3 conv; this model strides on the 1x1 "
-            "(RESNET.STRIDE_1X1 True, "
-            "the official layout): the weights fit and fine-tuning adapts them; set "
-            "RESNET.STRIDE_1X1 False to keep "
-            "torchvision's layout"
+            "(RESNET.STRIDE_1X1 True, the official layout): the weights fit and fine-tuning adapts "
+            "them; set RESNET.STRIDE_1X1 False to keep torchvision's layout"
         )
     return report
 

@@ -67,9 +67,9 @@ def format_parameters(params):
 def format_complexity(report):
     params, (height, width) = report["parameters"], report["input_size"]
     return (
-        f"{format_parameters(params)}; "
-        f"extraction at {height}x{width}: {report['flops'] / 1e9:.2f} GFLOPs (global only "
-        f"{report['flops_global'] / 1e9:.2f}, local only {report['flops_local'] / 1e9:.2f})"
+        f"{format_parameters(params)}; extraction at {height}x{width}: {report['flops'] / 1e9:.2f} "
+        f"GFLOPs (global only {report['flops_global'] / 1e9:.2f}, local only "
+        f"{report['flops_local'] / 1e9:.2f})"
     )
 
 

@@ -137,8 +137,7 @@ def build_model(cfg):
     model_cfg, heads, local = cfg.MODEL, cfg.MODEL.HEADS, cfg.MODEL.LOCAL
     if model_cfg.NUM_CLASSES <= 0:
         raise ConfigError(
-            "MODEL.NUM_CLASSES must be > 0 to build the model (the trainer sets it from the "
-            "data); "
+            "MODEL.NUM_CLASSES must be > 0 to build the model (the trainer sets it from the data); "
             f"got {model_cfg.NUM_CLASSES}"
         )
     if heads.REDUCTION_DIM <= 0:
@@ -151,10 +150,9 @@ def build_model(cfg):
         )
     if local.TYPE == "seed" and local.DESCRIPTOR_DIM != local.ATTENTION_DIM:
         raise ConfigError(
-            f"MODEL.LOCAL.TYPE seed uses the attention network's hidden map as descriptor: "
+            "MODEL.LOCAL.TYPE seed uses the attention network's hidden map as descriptor: "
             f"MODEL.LOCAL.DESCRIPTOR_DIM ({local.DESCRIPTOR_DIM}) must equal "
-            "MODEL.LOCAL.ATTENTION_DIM "
-            f"({local.ATTENTION_DIM})"
+            f"MODEL.LOCAL.ATTENTION_DIM ({local.ATTENTION_DIM})"
         )
     _check_attention_input(local)
     margin_head = MARGIN_HEADS.get(heads.MARGIN_TYPE)(

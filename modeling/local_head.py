@@ -69,8 +69,8 @@ class Autoencoder(nn.Module):
 
 
 def attention_pool(features, attention):
-    """mean over h, w of attention * L2-normalised features: [B, C, h, w], [B, 1, h, w] -> [B,
-    C]."""
+    """mean over h, w of attention * L2-normalised features:
+    [B, C, h, w], [B, 1, h, w] -> [B, C]."""
     return (attention * F.normalize(features, dim=1)).mean(dim=(2, 3))
 
 
@@ -135,8 +135,7 @@ class SeedLocalHead(nn.Module):
         if descriptor_dim != attention_dim:
             raise ValueError(
                 "the seed local head's descriptor is the attention network's hidden map: "
-                "descriptor "
-                f"dim {descriptor_dim} must equal attention dim {attention_dim}"
+                f"descriptor dim {descriptor_dim} must equal attention dim {attention_dim}"
             )
         self.attention = AttentionNetwork(in_channels, attention_dim, bn_eps, bn_momentum)
         self.descriptor_dim = descriptor_dim

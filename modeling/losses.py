@@ -42,8 +42,7 @@ def build_loss(cfg):
     if cfg.MODEL.LOSS_FUN != "cross_entropy":
         raise ConfigError(
             "MODEL.LOSS_FUN must be cross_entropy (DELG trains with cross-entropy on margin "
-            "logits), "
-            f"got {cfg.MODEL.LOSS_FUN!r}"
+            f"logits), got {cfg.MODEL.LOSS_FUN!r}"
         )
     weights = cfg.MODEL.LOSSES
     return DelgLoss(weights.GLOBAL_WEIGHT, weights.ATTENTION_WEIGHT, weights.RECONSTRUCTION_WEIGHT)

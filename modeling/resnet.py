@@ -149,9 +149,8 @@ class ResNet(nn.Module):
             raise ValueError(f"local stride must be 16 or 32, got {local_stride}")
         block = block or STANDARD_BLOCK[depth]
         block_class = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
-        self.stride_1x1 = (
-            stride_1x1 and block_class is Bottleneck
-        )  # basic blocks have no 1x1 conv to stride
+        # basic blocks have no 1x1 conv to stride
+        self.stride_1x1 = stride_1x1 and block_class is Bottleneck
         if groups > 1 and block_class is BasicBlock:
             raise ValueError("grouped convolutions (ResNeXt) need bottleneck blocks")
         norm_layer = functools.partial(nn.BatchNorm2d, eps=bn_eps, momentum=bn_momentum)
