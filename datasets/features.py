@@ -39,9 +39,8 @@ def write_store(
         raise FeatureStoreError(f"{folder}: nothing to write (no global and no local features)")
     check_free_space(folder, _bytes_of(global_descriptors, local_features), f"the store {folder}")
     meta_path = os.path.join(folder, "meta.json")
-    if os.path.isfile(
-        meta_path
-    ):  # rewriting a store: it must not open while old and new arrays are mixed
+    # rewriting a store: it must not open while old and new arrays are mixed
+    if os.path.isfile(meta_path):
         os.remove(meta_path)
     meta = {
         "format_version": FORMAT_VERSION,

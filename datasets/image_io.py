@@ -46,9 +46,8 @@ def read_image(path):
         raise ImageReadError(path, f"too many pixels ({error})") from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(path, "not an image format PIL recognises") from None
-    except (
-        Exception
-    ) as error:  # PIL decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+    # PIL decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+    except Exception as error:
         reason = str(error) or type(error).__name__
         raise ImageReadError(path, f"undecodable ({reason})") from None
 

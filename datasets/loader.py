@@ -113,9 +113,8 @@ class FailureBudget:
         if self.failed > self.max_fraction * max(self.seen, self.min_images):
             raise TooManyBadImagesError(
                 f"{self.failed} of {self.seen} images ({100 * self.fraction:.2f}%) could not be "
-                "read, more than "
-                f"{self.setting} = {self.max_fraction} allows; the log names each file and the "
-                "reason"
+                f"read, more than {self.setting} = {self.max_fraction} allows; the log names each "
+                "file and the reason"
             )
 
     def state_dict(self):

@@ -159,8 +159,8 @@ class RevisitopDataset:
         if not crop_queries:
             logger.warning(
                 "%s: queries are NOT cropped to their bounding boxes; the benchmark's protocol "
-                "crops them and "
-                "results on full query images are not comparable to published numbers",
+                "crops them and results on full query images are not comparable to published "
+                "numbers",
                 name,
             )
 

@@ -94,8 +94,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise UnsafePickleError(
                 f"{self.source}: refusing to load global {module}.{name}; this reader only accepts "
-                "lists, dicts, "
-                f"numbers, strings and numpy arrays"
+                "lists, dicts, numbers, strings and numpy arrays"
             ) from None
 
     def persistent_load(self, pid):

@@ -230,9 +230,8 @@ def _test_job(seed, spec, index, n_queries, n_views, distractor_views):
 
 
 def _call(job):
-    cv2.setNumThreads(
-        1
-    )  # per-process; results do not depend on it, but two busy workers should not oversubscribe
+    # per-process; results do not depend on it, but two busy workers should not oversubscribe
+    cv2.setNumThreads(1)
     function, args = job
     return function(*args)
 
