@@ -4,19 +4,16 @@ avoid.
     python tools/benchmark_extract.py [--cfg FILE] [--image PATH] [--runs 3] [KEY VALUE ...]
 
 (a) full extraction (tools.extraction.pyramid.extract_image): pyramid resizes, one pass per scale,
-local heads at
-    the local scales, global head at the global scales, selection of the top features, copy to host
-    memory;
+    local heads at the local scales, global head at the global scales, selection of the top
+    features, copy to host memory;
 (b) the bare backbone on the same image and weights: block3 at every local scale plus block4 at the
-global scales,
-    on inputs resized beforehand.
+    global scales, on inputs resized beforehand.
 Defaults: ResNet-50 at stride 16, a 1024 x 768 image, 7 local + 3 global scales, top 1000 with
-threshold 0 (so the
-selection always has 1000 to pick). They override --cfg; KEY VALUE pairs override both. Prints
-seconds per image (median of --runs after one warm-up each; on CPU also the process's CPU time,
-which a busy shared machine distorts less than wall time), the parts of the added work timed one by
-one (pyramid resizes, heads, selection), the store's bytes per image, and last ``ratio: <a / b>`` of
-the wall-clock medians.
+threshold 0 (so the selection always has 1000 to pick). They override --cfg; KEY VALUE pairs
+override both. Prints seconds per image (median of --runs after one warm-up each; on CPU also the
+process's CPU time, which a busy shared machine distorts less than wall time), the parts of the
+added work timed one by one (pyramid resizes, heads, selection), the store's bytes per image, and
+last ``ratio: <a / b>`` of the wall-clock medians.
 """
 
 import pathlib
@@ -198,8 +195,7 @@ def benchmark(cfg, image, runs):
         bare_times.append(bare_time)
         print(
             f"run {run + 1}: full {full_time[0]:.3f} s (CPU {full_time[1]:.3f} s), bare "
-            f"{bare_time[0]:.3f} s "
-            f"(CPU {bare_time[1]:.3f} s)",
+            f"{bare_time[0]:.3f} s (CPU {bare_time[1]:.3f} s)",
             flush=True,
         )
     parts = added_work(model, normalised, inputs, image.shape[:2], geometry, settings, device, runs)
@@ -246,9 +242,9 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     print(
         f"model ResNet-{cfg.MODEL.DEPTH} stride {cfg.MODEL.LOCAL_STRIDE}, image {image.shape[1]} x "
-        f"{image.shape[0]}, "
-        f"{len(cfg.EXTRACT.LOCAL_SCALES)} local + {len(cfg.EXTRACT.GLOBAL_SCALES)} global scales, "
-        f"top {cfg.EXTRACT.MAX_FEATURES}, torch threads {torch.get_num_threads()}",
+        f"{image.shape[0]}, {len(cfg.EXTRACT.LOCAL_SCALES)} local + "
+        f"{len(cfg.EXTRACT.GLOBAL_SCALES)} global scales, top {cfg.EXTRACT.MAX_FEATURES}, "
+        f"torch threads {torch.get_num_threads()}",
         flush=True,
     )
     result = benchmark(cfg, image, args.runs)
@@ -270,14 +266,13 @@ def main(argv=None):
     print(
         f"features: {result['num_local']} local, {result['global_dim']}-d global; store "
         f"{result['bytes_per_image']:.0f} bytes per image "
-        f"({'float16' if cfg.EXTRACT.FLOAT16 else 'float32'} "
-        f"descriptors)"
+        f"({'float16' if cfg.EXTRACT.FLOAT16 else 'float32'} descriptors)"
     )
     if result["device"] == "cpu":  # CPU time is what a shared, busy machine distorts least
         print(
             f"CPU time per image (all threads): full {result['full_cpu']:.3f} s, bare "
-            f"{result['bare_cpu']:.3f} s, "
-            f"CPU-time ratio {result['full_cpu'] / result['bare_cpu']:.3f}"
+            f"{result['bare_cpu']:.3f} s, CPU-time ratio "
+            f"{result['full_cpu'] / result['bare_cpu']:.3f}"
         )
     print(f"ratio: {result['full'] / result['bare']:.3f}")
     return 0

@@ -64,15 +64,12 @@ def main(argv=None):
     )
     print(
         f"  train: {train['classes']} landmarks x {summary['spec']['train_per_class']} = "
-        f"{train['images']} images, "
-        f"{train['csv']}"
+        f"{train['images']} images, {train['csv']}"
     )
     print(
         f"  test:  {test['queries']} queries of {test['test_landmarks']} landmarks, "
-        f"{test['database']} database "
-        f"images ({test['distractor_landmarks']} look-alike distractor landmarks), labels "
-        f"{test['labels']}, "
-        f"{test['gnd']}"
+        f"{test['database']} database images ({test['distractor_landmarks']} look-alike distractor "
+        f"landmarks), labels {test['labels']}, {test['gnd']}"
     )
     print(f"  time:  {time.perf_counter() - start:.1f} s")
 

@@ -1,9 +1,9 @@
-"""What a config builds: parameters of each part, extraction FLOPs at an image size, and the
+r"""What a config builds: parameters of each part, extraction FLOPs at an image size, and the
 geometry of the local features (receptive field, stride, padding), computed on PyTorch's meta device
 (no weights, no arithmetic).
 
-    python tools/model_info.py --cfg configs/delg/r50_delg_gldv2clean_8gpu.yaml [--size 1024] [KEY
-    VALUE ...]
+    python tools/model_info.py --cfg configs/delg/r50_delg_gldv2clean_8gpu.yaml [--size 1024] \
+        [KEY VALUE ...]
 """
 
 import pathlib

@@ -1,8 +1,8 @@
-"""Search a feature store with one image: global top-k, optionally re-ranked by spatial
+r"""Search a feature store with one image: global top-k, optionally re-ranked by spatial
 verification.
 
-    python tools/search.py --cfg FILE IMAGE [--store DIR] [--topk K] [--sv] [--draw PNG] [KEY VALUE
-    ...]
+    python tools/search.py --cfg FILE IMAGE [--store DIR] [--topk K] [--sv] [--draw PNG] \
+        [KEY VALUE ...]
 
 The image is extracted with the extractor's code (model from the config and TEST.WEIGHTS, EXTRACT.*
 settings); the store defaults to the EVAL.DATASET database store under the features folder. Prints

@@ -2,9 +2,9 @@
 read.
 
 Coordinates are (x, y) pixel indices: pixel (0, 0) is the top-left pixel and its centre is at 0.0. A
-cell's receptive field in the network input is ``stride * index - padding`` to ``... +
-receptive_field - 1`` (the official DELG box). The network input is the image as read after two
-resizes (the ``EXTRACT.MAX_IMAGE_SIZE`` limit and the pyramid scale); both are folded into one
+cell's receptive field in the network input is ``stride * index - padding`` to
+``... + receptive_field - 1`` (the official DELG box). The network input is the image as read after
+two resizes (the ``EXTRACT.MAX_IMAGE_SIZE`` limit and the pyramid scale); both are folded into one
 factor per axis, ``network size / image size``, taken from the actual integer sizes so that rounding
 of the resized sizes is accounted for.
 
@@ -14,10 +14,11 @@ the scale only; the two differ by ``0.5 * (1 / f - 1)`` pixels (1.5 px at scale 
 spatial-verification tolerances, but ours keeps a 2x upscaled image's keypoints at exactly twice the
 coordinates (+0.5) of the original's.
 
-``EXTRACT.LOCATIONS official`` stores the official keypoints instead: the cell centre ``stride *
-index`` (the official boxes use rf 291 and padding 145 = (rf - 1) / 2 whatever the backbone's
-actual padding), divided by the float32 pyramid scale and by the ``EXTRACT.MAX_IMAGE_SIZE`` resize
-factor (resized / read size per axis) -- the official (y, x) swapped to (x, y).
+``EXTRACT.LOCATIONS official`` stores the official keypoints instead: the cell centre
+``stride * index`` (the official boxes use rf 291 and padding 145 = (rf - 1) / 2 whatever the
+backbone's actual padding), divided by the float32 pyramid scale and by the
+``EXTRACT.MAX_IMAGE_SIZE`` resize factor (resized / read size per axis) -- the official (y, x)
+swapped to (x, y).
 """
 
 import torch
@@ -50,8 +51,8 @@ def box_centres(boxes):
 
 
 def resize_factors(image_size, network_size):
-    """Per-axis factors (fx, fy) from the image as read to the network input; sizes are (height,
-    width)."""
+    """Per-axis factors (fx, fy) from the image as read to the network input; sizes are
+    (height, width)."""
     (image_height, image_width), (network_height, network_width) = image_size, network_size
     return network_width / image_width, network_height / image_height
 

@@ -200,9 +200,8 @@ class OnDemandLocalFeatures:
         number = len(os.listdir(self.folder)) if os.path.isdir(self.folder) else 0
         unique = uuid.uuid4().hex[:8]  # concurrent runs never write the same folder
         target = os.path.join(self.folder, f"{PART_PREFIX}{number:06d}-{unique}")
-        temporary = os.path.join(
-            self.folder, f"partial-{unique}"
-        )  # never read: only part-* folders are
+        # never read: only part-* folders are
+        temporary = os.path.join(self.folder, f"partial-{unique}")
         crop_boxes = {
             result["name"]: list(result["crop_box"])
             for result in results

@@ -4,8 +4,9 @@ EXTRACT.SIZE_ROUNDING).
 Resize variants of a normalised float [B, C, H, W] image:
 - ``antialias`` (ours): bilinear with antialiasing (``F.interpolate(antialias=True)``), so that
   downscaling does not alias.
-- ``bilinear``: no antialiasing, half-pixel centres, source coordinate ``(i + 0.5) * in / out -
-  0.5``: TensorFlow 2 ``tf.image.resize(method="bilinear")``, the official TF2 export.
+- ``bilinear``: no antialiasing, half-pixel centres, source coordinate
+  ``(i + 0.5) * in / out - 0.5``: TensorFlow 2 ``tf.image.resize(method="bilinear")``, the official
+  TF2 export.
 - ``bilinear_legacy``: no antialiasing, no half-pixel offset, source coordinate ``i * in / out``:
   TensorFlow 1 ``resize_bilinear(align_corners=False, half_pixel_centers=False)``, the TF1-era
   extractor. PyTorch has no such mode.

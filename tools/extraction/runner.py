@@ -43,9 +43,8 @@ logger = logging.getLogger(__name__)
 
 # fault injection for tests: die abruptly after writing N shards
 ABORT_ENV = "DELG_EXTRACT_ABORT_AFTER_SHARDS"
-BARRIER_TIMEOUT = datetime.timedelta(
-    hours=24
-)  # rank 0 waits at the barrier for the slowest rank's last shard
+# rank 0 waits at the barrier for the slowest rank's last shard
+BARRIER_TIMEOUT = datetime.timedelta(hours=24)
 
 
 # ----------------------------------------------------------------------------------------- builders
@@ -224,9 +223,8 @@ class Extractor:
         features = extract_image(
             self.model, image, tuple(item["image_size"]), self.geometry, self.settings
         )
-        if (
-            self.float16 and features["local"] is not None
-        ):  # halves the memory a shard holds until it is written
+        # halves the memory a shard holds until it is written
+        if self.float16 and features["local"] is not None:
             features["local"]["descriptors"] = features["local"]["descriptors"].astype("float16")
         return dict(features, name=item["name"], crop_box=item["crop_box"])
 

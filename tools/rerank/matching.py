@@ -67,9 +67,8 @@ def _candidate_rows(query_bf16, query_norms, augmented, counts, dim, max_distanc
     largest = (
         float(np.sqrt(max(-2.0 * augmented[:, :, dim][real].min(), 0.0))) if real.any() else 0.0
     )
-    shift = (
-        float(np.sqrt(query_norms.max())) * largest + 0.5 * largest**2 + 1.0
-    )  # a + shift >= 1 everywhere
+    # a + shift >= 1 everywhere
+    shift = float(np.sqrt(query_norms.max())) * largest + 0.5 * largest**2 + 1.0
     shifted = augmented.copy()
     shifted[:, :, dim][real] += shift
     index = (
@@ -87,11 +86,10 @@ def _candidate_rows(query_bf16, query_norms, augmented, counts, dim, max_distanc
 
 
 def _match_image(query, query_norms, rows, index, dim, max_distance, ratio_test, mutual):
-    """Exact float32 matching of query rows `rows` against one image's augmented descriptors [n,
-    width]."""
-    affinity = (
-        torch.mm(query[rows, : dim + 1], index[:, : dim + 1].T).cpu().numpy()
-    )  # [r, n], no alignment zeros
+    """Exact float32 matching of query rows `rows` against one image's augmented descriptors
+    [n, width]."""
+    # [r, n], no alignment zeros
+    affinity = torch.mm(query[rows, : dim + 1], index[:, : dim + 1].T).cpu().numpy()
     nearest = affinity.argmax(axis=1)
     best = affinity[np.arange(len(rows)), nearest]
     distance_sq = query_norms[rows] - 2.0 * best
@@ -100,9 +98,8 @@ def _match_image(query, query_norms, rows, index, dim, max_distance, ratio_test,
         affinity[np.arange(len(rows)), nearest] = -np.inf
         keep &= distance_sq < ratio_test**2 * (query_norms[rows] - 2.0 * affinity.max(axis=1))
     rows, nearest = rows[keep], nearest[keep]
-    if mutual and len(
-        rows
-    ):  # nearest query descriptor of each matched index descriptor: argmax_q q.x - ||q||^2/2
+    # nearest query descriptor of each matched index descriptor: argmax_q q.x - ||q||^2/2
+    if mutual and len(rows):
         backward = (
             torch.mm(query[:, :dim], index[nearest, :dim].T).cpu().numpy()
             - 0.5 * query_norms[:, None]
@@ -148,8 +145,7 @@ def putative_matches(
         if len(descriptors) and np.shape(descriptors)[1] != dim:
             raise ValueError(
                 f"index image {position}: descriptor dimension {np.shape(descriptors)[1]} differs "
-                "from "
-                f"the query's {dim}"
+                f"from the query's {dim}"
             )
     query = np.zeros((len(query_descriptors), _width(dim)), dtype=np.float32)
     query[:, :dim] = query_descriptors

@@ -65,9 +65,8 @@ def first_k(scores, indices, k):
 
 def as_float32_rows(array, start, stop, device):
     """Rows start:stop of a (memory-mapped) array as a float32 tensor on device."""
-    rows = np.array(
-        array[start:stop], dtype=np.float32
-    )  # a writable copy (memory maps are read-only)
+    # a writable copy (memory maps are read-only)
+    rows = np.array(array[start:stop], dtype=np.float32)
     return torch.from_numpy(rows).to(device, non_blocking=True)
 
 

@@ -3,17 +3,16 @@ tools/rerank/asmk_search.py).
 
     asmk          ranks the whole database by ASMK similarity to each query (local features only)
     asmk_rerank   re-orders each query's global shortlist (the first SV.SHORTLIST images, junk of
-    the protocol
-                  left out: the shortlist spatial verification re-ranks) by ASMK similarity; ties
-                  keep the global order
+                  the protocol left out: the shortlist spatial verification re-ranks) by ASMK
+                  similarity; ties keep the global order
 
 One AsmkIndex per evaluation serves both: whichever runs first builds it from the database store's
 local features and the ASMK.* keys (codebook and inverted file read from ASMK.CACHE_DIR when an
 earlier run left them), scores the queries against the database once, in batches of queries, and
-leaves both results in ``context.cache``. The methods register themselves (tools/revisitop/
-evaluation.py imports this module) and need only the context interface of tools.retrieval.methods
-(cfg, database_store, query_rows, local, shortlists, ranking_depth, results_from_ranking,
-results_with_reranked, cache).
+leaves both results in ``context.cache``. The methods register themselves
+(tools/revisitop/evaluation.py imports this module) and need only the context interface of
+tools.retrieval.methods (cfg, database_store, query_rows, local, shortlists, ranking_depth,
+results_from_ranking, results_with_reranked, cache).
 """
 
 import logging
@@ -43,10 +42,9 @@ def shared_index(context):
         if not store.has_local:
             raise ValueError(
                 f"{store.folder} holds no local features, and ASMK needs those of every database "
-                "image "
-                "(EXTRACT.LOCAL True); a global-only database such as +1M distractors can be "
-                "re-ranked "
-                f"with 'sv', which extracts the shortlisted images' local features on demand"
+                "image (EXTRACT.LOCAL True); a global-only database such as +1M distractors can be "
+                "re-ranked with 'sv', which extracts the shortlisted images' local features on "
+                "demand"
             )
         descriptors, image_ids, num_images = local_descriptors_of(store)
         context.cache["asmk_index"] = AsmkIndex.build(

@@ -57,8 +57,7 @@ def align_ground_truth(ground_truth, query_store, database_store, with_distracto
     if extra and not with_distractors:
         raise ValueError(
             f"{database_store.folder} holds {extra} images beyond the {len(database_rows)} of "
-            f"{source}; "
-            f"evaluate it as a '{DISTRACTOR_SUFFIX}' dataset (EVAL.DATASET)"
+            f"{source}; evaluate it as a '{DISTRACTOR_SUFFIX}' dataset (EVAL.DATASET)"
         )
     if with_distractors and not extra:
         logger.warning(

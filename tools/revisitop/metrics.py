@@ -142,8 +142,7 @@ class RelevantRankCounter:
             ):
                 raise ValueError(
                     f"query {query}: relevant indices must lie in [0, {self.num_database}) and "
-                    "match "
-                    f"their scores ({len(ids)} indices, {len(values)} scores)"
+                    f"match their scores ({len(ids)} indices, {len(values)} scores)"
                 )
             if len(ids) and np.any(ids[1:] == ids[:-1]):
                 raise ValueError(f"query {query}: relevant indices must be unique")
@@ -216,9 +215,8 @@ class RelevantRankCounter:
                 continue
             row = buckets[query]
             self._histogram[query] += np.bincount(row, minlength=self.num_buckets + 2)
-            hot = np.flatnonzero(
-                np.take(self._hot[query], row)
-            )  # np.take: 3x faster than fancy indexing
+            # np.take: 3x faster than fancy indexing
+            hot = np.flatnonzero(np.take(self._hot[query], row))
             keys = order_keys(scores[query, hot], hot + offset)
             self._exact[query] += np.bincount(
                 np.searchsorted(sorted_keys, keys), minlength=len(sorted_keys) + 1
@@ -236,12 +234,10 @@ class RelevantRankCounter:
         for query, sorted_keys in enumerate(self._sorted_keys):
             order = np.argsort(self.keys[query], kind="stable")  # item order -> ascending key order
             cold = np.where(self._hot[query], 0, self._histogram[query])
-            cold_above = np.concatenate(
-                [np.cumsum(cold[::-1])[::-1][1:], [0]]
-            )  # rows in buckets > b
-            exact_above = np.concatenate([np.cumsum(self._exact[query][::-1])[::-1][1:], [0]])[
-                :-1
-            ]  # keys > k
+            # rows in buckets > b
+            cold_above = np.concatenate([np.cumsum(cold[::-1])[::-1][1:], [0]])
+            # keys > k
+            exact_above = np.concatenate([np.cumsum(self._exact[query][::-1])[::-1][1:], [0]])[:-1]
             query_ranks = np.empty(len(sorted_keys), dtype=np.int64)
             query_ranks[order] = cold_above[self._item_buckets[query][order]] + exact_above
             ranks.append(query_ranks)
@@ -313,9 +309,8 @@ def _positions_in_protocol(relevant, query, ok, junk, shortlist):
     ids, keys = ids[non_junk], np.sort(keys[non_junk])
     above = len(keys) - np.searchsorted(keys, ok_keys, side="right")
     moved = positions + len(ids) - above
-    slot, shortlisted = locate(
-        ids, np.asarray(ok, dtype=np.int64)
-    )  # a shortlisted positive takes its new place
+    # a shortlisted positive takes its new place
+    slot, shortlisted = locate(ids, np.asarray(ok, dtype=np.int64))
     return np.where(shortlisted, slot, moved).astype(np.int64)
 
 
