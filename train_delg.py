@@ -2,12 +2,14 @@
 
 NUM_GPUS processes are started on this machine (CPU processes where there is no GPU); under torchrun
 or srun this process is one of the job's processes. Exit codes: 0 finished or preempted after a
-checkpoint, 2 config error, 3 too many non-finite losses in a row, 4 too many unreadable images.
+checkpoint, 2 config error, 3 too many non-finite losses in a row, 4 too many unreadable images,
+5 a checkpoint did not fit on the disk.
 """
 
 import sys
 
 from core import distributed
+from core.cli import run_reporting_errors
 from core.config import load_cfg_or_exit, parse_args
 from core.trainer import train_in_process
 from tools.revisitop.validation import build_retrieval_validator
@@ -20,19 +22,17 @@ EVALUATOR_FACTORIES = [build_retrieval_validator]
 def main():
     args = parse_args("Train a DELG model (global and local features).")
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
-    try:
-        code = distributed.launch(
-            train_in_process,
-            (cfg.dump(), EVALUATOR_FACTORIES),
-            cfg.NUM_GPUS,
-            cfg.HOST,
-            cfg.PORT,
-            cfg.DIST_BACKEND,
-            cfg.DEVICE,
-        )
-    except distributed.LaunchError as error:
-        print(f"launch error: {error}", file=sys.stderr)
-        code = 2
+    code = run_reporting_errors(
+        "launch",
+        distributed.launch,
+        train_in_process,
+        (cfg.dump(), EVALUATOR_FACTORIES),
+        cfg.NUM_GPUS,
+        cfg.HOST,
+        cfg.PORT,
+        cfg.DIST_BACKEND,
+        cfg.DEVICE,
+    )
     sys.exit(code)
 
 

@@ -15,10 +15,10 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
 
+from core.cli import run_reporting_errors  # noqa: E402
 from core.io import torch_save, write_text  # noqa: E402
 from core.official_convert import LAYOUTS, RELEASES, convert_archive  # noqa: E402
 from core.official_yaml import official_yaml  # noqa: E402
-from core.tf_savedmodel import ConversionError  # noqa: E402
 
 
 def parse(argv):
@@ -34,12 +34,11 @@ def parse(argv):
 
 
 def main(argv=None):
-    args = parse(argv)
-    try:
-        converted = convert_archive(args.saved_model, args.release)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("convert_official", _convert, parse(argv))
+
+
+def _convert(args):
+    converted = convert_archive(args.saved_model, args.release)
     for line in converted.lines:
         print(line)
     text = official_yaml(converted.settings, converted.release, LAYOUTS[converted.layout])

@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import argparse  # noqa: E402
 
-from core.config import ConfigError  # noqa: E402
+from core.cli import run_reporting_errors  # noqa: E402
 from datasets.synthetic import SIZES  # noqa: E402
 from tools.pipeline import DEFAULT_CONFIG, DemoOptions, report, run_demo  # noqa: E402
 
@@ -69,12 +69,11 @@ def main(argv=None):
         threads=args.threads,
         opts=tuple(args.opts),
     )
-    try:
-        summary = run_demo(options)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"demo error: {error}", file=sys.stderr)
-        return 2
-    print(report(summary), flush=True)
+    return run_reporting_errors("demo", _demo, options)
+
+
+def _demo(options):
+    print(report(run_demo(options)), flush=True)
     return 0
 
 

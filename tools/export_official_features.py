@@ -16,7 +16,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import argparse  # noqa: E402
 
-from datasets.features import FeatureStoreError  # noqa: E402
+from core.cli import run_reporting_errors  # noqa: E402
 from tools.interop.store_export import export_features  # noqa: E402
 
 
@@ -30,11 +30,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        written = export_features(args.store_dir, args.out_dir, args.dataset, show_progress=True)
-    except (FileNotFoundError, FeatureStoreError) as error:
-        print(f"export error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("export", _export, args)
+
+
+def _export(args):
+    written = export_features(args.store_dir, args.out_dir, args.dataset, show_progress=True)
     for folder, count in written.items():
         print(f"{folder}: {count} images")
     return 0

@@ -19,9 +19,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import torch  # noqa: E402
 
-from core.config import ConfigError, load_cfg_or_exit, parse_args  # noqa: E402
+from core.cli import run_reporting_errors  # noqa: E402
+from core.config import load_cfg_or_exit, parse_args  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
-from core.weights import WeightsError  # noqa: E402
 from tools.extraction.runner import build_extraction_model  # noqa: E402
 from tools.interop.onnx_export import (  # noqa: E402
     export_onnx,
@@ -60,13 +60,13 @@ def main(argv=None):
     args = parse_args(__doc__.split("\n\n")[0], _extra_arguments, argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
     setup_logging("", is_main=True)
-    try:
-        sizes = parse_sizes(args.sizes)
-        model = build_extraction_model(cfg, torch.device("cpu"))
-        export_onnx(model, args.out)
-    except (ConfigError, WeightsError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("export_onnx", _export, cfg, args)
+
+
+def _export(cfg, args):
+    sizes = parse_sizes(args.sizes)
+    model = build_extraction_model(cfg, torch.device("cpu"))
+    export_onnx(model, args.out)
     report = parity(model, open_session(args.out), sizes)
     for (height, width), differences in report.items():
         line = " ".join(

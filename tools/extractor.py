@@ -18,29 +18,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import os  # noqa: E402
 
-from core.config import ConfigError, load_cfg_or_exit, parse_args  # noqa: E402
-from core.distributed import LaunchError, place_from_environment  # noqa: E402
-from core.io import EXIT_DISK_FULL, DiskFullError  # noqa: E402
+from core.cli import run_reporting_errors  # noqa: E402
+from core.config import load_cfg_or_exit, parse_args  # noqa: E402
+from core.distributed import place_from_environment  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
-from core.weights import WeightsError  # noqa: E402
-from datasets.features import FeatureStoreError  # noqa: E402
-from datasets.list_dataset import ParseError  # noqa: E402
-from datasets.revisitop import GroundTruthError  # noqa: E402
-from datasets.safe_pickle import PickleReadError, UnsafePickleError  # noqa: E402
 from tools.extraction import runner, shards  # noqa: E402
-
-# Mistakes in the arguments or the inputs: one line naming the file or key, no traceback.
-USER_ERRORS = (
-    ConfigError,
-    WeightsError,
-    FeatureStoreError,
-    ParseError,
-    GroundTruthError,
-    PickleReadError,
-    UnsafePickleError,
-    FileNotFoundError,
-    LaunchError,
-)
 
 
 def _extra_arguments(parser):
@@ -54,14 +36,7 @@ def _extra_arguments(parser):
 
 def main(argv=None):
     args = parse_args(__doc__.split("\n\n")[0], _extra_arguments, argv)
-    try:
-        return _run(args)
-    except DiskFullError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_DISK_FULL
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("extractor", _run, args)
 
 
 def _run(args):

@@ -18,8 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import argparse  # noqa: E402
 
-from datasets.revisitop import GroundTruthError  # noqa: E402
-from datasets.safe_pickle import PickleReadError, UnsafePickleError  # noqa: E402
+from core.cli import run_reporting_errors  # noqa: E402
 from tools.interop.store_import import describe, import_official  # noqa: E402
 
 SHOWN = 10  # failures printed per store (all are in failures.json)
@@ -52,20 +51,19 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        summary = import_official(
-            args.features_dir,
-            args.data_root,
-            args.dataset,
-            args.out_dir,
-            args.float16,
-            args.query_dir,
-            args.index_dir,
-        )
-    except (FileNotFoundError, GroundTruthError, PickleReadError, UnsafePickleError) as error:
-        print(f"import error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("import", _import, parse_args(argv))
+
+
+def _import(args):
+    summary = import_official(
+        args.features_dir,
+        args.data_root,
+        args.dataset,
+        args.out_dir,
+        args.float16,
+        args.query_dir,
+        args.index_dir,
+    )
     failed = 0
     for name, part in summary.items():
         print(f"{name}: {describe(part)}")

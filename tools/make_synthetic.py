@@ -13,6 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 import argparse  # noqa: E402
 import time  # noqa: E402
 
+from core.cli import run_reporting_errors  # noqa: E402
 from datasets.synthetic import SIZES, generate  # noqa: E402
 
 
@@ -40,23 +41,23 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run_reporting_errors("make_synthetic", _generate, parse_args(argv))
+
+
+def _generate(args):
     start = time.perf_counter()
-    try:
-        summary = generate(
-            args.out,
-            seed=args.seed,
-            size=args.size,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            classes=args.classes,
-            train_per_class=args.train_per_class,
-            queries=args.queries,
-            database=args.database,
-            image_size=args.image_size,
-        )
-    except (ValueError, FileExistsError) as error:
-        sys.exit(f"make_synthetic: {error}")
+    summary = generate(
+        args.out,
+        seed=args.seed,
+        size=args.size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        classes=args.classes,
+        train_per_class=args.train_per_class,
+        queries=args.queries,
+        database=args.database,
+        image_size=args.image_size,
+    )
     train, test = summary["train"], summary["test"]
     verb = "already holds the world of these settings, kept" if summary.get("reused") else "written"
     print(
@@ -72,7 +73,8 @@ def main(argv=None):
         f"landmarks), labels {test['labels']}, {test['gnd']}"
     )
     print(f"  time:  {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

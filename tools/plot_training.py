@@ -19,6 +19,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from core.cli import run_reporting_errors  # noqa: E402
 from core.io import atomic_path  # noqa: E402
 from core.logging import JSON_LOG_NAME, read_json_log  # noqa: E402
 from core.yaml_file import read_yaml  # noqa: E402
@@ -119,7 +120,7 @@ def plot_training(out_dir, png_path=None):
     return png_path
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Plot loss, error and learning-rate curves of a training run."
     )
@@ -127,13 +128,14 @@ def main():
     parser.add_argument(
         "--out", default=None, help="PNG to write (default OUT_DIR/training_curves.png)"
     )
-    args = parser.parse_args()
-    try:
-        print(plot_training(args.out_dir, args.out))
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    args = parser.parse_args(argv)
+    return run_reporting_errors("plot_training", _plot, args)
+
+
+def _plot(args):
+    print(plot_training(args.out_dir, args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

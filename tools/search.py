@@ -17,10 +17,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import argparse  # noqa: E402
 
+from core.cli import run_reporting_errors  # noqa: E402
 from core.config import load_cfg_or_exit  # noqa: E402
-from core.distributed import LaunchError  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
-from datasets.features import FeatureStoreError, open_store  # noqa: E402
+from datasets.features import open_store  # noqa: E402
 from tools.extraction.stores import database_store_folder  # noqa: E402
 from tools.retrieval.one_image import extract_query, format_result, search_store  # noqa: E402
 from tools.vis.search_result import draw_result  # noqa: E402
@@ -52,16 +52,16 @@ def main(argv=None):
     args, overrides = parse_args(argv)
     cfg = load_cfg_or_exit(args.cfg_file, overrides)
     setup_logging(cfg.OUT_DIR, is_main=True)
-    try:
-        store = open_store(args.store or database_store_folder(cfg))
-        query = extract_query(cfg, args.image, with_local=args.sv)
-        result = search_store(cfg, query, store, args.topk, verify=args.sv)
-        print(format_result(result, store, query), flush=True)
-        if args.draw:
-            print(f"ranking picture: {draw_result(args.draw, cfg, query, result, store)}")
-    except (FileNotFoundError, FeatureStoreError, ValueError, LaunchError) as error:
-        print(f"search error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("search", _search, cfg, args)
+
+
+def _search(cfg, args):
+    store = open_store(args.store or database_store_folder(cfg))
+    query = extract_query(cfg, args.image, with_local=args.sv)
+    result = search_store(cfg, query, store, args.topk, verify=args.sv)
+    print(format_result(result, store, query), flush=True)
+    if args.draw:
+        print(f"ranking picture: {draw_result(args.draw, cfg, query, result, store)}")
     return 0
 
 

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from core.cli import run_reporting_errors  # noqa: E402
 from core.config import load_cfg_or_exit  # noqa: E402
 from core.io import atomic_path  # noqa: E402
 from tools.extraction.geometry import network_to_image  # noqa: E402
@@ -142,7 +143,11 @@ def main(argv=None):
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
     stem = os.path.splitext(os.path.basename(args.image))[0]
     out_path = args.out or os.path.join(cfg.OUT_DIR, "vis", f"{stem}_attention.png")
-    print(picture_for_image(cfg, args.image, out_path))
+    return run_reporting_errors("attention", _draw, cfg, args.image, out_path)
+
+
+def _draw(cfg, image, out_path):
+    print(picture_for_image(cfg, image, out_path))
     return 0
 
 

@@ -19,6 +19,7 @@ import argparse  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.cli import run_reporting_errors  # noqa: E402
 from core.config import load_cfg_or_exit  # noqa: E402
 from core.io import write_png  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
@@ -26,7 +27,6 @@ from datasets.revisitop import RevisitopDataset  # noqa: E402
 from tools.extraction.stores import features_dir, open_store_pair, split_dataset_name  # noqa: E402
 from tools.rerank.matching import putative_matches  # noqa: E402
 from tools.rerank.spatial_verification import inlier_mask, options_from_cfg  # noqa: E402
-from tools.vis.cli import run_with_one_line_errors  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
 INLIER_COLOUR = (40, 200, 40)  # RGB
@@ -120,7 +120,7 @@ def load_image_and_features(store, dataset, name):
 
 
 def main(argv=None):
-    return run_with_one_line_errors("matches", _main, argv)
+    return run_reporting_errors("matches", _main, argv)
 
 
 def _main(argv=None):

@@ -21,6 +21,7 @@ import os  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.cli import run_reporting_errors  # noqa: E402
 from core.config import load_cfg_or_exit  # noqa: E402
 from core.io import write_png, write_text  # noqa: E402
 from datasets.revisitop import RevisitopDataset, gnd_path  # noqa: E402
@@ -29,7 +30,6 @@ from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spat
 from tools.retrieval.global_search import exact_search  # noqa: E402
 from tools.revisitop.context import align_ground_truth, load_gnd  # noqa: E402
 from tools.revisitop.protocols import protocol_gnd  # noqa: E402
-from tools.vis.cli import run_with_one_line_errors  # noqa: E402
 from tools.vis.matches import load_image_and_features  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
@@ -159,7 +159,7 @@ def query_rankings(cfg, query, protocol, topk):
 
 
 def main(argv=None):
-    return run_with_one_line_errors("ranking", _main, argv)
+    return run_reporting_errors("ranking", _main, argv)
 
 
 def _main(argv=None):
