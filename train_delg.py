@@ -9,8 +9,7 @@ checkpoint, 2 config error, 3 too many non-finite losses in a row, 4 too many un
 import sys
 
 from core import distributed
-from core.cli import run_reporting_errors
-from core.config import load_cfg_or_exit, parse_args
+from core.cli import load_cfg_or_exit, parse_args, run_reporting_errors
 from core.trainer import train_in_process
 from tools.revisitop.validation import build_retrieval_validator
 

@@ -5,11 +5,9 @@ the base defaults are the DELG paper's. Only builders and scripts read ``cfg``; 
 plain arguments.
 """
 
-import argparse
 import ast
 import difflib
 import os
-import sys
 
 from yacs.config import CfgNode
 
@@ -384,18 +382,6 @@ def dump_cfg(config, out_dir, name="config.yaml"):
     return path
 
 
-def parse_args(description, extra=None, argv=None):
-    """Parse ``--cfg FILE [KEY VALUE ...]``; extra(parser) may add script-specific arguments."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
-    if extra is not None:
-        extra(parser)
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OUT_DIR ./output"
-    )
-    return parser.parse_args(argv)
-
-
 def load_cfg(cfg_file="", opts=()):
     """A fresh config tree: the defaults with a file and overrides merged in (the global cfg is
     left alone)."""
@@ -413,12 +399,3 @@ def load_global_cfg(cfg_file="", opts=()):
     cfg.clear()
     cfg.update(config)
     return cfg
-
-
-def load_cfg_or_exit(cfg_file="", opts=()):
-    """load_cfg for scripts: a user mistake prints one clear line and exits with status 2."""
-    try:
-        return load_cfg(cfg_file, opts)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None

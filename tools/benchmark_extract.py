@@ -29,7 +29,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.config import load_cfg_or_exit  # noqa: E402
+from core.cli import load_cfg_or_exit  # noqa: E402
 from datasets.features import open_store, write_store  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
 from datasets.transforms import build_normalizer, to_chw_tensor  # noqa: E402

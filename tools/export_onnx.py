@@ -19,8 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import torch  # noqa: E402
 
-from core.cli import run_reporting_errors  # noqa: E402
-from core.config import load_cfg_or_exit, parse_args  # noqa: E402
+from core.cli import load_cfg_or_exit, parse_args, run_reporting_errors  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from tools.extraction.runner import build_extraction_model  # noqa: E402
 from tools.interop.onnx_export import (  # noqa: E402

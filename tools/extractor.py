@@ -18,8 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import os  # noqa: E402
 
-from core.cli import run_reporting_errors  # noqa: E402
-from core.config import load_cfg_or_exit, parse_args  # noqa: E402
+from core.cli import load_cfg_or_exit, parse_args, run_reporting_errors  # noqa: E402
 from core.distributed import place_from_environment  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from tools.extraction import runner, shards  # noqa: E402

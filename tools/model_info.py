@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
 
-from core.config import load_cfg_or_exit, parse_args  # noqa: E402
+from core.cli import load_cfg_or_exit, parse_args  # noqa: E402
 from modeling.complexity import describe_model  # noqa: E402
 
 

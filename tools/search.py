@@ -17,8 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 import argparse  # noqa: E402
 
-from core.cli import run_reporting_errors  # noqa: E402
-from core.config import load_cfg_or_exit  # noqa: E402
+from core.cli import load_cfg_or_exit, run_reporting_errors  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from datasets.features import open_store  # noqa: E402
 from tools.extraction.stores import database_store_folder  # noqa: E402

@@ -18,8 +18,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # repository root
 
-from core.cli import run_reporting_errors  # noqa: E402
-from core.config import load_cfg_or_exit, parse_args  # noqa: E402
+from core.cli import load_cfg_or_exit, parse_args, run_reporting_errors  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from tools.revisitop.evaluation import evaluate  # noqa: E402
 

@@ -24,8 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.cli import run_reporting_errors  # noqa: E402
-from core.config import load_cfg_or_exit  # noqa: E402
+from core.cli import load_cfg_or_exit, run_reporting_errors  # noqa: E402
 from core.io import atomic_path  # noqa: E402
 from tools.extraction.geometry import network_to_image  # noqa: E402
 from tools.extraction.pyramid import run_pyramid, select_from_levels  # noqa: E402

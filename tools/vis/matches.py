@@ -19,8 +19,7 @@ import argparse  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.cli import run_reporting_errors  # noqa: E402
-from core.config import load_cfg_or_exit  # noqa: E402
+from core.cli import load_cfg_or_exit, run_reporting_errors  # noqa: E402
 from core.io import write_png  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
 from datasets.revisitop import RevisitopDataset  # noqa: E402

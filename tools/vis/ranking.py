@@ -21,8 +21,7 @@ import os  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.cli import run_reporting_errors  # noqa: E402
-from core.config import load_cfg_or_exit  # noqa: E402
+from core.cli import load_cfg_or_exit, run_reporting_errors  # noqa: E402
 from core.io import write_png, write_text  # noqa: E402
 from datasets.revisitop import RevisitopDataset, gnd_path  # noqa: E402
 from tools.extraction.stores import features_dir, open_store_pair, split_dataset_name  # noqa: E402
