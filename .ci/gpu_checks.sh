@@ -35,6 +35,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
                    MODEL.HEADS.REDUCTION_DIM 32 MODEL.LOCAL.ATTENTION_DIM 32 MODEL.LOCAL.DESCRIPTOR_DIM 16
                    EXTRACT.MAX_IMAGE_SIZE 128 EXTRACT.MAX_FEATURES 50)
     GPU_TRAIN=(TRAIN.AMP off TRAIN.CHANNELS_LAST False)
+    DBA_BENCH=(--device cpu --rows 5000 --dim 64)
 else
     DEVICE=cuda
     # training step: ResNet-50, 512 px, bf16, channels-last; fp32 without channels-last stands in for the seed's step
@@ -43,6 +44,8 @@ else
     # extraction: the CPU benchmark's settings, on the GPU
     EXTRACT_BENCH=(--runs 3 DEVICE cuda)
     GPU_TRAIN=(TRAIN.AMP bf16 TRAIN.CHANNELS_LAST True)
+    # alpha-DBA of 200,000 x 512 on the GPU against faiss + NumPy on the machine's CPU cores
+    DBA_BENCH=(--device cuda --chunk 16384)
 fi
 
 check() {  # check NAME COMMAND...: run, log, and record the exit code and the last line
@@ -56,11 +59,12 @@ check() {  # check NAME COMMAND...: run, log, and record the exit code and the l
 }
 
 check environment $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
-check cuda_tests $PY -m pytest -q -p no:cacheprovider tests/test_global_search.py -k gpu
+check cuda_tests $PY -m pytest -q -p no:cacheprovider tests/test_global_search.py tests/test_rerank_functions.py -k gpu
 check train_step_bf16 $PY tools/benchmark_train.py "${TRAIN_BENCH[@]}"
 check train_step_bf16_again $PY tools/benchmark_train.py "${TRAIN_BENCH[@]}"  # a second sample of the ratio
 check train_step_fp32 $PY tools/benchmark_train.py "${TRAIN_BENCH_FP32[@]}"
 check extraction $PY tools/benchmark_extract.py "${EXTRACT_BENCH[@]}"
+check dba $PY tools/benchmark_dba.py "${DBA_BENCH[@]}"
 check synthetic_world $PY tools/make_synthetic.py --size tiny --out "$WORK/world" --workers 4
 check train_tiny $PY train_delg.py --cfg configs/synthetic/demo_ci.yaml DEVICE "$DEVICE" "${GPU_TRAIN[@]}" \
     TRAIN.DATA_ROOT "$WORK/world/train" EVAL.DATA_ROOT "$WORK/world/test" OUT_DIR "$WORK/train" OPTIM.MAX_ITER 24 \

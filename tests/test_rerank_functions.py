@@ -145,6 +145,16 @@ def test_alpha_dba_segment_filter_matches_the_formula(data, monkeypatch):
     assert not merged
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_alpha_dba_gpu_matches_cpu():
+    """The same neighbours on CUDA, through the segment filter and the plain path alike."""
+    database = _tied(np.random.default_rng(9), 6 * dba.SEGMENT + 11)
+    for chunk_size in (dba.SEGMENT, 100):
+        cpu = database_augmentation(database, 8, 3.0, chunk_size=chunk_size, device="cpu")
+        gpu = database_augmentation(database, 8, 3.0, chunk_size=chunk_size, device="cuda")
+        np.testing.assert_allclose(gpu, cpu, atol=1e-6)
+
+
 def test_alpha_dba_blocks_skipped_as_done_leave_the_others_unchanged():
     database = _random(np.random.default_rng(6), 100)
     whole = database_augmentation(database, 5, 3.0, chunk_size=16)
