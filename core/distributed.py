@@ -42,6 +42,14 @@ class ProcessPlace:
     init_method: str  # "" when there is a single process and no process group
 
 
+def available_cores():
+    """The CPU cores this process may run on: its affinity mask where the system has one (under
+    SLURM, taskset or a container's cpuset it is smaller than the machine), else every core."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def resolve_device(device):
     """DEVICE (or EVAL.DEVICE) 'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cpu', 'cuda',
     'cuda:N' and torch.device objects are checked (a GPU must be visible) and returned as a string.
@@ -176,7 +184,7 @@ def join_process_group(place, backend, device, timeout=None):
     elif place.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # CPU processes on one machine share its cores; unchecked, each would start one thread per
         # core.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.local_world_size))
+        torch.set_num_threads(max(1, available_cores() // place.local_world_size))
     if place.world_size > 1 and not dist.is_initialized():
         options = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group(

@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.distributed import available_cores
 from core.io import atomic_path, read_json, write_json, write_text
 from datasets.synthetic_render import PROFILES, build_landmark, encode_jpeg, label_view, render_view
 from datasets.synthetic_scenes import sample_family
@@ -337,15 +338,7 @@ def _staging(out_dir, overwrite):
 
 
 def default_workers():
-    return max(
-        1,
-        min(
-            8,
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1,
-        ),
-    )
+    return min(8, available_cores())
 
 
 def same_world(out_dir, seed, spec):

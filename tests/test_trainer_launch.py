@@ -63,3 +63,22 @@ def test_preemption_flag_is_set_by_sigusr1_and_handlers_are_restored():
         os.kill(os.getpid(), signal.SIGUSR1)
         assert flag.requested
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_cpu_processes_share_the_cores_of_their_affinity_not_of_the_machine(monkeypatch):
+    """Under SLURM or taskset a process may run on fewer cores than the machine has: two CPU
+    processes on a 4-core allocation of a 128-core node take 2 threads each, not 64."""
+    import torch
+
+    from core import distributed
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert distributed.available_cores() == 4
+    before = torch.get_num_threads()
+    try:
+        distributed.join_process_group(ProcessPlace(0, 1, 0, 2, ""), "gloo", "cpu")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

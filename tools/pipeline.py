@@ -34,6 +34,7 @@ import torch
 
 from core.checkpoint import config_differences, list_checkpoints
 from core.config import load_cfg
+from core.distributed import available_cores
 from core.io import read_json, write_json
 from datasets.synthetic import generate, make_spec
 from tools.revisitop.protocols import PROTOCOLS
@@ -60,10 +61,6 @@ class DemoOptions:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def available_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def cpu_seconds():
     """CPU time of this process and of its children that ended (loader workers, generator pool),
     user + system."""
