@@ -1,14 +1,7 @@
 """What the evaluation and search tests on made-up features share: unit rows, random local
-features, evaluation options and an ASMK index read back from the evaluation's cache."""
+features, and evaluation options."""
 
 import numpy as np
-
-from tools.rerank.asmk_search import (
-    AsmkIndex,
-    cache_dir_from_cfg,
-    local_descriptors_of,
-    params_from_cfg,
-)
 
 
 def unit_rows(rows):
@@ -45,17 +38,3 @@ def cpu_eval_options(root, dataset, methods, *extra):
         "cpu",
         *extra,
     ]
-
-
-def cached_asmk_index(cfg, database_store):
-    """The ASMK index of `database_store` built as the evaluation builds it, independently of it (an
-    evaluation that ran before leaves its codebook and inverted file in the cache)."""
-    descriptors, image_ids, count = local_descriptors_of(database_store)
-    return AsmkIndex.build(
-        descriptors,
-        image_ids,
-        params_from_cfg(cfg),
-        cache_dir=cache_dir_from_cfg(cfg),
-        seed=cfg.ASMK.SEED,
-        num_images=count,
-    )

@@ -15,9 +15,9 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
-from tests.eval_helpers import cached_asmk_index, unit_rows
+from tests.eval_helpers import unit_rows
 from tests.tiny import TINY_PRESET, extract_tiny_world
-from tools.rerank.asmk_search import local_descriptors_of
+from tools.rerank.asmk_search import index_from_cfg, local_descriptors_of
 from tools.revisitop.evaluate import main
 from tools.revisitop.metrics import compute_map, summarize
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnd
@@ -46,9 +46,9 @@ def _ranks_to_results(ranks, gnd_raw, kappas=(1, 5, 10)):
 
 
 def _asmk_scores(cfg, query_store, database_store, query_rows):
-    """ASMK scores [n_q, n_db] from an index built independently of the evaluation (it must hit the
-    cache)."""
-    index = cached_asmk_index(cfg, database_store)
+    """ASMK scores [n_q, n_db] from an index of its own, not the evaluation's object (it must hit
+    the cache)."""
+    index = index_from_cfg(cfg, database_store)
     # the evaluation left both in ASMK.CACHE_DIR
     assert not index.codebook_trained and not index.ivf_built
     query_descriptors, query_ids, num_queries = local_descriptors_of(query_store, query_rows)

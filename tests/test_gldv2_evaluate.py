@@ -7,8 +7,8 @@ import pytest
 from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
-from tests.eval_helpers import cached_asmk_index, cpu_eval_options, random_local, unit_rows
-from tools.rerank.asmk_search import local_descriptors_of
+from tests.eval_helpers import cpu_eval_options, random_local, unit_rows
+from tools.rerank.asmk_search import index_from_cfg, local_descriptors_of
 from tools.retrieval.gldv2_metric import (
     mean_average_precision_at_k,
     predictions_from_ranks,
@@ -154,7 +154,7 @@ def test_gldv2_asmk_in_query_batches(tmp_path, monkeypatch):
         open_store(tmp_path / "features" / "gldv2_test"),
         open_store(tmp_path / "features" / "gldv2_index"),
     )
-    asmk = cached_asmk_index(cfg, index)
+    asmk = index_from_cfg(cfg, index)
     assert not asmk.codebook_trained
     rows = [queries.index_of(name) for name in ("q0", "q1", "q4")]
     scores = asmk.score_matrix(*local_descriptors_of(queries, rows)[:2], num_queries=3)

@@ -131,6 +131,20 @@ def local_descriptors_of(store, indices=None):
     return flatten_local([store.local_at(int(index))["descriptors"] for index in indices])
 
 
+def index_from_cfg(cfg, store):
+    """The AsmkIndex of a database store with the ``ASMK.*`` keys (codebook and inverted file read
+    from the cache when they are there)."""
+    descriptors, image_ids, num_images = local_descriptors_of(store)
+    return AsmkIndex.build(
+        descriptors,
+        image_ids,
+        params_from_cfg(cfg),
+        cache_dir=cache_dir_from_cfg(cfg),
+        seed=cfg.ASMK.SEED,
+        num_images=num_images,
+    )
+
+
 class AsmkIndex:
     """A trained codebook and the inverted file of one database; create it with ``AsmkIndex.build``.
 

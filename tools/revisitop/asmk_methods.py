@@ -20,13 +20,7 @@ import time
 
 import numpy as np
 
-from tools.rerank.asmk_search import (
-    AsmkIndex,
-    cache_dir_from_cfg,
-    flatten_local,
-    local_descriptors_of,
-    params_from_cfg,
-)
+from tools.rerank.asmk_search import flatten_local, index_from_cfg
 from tools.retrieval.methods import register_method
 
 logger = logging.getLogger(__name__)
@@ -46,15 +40,7 @@ def shared_index(context):
                 "re-ranked with 'sv', which extracts the shortlisted images' local features on "
                 "demand"
             )
-        descriptors, image_ids, num_images = local_descriptors_of(store)
-        context.cache["asmk_index"] = AsmkIndex.build(
-            descriptors,
-            image_ids,
-            params_from_cfg(cfg),
-            cache_dir=cache_dir_from_cfg(cfg),
-            seed=cfg.ASMK.SEED,
-            num_images=num_images,
-        )
+        context.cache["asmk_index"] = index_from_cfg(cfg, store)
     return context.cache["asmk_index"]
 
 
