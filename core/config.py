@@ -11,6 +11,8 @@ import os
 
 from yacs.config import CfgNode
 
+from core.config_reranker import reranker_section
+from core.config_rules import value_problems
 from core.io import write_text
 from core.nested import flatten
 from core.yaml_file import YamlFileError, read_yaml
@@ -256,6 +258,9 @@ _C.RERANK.SG_BETA = 0.15  # SuperGlobal: weight factor of the neighbours
 # first M of the global ranking for Easy, Medium and Hard, junk kept: the public code)
 _C.RERANK.SG_CONVENTION = "protocol"
 
+# the learned local re-ranker, its training and evaluation: core/config_reranker.py
+_C.RERANKER = reranker_section()
+
 # --------------------------------------------------------------------------------------------- misc
 _C.NUM_GPUS = 1  # processes per machine (GPUs; CPU processes where there is no GPU)
 _C.OUT_DIR = "./output"  # output directory of the run
@@ -389,6 +394,9 @@ def load_cfg(cfg_file="", opts=()):
     if cfg_file:
         merge_file(config, cfg_file)
     merge_list(config, list(opts))
+    problems = value_problems(config)  # core/config_rules.py: e.g. no negative shortlist
+    if problems:
+        raise ConfigError("; ".join(problems))
     return config
 
 

@@ -21,6 +21,7 @@ from core.distributed import resolve_device
 from tools.extraction.on_demand import LocalFeatureAccess
 from tools.extraction.provenance import check_store_pair
 from tools.extraction.stores import GLDV2, features_dir, open_store_pair
+from tools.retrieval.finite import NonFiniteDescriptors
 from tools.retrieval.gldv2_metric import (
     mean_average_precision_at_k,
     predictions_from_ranks,
@@ -131,14 +132,17 @@ def build_gldv2_context(cfg):
     query_ids, query_rows = solution_queries(solution, query_store, cfg.EVAL.SOLUTION_FILE)
     queries = query_descriptors(query_store, query_rows)
     depth = max(K, cfg.SV.SHORTLIST, cfg.EVAL.SEARCH_TOPK)
-    top_scores, top_indices = search(
-        queries,
-        database_store.global_descriptors(),
-        depth,
-        cfg.EVAL.CHUNK_SIZE,
-        cfg.EVAL.DEVICE,
-        cfg.EVAL.USE_FAISS,
-    )
+    try:
+        top_scores, top_indices = search(
+            queries,
+            database_store.global_descriptors(),
+            depth,
+            cfg.EVAL.CHUNK_SIZE,
+            cfg.EVAL.DEVICE,
+            cfg.EVAL.USE_FAISS,
+        )
+    except NonFiniteDescriptors as error:  # name the store and the image
+        raise error.in_stores(query_store, query_rows, database_store) from None
     return Gldv2Context(
         cfg, solution, query_store, database_store, query_ids, query_rows, top_scores, top_indices
     )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from core.distributed import resolve_device
+from tools.retrieval.finite import check_finite, check_scores
 
 _LOW_BITS = 0xFFFFFFFF
 
@@ -72,7 +73,7 @@ def as_float32_rows(array, start, stop, device):
 
 def score_chunks(queries, database, chunk_size=65536, device="cpu"):
     """Yield (offset, scores [n_queries, rows] float32 tensor on device) over consecutive database
-    chunks."""
+    chunks; a NaN or infinite descriptor raises NonFiniteDescriptors (tools/retrieval/finite.py)."""
     device = torch.device(resolve_device(device))
     queries = torch.from_numpy(np.array(queries, dtype=np.float32)).to(device)
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
@@ -82,9 +83,12 @@ def score_chunks(queries, database, chunk_size=65536, device="cpu"):
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    check_finite(queries, "query")
     for offset in range(0, database.shape[0], chunk_size):
         rows = as_float32_rows(database, offset, offset + chunk_size, device)
-        yield offset, queries @ rows.T
+        scores = queries @ rows.T
+        check_scores(scores, rows, offset)  # NonFiniteDescriptors naming the rows at fault
+        yield offset, scores
 
 
 class TopK:
@@ -128,9 +132,12 @@ def faiss_search(queries, database, k, chunk_size=65536):
     import faiss
 
     k = min(int(k), database.shape[0])
+    check_finite(queries, "query")
     index = faiss.IndexFlatIP(database.shape[1])
     for offset in range(0, database.shape[0], chunk_size):
-        index.add(np.ascontiguousarray(database[offset : offset + chunk_size], dtype=np.float32))
+        rows = np.ascontiguousarray(database[offset : offset + chunk_size], dtype=np.float32)
+        check_finite(rows, "database", offset)
+        index.add(rows)
     scores, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     # faiss orders by score alone, and which of the items tied at the k-th place it keeps is its own
     # choice

@@ -23,6 +23,7 @@ from tools.extraction.stores import (
     open_store_pair,
     split_dataset_name,
 )
+from tools.retrieval.finite import NonFiniteDescriptors, check_finite, non_finite_rows
 from tools.retrieval.global_search import TopK, order_keys, score_chunks
 from tools.retrieval.methods import StoreDescriptors, query_descriptors
 from tools.revisitop.metrics import (
@@ -88,12 +89,15 @@ def _row(store, name, source):
 def global_pass(query_descriptors, database_descriptors, gnd_raw, topk, chunk_size, device):
     """One pass over the database: (RelevantRanks, top scores [n_q, k], top indices [n_q, k]). The
     rank counter needs every chunk's scores, so the top k come from the same chunks (EVAL.USE_FAISS
-    would only score twice)."""
+    would only score twice). A NaN or infinite descriptor raises NonFiniteDescriptors."""
     items = relevant_items(gnd_raw)
-    item_scores = [
-        np.asarray(database_descriptors[ids], dtype=np.float32) @ query_descriptors[query]
-        for query, ids in enumerate(items)
-    ]
+    check_finite(query_descriptors, "query")
+    item_scores = []
+    for query, ids in enumerate(items):
+        rows = np.asarray(database_descriptors[ids], dtype=np.float32)
+        if len(bad := non_finite_rows(rows)):
+            raise NonFiniteDescriptors("database", ids[bad])
+        item_scores.append(rows @ query_descriptors[query])
     counter = RelevantRankCounter(items, item_scores, len(database_descriptors))
     top = TopK(len(query_descriptors), min(topk, len(database_descriptors)))
     for offset, scores in score_chunks(query_descriptors, database_descriptors, chunk_size, device):
@@ -195,14 +199,17 @@ def build_revisitop_context(cfg):
         cfg.SV.SHORTLIST
         + max(len(entry["junk"]) + len(entry["easy"]) + len(entry["hard"]) for entry in gnd),
     )
-    relevant, top_scores, top_indices = global_pass(
-        queries,
-        database_store.global_descriptors(),
-        gnd,
-        depth,
-        cfg.EVAL.CHUNK_SIZE,
-        cfg.EVAL.DEVICE,
-    )
+    try:
+        relevant, top_scores, top_indices = global_pass(
+            queries,
+            database_store.global_descriptors(),
+            gnd,
+            depth,
+            cfg.EVAL.CHUNK_SIZE,
+            cfg.EVAL.DEVICE,
+        )
+    except NonFiniteDescriptors as error:  # name the store and the image
+        raise error.in_stores(query_store, query_rows, database_store) from None
     return RevisitopContext(
         cfg, gnd, query_store, database_store, query_rows, relevant, top_scores, top_indices
     )
