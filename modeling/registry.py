@@ -39,3 +39,4 @@ class Registry:
 BACKBONES = Registry("backbone", "MODEL.TYPE")
 MARGIN_HEADS = Registry("margin head", "MODEL.HEADS.MARGIN_TYPE")
 LOCAL_HEADS = Registry("local head", "MODEL.LOCAL.TYPE")
+RERANKERS = Registry("re-ranker", "RERANKER.TYPE")
