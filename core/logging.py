@@ -113,11 +113,16 @@ def train_line(record):
     losses = " ".join(
         f"{name}={value:.4f}" for name, value in record.items() if name.startswith("loss_")
     )
+    errors = " ".join(  # DELG: the classifiers' top-1 errors; another task: its error rates
+        f"{name.removesuffix('_top1_err')}={value:.2f}%"
+        for name, value in record.items()
+        if name.endswith("_err")
+    )
     return (
         f"epoch {record['epoch'] + 1}/{record['max_epoch']} iter "
         f"{record['iter_in_epoch']}/{record['epoch_iters']} (total "
-        f"{record['iter']}/{record['max_iter']}) loss={record['loss']:.4f} {losses} top1_err "
-        f"global={record['global_top1_err']:.2f}% attention={record['attention_top1_err']:.2f}% "
+        f"{record['iter']}/{record['max_iter']}) loss={record['loss']:.4f} {losses} "
+        f"{'top1_err ' if 'global_top1_err' in record else ''}{errors} "
         f"lr={record['lr']:.3e} {record['images_per_sec']:.1f} im/s eta "
         f"{format_eta(record['eta_seconds'])} mem {record['peak_mem_mb']:.0f}MB"
     )

@@ -20,7 +20,9 @@ from core import distributed as dist
 from core.config import cfg
 from core.data import make_train_loader
 from core.logging import JsonLog, get_logger, setup_logging
+from core.meters import top1_errors
 from core.optimizer import build_lr_schedule, build_optimizer
+from core.task import TrainingData, TrainingTask
 from core.tensorboard import build_log_sinks
 from core.validation import build_evaluators
 from datasets.loader import (
@@ -35,6 +37,65 @@ from modeling import build_loss, build_model
 from modeling.complexity import count_parameters, format_parameters
 
 logger = get_logger(__name__)
+
+
+# DELG on images: the default task (core/task.py)
+def build_delg_data(cfg, rank, world, pin_memory):
+    """GLDv2 / list training split and its held-out part; sets MODEL.NUM_CLASSES from the data."""
+    train_set, mapping = build_train_dataset(cfg)
+    set_num_classes(mapping.num_classes)
+    if dist.is_main_process():
+        mapping.save(os.path.join(cfg.OUT_DIR, "class_mapping.json"))
+    if cfg.TRAIN.BATCH_SIZE % world:
+        raise ValueError(
+            f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is not divisible by the {world} processes"
+        )
+    loader = make_train_loader(
+        train_set,
+        cfg.TRAIN.BATCH_SIZE // world,
+        cfg.DATA_LOADER.NUM_WORKERS,
+        collate_skip_failures,
+        cfg.RNG_SEED,
+        rank,
+        world,
+        pin_memory,
+    )
+    val_set, _ = build_val_dataset(cfg)
+    val_loader = (
+        build_val_loader(cfg, val_set, rank, world, pin_memory) if val_set is not None else None
+    )
+    return TrainingData(
+        loader, val_loader, list(mapping.landmark_ids), build_failure_budget(cfg, len(train_set))
+    )
+
+
+def build_delg_model(cfg):
+    return build_model(cfg)  # looked up at call time (tests replace it)
+
+
+def build_delg_loss(cfg):
+    return build_loss(cfg)
+
+
+def delg_forward(net, images, labels):
+    return net(images, labels)
+
+
+def delg_statistics(outputs, labels):
+    return {
+        "top1_err_global": 100.0 * top1_errors(outputs["global_logits"], labels).float(),
+        "top1_err_attention": 100.0 * top1_errors(outputs["attention_logits"], labels).float(),
+    }
+
+
+DELG_TASK = TrainingTask(
+    build_data=build_delg_data,
+    build_model=build_delg_model,
+    build_loss=build_delg_loss,
+    forward=delg_forward,
+    batch_statistics=delg_statistics,
+    log_fields={"global_top1_err": "top1_err_global", "attention_top1_err": "top1_err_attention"},
+)
 
 
 @dataclass
@@ -63,6 +124,7 @@ class Run:
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
     loss_parts: tuple = ()  # the loss_<part> statistics of the last measured step
+    task: TrainingTask = DELG_TASK  # what is trained (core/task.py)
 
 
 @contextlib.contextmanager
@@ -103,35 +165,18 @@ def setup_process():
     return device
 
 
-def build_run(device, evaluator_factories=()):
-    """Data, model, loss, optimiser, scaler, schedule, loaders and evaluators, from cfg."""
+def build_run(device, evaluator_factories=(), task=DELG_TASK):
+    """Data, model, loss, optimiser, scaler, schedule, loaders and evaluators, from cfg; the task
+    (core/task.py, default DELG) supplies the data, model, loss and statistics."""
     for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
         if cfg.TRAIN[key] < 1:
             raise ValueError(
                 f"TRAIN.{key} {cfg.TRAIN[key]}: expected a number of epochs, at least 1"
             )
     rank, world = dist.get_rank(), dist.get_world_size()
-    train_set, mapping = build_train_dataset(cfg)
-    set_num_classes(mapping.num_classes)
-    if dist.is_main_process():
-        mapping.save(os.path.join(cfg.OUT_DIR, "class_mapping.json"))
-    if cfg.TRAIN.BATCH_SIZE % world:
-        raise ValueError(
-            f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is not divisible by the {world} processes"
-        )
     pin = cfg.DATA_LOADER.PIN_MEMORY and device.type == "cuda"
-    loader = make_train_loader(
-        train_set,
-        cfg.TRAIN.BATCH_SIZE // world,
-        cfg.DATA_LOADER.NUM_WORKERS,
-        collate_skip_failures,
-        cfg.RNG_SEED,
-        rank,
-        world,
-        pin,
-    )
-    val_set, _ = build_val_dataset(cfg)
-    val_loader = build_val_loader(cfg, val_set, rank, world, pin) if val_set is not None else None
+    data = task.build_data(cfg, rank, world, pin)
+    loader = data.loader
     evaluators = build_evaluators(cfg, evaluator_factories)
     if cfg.TRAIN.RETRIEVAL_EVAL and not evaluators:
         logger.warning(
@@ -139,7 +184,7 @@ def build_run(device, evaluator_factories=()):
             "train_delg.py (or pass tools.revisitop.validation.build_retrieval_validator)"
         )
 
-    model = build_model(cfg).to(device)
+    model = task.build_model(cfg).to(device)
     logger.info("model: %s", format_parameters(count_parameters(model)))
     channels_last = cfg.TRAIN.CHANNELS_LAST and device.type == "cuda"
     if channels_last:
@@ -166,17 +211,17 @@ def build_run(device, evaluator_factories=()):
     return Run(
         model=model,
         net=model,
-        loss_fn=build_loss(cfg),
+        loss_fn=task.build_loss(cfg),
         optimizer=optimizer,
         scaler=scaler,
         schedule=build_lr_schedule(cfg, epoch_iters, total_iters),
         loader=loader,
-        val_loader=val_loader,
+        val_loader=data.val_loader,
         evaluators=evaluators,
         device=device,
         amp_dtype=amp_dtype,
         channels_last=channels_last,
-        class_ids=list(mapping.landmark_ids),
+        class_ids=data.class_ids,
         epoch_iters=epoch_iters,
         total_iters=total_iters,
         max_epoch=math.ceil(total_iters / epoch_iters),
@@ -184,7 +229,8 @@ def build_run(device, evaluator_factories=()):
             cfg.OUT_DIR, dist.is_main_process(), build_log_sinks(cfg, dist.is_main_process())
         ),
         preemption=dist.PreemptionFlag(),
-        bad_images=build_failure_budget(cfg, len(train_set)),
+        bad_images=data.bad_items,
+        task=task,
     )
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from core import distributed as dist
-from core.meters import top1_errors
+from core.task import to_device
 from datasets.loader import TooManyBadImagesError
 
 CONTROL = ("preempt", "images", "failed", "nonfinite")  # step outputs that are not statistics
@@ -34,12 +34,10 @@ def train_step(run, images, labels, num_failed, clip_grad_norm=0.0):
             "images": 0.0,
             "failed": num_failed,
         }
-    images = images.to(run.device, non_blocking=True)
+    images = to_device(images, run.device, run.channels_last)  # the task's inputs
     labels = labels.to(run.device, non_blocking=True)
-    if run.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        outputs = run.net(images, labels)
+        outputs = run.task.forward(run.net, images, labels)
         loss, parts = run.loss_fn(outputs, labels)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -75,8 +73,7 @@ def batch_sums(run, labels, num_failed, nonfinite, loss, parts, outputs, grad_no
         "nonfinite": nonfinite.float(),
         "loss": loss.detach().float() * batch,
         **{f"loss_{name}": _tensor(value, run.device) * batch for name, value in parts.items()},
-        "top1_err_global": 100.0 * top1_errors(outputs["global_logits"], labels).float(),
-        "top1_err_attention": 100.0 * top1_errors(outputs["attention_logits"], labels).float(),
+        **run.task.batch_statistics(outputs, labels),
         "grad_norm": grad_norm.detach().float(),
     }
 

@@ -15,8 +15,10 @@ flags every process must agree on: "some loss was not finite" (then nobody steps
 signal arrived" (then everybody checkpoints and exits).
 """
 
+import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import yaml
@@ -38,7 +40,7 @@ from core.io import EXIT_DISK_FULL, DiskFullError
 from core.logging import get_logger, peak_memory_mb, train_line
 from core.meters import TrainMeter
 from core.optimizer import set_lr
-from core.run import build_run, setup_process, training_threads, wrap_for_distributed
+from core.run import DELG_TASK, build_run, setup_process, training_threads, wrap_for_distributed
 from core.step import CONTROL, train_step
 from core.validation import run_evaluators, validate
 from core.weights import load_weights
@@ -50,8 +52,9 @@ EXIT_CONFIG = 2  # a config key, data file or checkpoint that does not fit (the 
 EXIT_NONFINITE = 3  # the run stopped after TRAIN.MAX_NONFINITE_STEPS non-finite losses in a row
 EXIT_BAD_IMAGES = 4  # more images failed to decode than TRAIN.MAX_BAD_IMAGE_FRACTION allows
 # EXIT_DISK_FULL = 5 (core.io): a checkpoint did not fit on the disk of OUT_DIR
-# the log's fields before any step was measured (loss parts: those of the last step)
-_LOGGED = ("loss", "grad_norm", "top1_err_global", "top1_err_attention")
+# the log's fields before any step was measured (loss parts: those of the last step; the task's
+# statistics: its log_fields)
+_LOGGED = ("loss", "grad_norm")
 
 
 class TrainingStopped(RuntimeError):
@@ -59,14 +62,15 @@ class TrainingStopped(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- entry points
-def train_in_process(cfg_text, evaluator_factories=()):
+def train_in_process(cfg_text, evaluator_factories=(), task=DELG_TASK):
     """Entry of every training process (spawned, torchrun, srun or the only one): load the config,
     train. evaluator_factories: module-level functions (they survive spawn) ``factory(cfg)`` ->
-    an evaluator or None, run at every validation (core/validation.py)."""
+    an evaluator or None, run at every validation (core/validation.py). task: what is trained
+    (core/task.py; DELG by default, the learned re-ranker from tools/train_reranker.py)."""
     load_global_cfg()
     merge_dict(cfg, yaml.safe_load(cfg_text), "the launcher's config")
     try:
-        return train_model(evaluator_factories)
+        return train_model(evaluator_factories, task)
     except DiskFullError as error:
         logger.error("stopping: %s", error)
         return EXIT_DISK_FULL
@@ -74,7 +78,7 @@ def train_in_process(cfg_text, evaluator_factories=()):
         ValueError,
         FileNotFoundError,
     ) as error:  # config, data or checkpoint that does not fit: no traceback
-        logger.error("%s: %s", type(error).__name__, error)
+        report_mistake(error)
         return EXIT_CONFIG
     except TrainingStopped as error:
         logger.error("%s", error)
@@ -84,11 +88,24 @@ def train_in_process(cfg_text, evaluator_factories=()):
         return EXIT_BAD_IMAGES
 
 
-def train_model(evaluator_factories=()):
+def report_mistake(error):
+    """A config, data or checkpoint mistake as every script reports one (core/cli.py): ``<script>
+    error: <message>`` on stderr, once (main process); the run's log file gets the line too."""
+    if not dist.is_main_process():
+        return
+    line = f"{os.path.splitext(os.path.basename(sys.argv[0]))[0]} error: {error}"
+    print(line, file=sys.stderr, flush=True)
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, line, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):  # not the console: it has the line already
+            handler.handle(record)
+
+
+def train_model(evaluator_factories=(), task=DELG_TASK):
     """Train with the global cfg in this process; return 0 when finished or preempted after a
     checkpoint."""
     device = setup_process()
-    run = build_run(device, evaluator_factories)
+    run = build_run(device, evaluator_factories, task)
     position = resume_or_initialise(run)
     if dist.is_main_process():
         dump_cfg(cfg, cfg.OUT_DIR)
@@ -198,10 +215,12 @@ def train(run, position):
         position, outcome = train_epoch(run, epoch, start)
         if outcome == "preempted":
             write_checkpoint(run, position)
+            how = "the same command" if cfg.TRAIN.AUTO_RESUME else "with TRAIN.AUTO_RESUME True"
             logger.info(
-                "preempted: stopped at global iteration %d after a checkpoint; run again with "
-                "TRAIN.AUTO_RESUME True to continue",
+                "preempted: stopped at global iteration %d after a checkpoint; run again %s to "
+                "continue",
                 position.global_iter,
+                how,
             )
             return 0
         if outcome == "finished":
@@ -298,7 +317,8 @@ def stop_after_nonfinite_run(run):
 def log_iteration(run, meter, epoch, position):
     medians = meter.medians()
     run.loss_parts = tuple(name for name in medians if name.startswith("loss_")) or run.loss_parts
-    stats = {name: math.nan for name in _LOGGED + run.loss_parts} | medians
+    logged = _LOGGED + run.loss_parts + tuple(run.task.log_fields.values())
+    stats = {name: math.nan for name in logged} | medians
     record = {
         "type": "train_iter",
         "epoch": epoch,
@@ -309,8 +329,7 @@ def log_iteration(run, meter, epoch, position):
         "max_iter": run.total_iters,
         "loss": stats["loss"],
         **{name: stats[name] for name in run.loss_parts},
-        "global_top1_err": stats["top1_err_global"],
-        "attention_top1_err": stats["top1_err_attention"],
+        **{field: stats[name] for field, name in run.task.log_fields.items()},
         "grad_norm": stats["grad_norm"],
         "lr": stats["lr"],
         "images_per_sec": meter.images_per_second(),
