@@ -7,37 +7,36 @@ data (NumPy arrays and JSON, no pickles).
     batch = codes.take(rows)  # {"descriptors", "scales", "locations", "padding"}
     sizes = bytes_per_image(count, dim, bits=128)  # what one database image costs on disk
 
-Layout of a code folder (``<store>.compact/<key>/``):
+Layout of a code folder (``<store>.compact/float16-<key>/``, ``binary-<key>``):
 
-    meta.json            what the codes were derived from (the store's content digest, count, the
-                         model weights' digest for binary codes) and their shapes
-    descriptors.npy      [N, count, d] float16, or [N, count, bits / 8] uint8 (np.packbits of
-                         the sign of a binary model's learned projection of each descriptor)
+    meta.json            the identity (the store's content digest, count, the model weights'
+                         digest for binary codes), each array's shape, dtype and digest
+    descriptors.npy      [N, count, d] float16, or [N, count, bits / 8] uint8 (the sign of a
+                         binary model's learned projection, modeling.reranker_binary.pack_codes)
     scales.npy           [N, count] uint8, each feature's scale index
                          (modeling.reranker_inputs.scale_index)
     locations.npy        [N, count, 2] float16, (x, y) pixels
     counts.npy           [N] int32, how many of the count slots hold a feature (the rest is padding)
 
-The key hashes what the codes are derived from, so another extraction, count or model never reads
-stale codes. A store without local features (a +1M database) has no folder: its shortlisted images
-are read through the evaluation's on-demand local features and compacted in memory
-(``codes_from_reader``), the same selection and the same arrays.
+Derived data under the rule of datasets/derived.py: the key hashes what the codes are derived
+from, so another extraction, count or model never reads stale codes; they are validated before use
+and published whole. A store without local features (a +1M database) has no folder: its
+shortlisted images are read through the evaluation's on-demand local features and compacted in
+memory (``codes_from_reader``), the same selection and the same arrays.
 """
 
 import hashlib
-import json
 import os
-import shutil
-import uuid
 
 import numpy as np
 
-from core.io import read_json, write_json
+from datasets.derived import derived_folder, load_validated, publish
+from datasets.digests import full_sha256
+from modeling.reranker_binary import pack_codes, unpack_codes
 from modeling.reranker_inputs import top_locals
 
 FORMAT_VERSION = 1
 SUFFIX = ".compact"
-READ_BYTES = 1 << 24
 FIELDS = ("descriptors", "scales", "locations", "counts")
 
 
@@ -111,8 +110,7 @@ class CompactCodes:
         back[order] = np.arange(len(order))
         picked = {field: array[back] for field, array in picked.items()}
         if self.binary:
-            bits = np.unpackbits(picked["descriptors"], axis=-1)
-            descriptors = bits.astype(np.float32) * 2 - 1
+            descriptors = unpack_codes(picked["descriptors"]).numpy()
         else:
             descriptors = picked["descriptors"].astype(np.float32)
         padding = np.arange(self.count)[None, :] >= picked["counts"][:, None]
@@ -124,12 +122,6 @@ class CompactCodes:
         }
 
 
-def pack_signs(codes):
-    """[..., bits] values -> [..., bits / 8] uint8: bit 1 where the value is positive (np.packbits
-    order; modeling.reranker_binary.unpack_codes reads it back as +-1)."""
-    return np.packbits(np.asarray(codes) > 0, axis=-1)
-
-
 def binarize(codes, coder, chunk_rows=4096):
     """Binary arrays of float16 codes: ``coder(descriptors [B, count, d] float32) -> +-1 [B, count,
     bits]`` (a binary model's sign of its learned projection) packed to bits; padding zeroed."""
@@ -139,70 +131,46 @@ def binarize(codes, coder, chunk_rows=4096):
         block = np.asarray(codes.arrays["descriptors"][start : start + chunk_rows], np.float32)
         counts = np.asarray(arrays["counts"][start : start + chunk_rows])
         kept = np.arange(codes.count)[None, :] < counts[:, None]
-        blocks.append(pack_signs(np.asarray(coder(block))) * kept[..., None])
+        blocks.append(pack_codes(coder(block)) * kept[..., None])
     if not blocks:
         return dict(arrays, descriptors=np.zeros((0, codes.count, 0), np.uint8))
     return dict(arrays, descriptors=np.concatenate(blocks))
 
 
 # ------------------------------------------------------------------------------------ derived data
-def file_digest(paths):
-    """sha256 over the content of several files, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(READ_BYTES), b""):
-                digest.update(block)
-    return digest.hexdigest()
+def file_digest(path):
+    """sha256 of a file's content (a model's weights)."""
+    return full_sha256(path)
 
 
 def store_digest(store):
-    """sha256 of the store's local arrays (what the float16 codes are derived from)."""
-    names = ["local_offsets", "local_scores", "local_scales", "local_locations"]
-    names.append("local_descriptors")
-    return file_digest([os.path.join(store.folder, f"{name}.npy") for name in names])
+    """sha256 over the content digests of the store's local arrays (what float16 codes derive
+    from)."""
+    stems = [
+        "local_offsets",
+        "local_scores",
+        "local_scales",
+        "local_locations",
+        "local_descriptors",
+    ]
+    text = " ".join(store.array_sha256(stem) for stem in stems)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def publish_derived(root, identity, write):
-    """The folder ``root/<key>`` of derived data identified by ``identity`` (a JSON dict): reused
-    when its meta.json matches, else written by ``write(folder)`` into a private folder and renamed
-    into place whole (a concurrent writer of the same key loses the rename and reads the
-    winner's)."""
-    text = json.dumps(identity, sort_keys=True)
-    folder = os.path.join(root, hashlib.sha256(text.encode()).hexdigest()[:16])
-    meta_path = os.path.join(folder, "meta.json")
-    if not os.path.isfile(meta_path):
-        os.makedirs(root, exist_ok=True)
-        private = os.path.join(root, f".{os.path.basename(folder)}.{uuid.uuid4().hex}.tmp")
-        os.makedirs(private)
-        try:
-            write(private)
-            write_json(os.path.join(private, "meta.json"), identity)
-            os.rename(private, folder)
-        except OSError:
-            if not os.path.isfile(meta_path):
-                raise
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
-    found = read_json(meta_path)
-    if found != json.loads(text):
-        raise ValueError(
-            f"{meta_path}: records {found} but these codes are {identity}; remove the folder"
-        )
-    return folder
+def publish_derived(root, name, identity, write):
+    """(folder, {field: array}) of derived data under datasets/derived.py's rule (keyed by the
+    identity, validated before use, published whole by one rename, a concurrent writer uses the
+    winner's); ``write(folder)`` writes the arrays when they are not there yet."""
+    folder = derived_folder(root, name, identity)
+    arrays = load_validated(folder, identity)
+    if arrays is None:
+        arrays = publish(folder, identity, write)
+    return folder, arrays
 
 
 def codes_root(store, root=""):
     """Where a store's codes live: ``root`` when given, else beside the store (<store>.compact)."""
     return root or os.path.normpath(str(store.folder)) + SUFFIX
-
-
-def _open(folder, meta):
-    arrays = {
-        field: np.load(os.path.join(folder, f"{field}.npy"), mmap_mode="r", allow_pickle=False)
-        for field in FIELDS
-    }
-    return CompactCodes(arrays, meta, folder=folder)
 
 
 def _writer(arrays_of):
@@ -229,8 +197,8 @@ def float16_codes(store, count, root=""):
             fill(out, row, store.local_at(row), count)
         return out
 
-    folder = publish_derived(codes_root(store, root), identity, _writer(arrays))
-    return _open(folder, identity)
+    folder, stored = publish_derived(codes_root(store, root), "float16", identity, _writer(arrays))
+    return CompactCodes(stored, identity, folder=folder)
 
 
 def binary_codes(codes, coder, coder_sha256, root=""):
@@ -248,8 +216,9 @@ def binary_codes(codes, coder, coder_sha256, root=""):
         rows = None if codes._slot is None else sorted(codes._slot, key=codes._slot.get)
         return CompactCodes(binarize(codes, coder), identity, rows=rows)
     root = root or os.path.dirname(codes.folder)
-    folder = publish_derived(root, identity, _writer(lambda: binarize(codes, coder)))
-    return _open(folder, identity)
+    write = _writer(lambda: binarize(codes, coder))
+    folder, stored = publish_derived(root, "binary", identity, write)
+    return CompactCodes(stored, identity, folder=folder)
 
 
 # ------------------------------------------------------------------------------------------- sizes

@@ -13,9 +13,6 @@ the table). This module imports every module that registers methods: global and 
 dba_qe, superglobal and their compositions (tools/revisitop/rerank_methods.py).
 """
 
-import os
-
-from core.io import write_json
 from tools.extraction.stores import GLDV2
 from tools.retrieval.gldv2_evaluation import build_gldv2_context
 from tools.retrieval.methods import (
@@ -27,9 +24,11 @@ from tools.retrieval.methods import (
 )
 from tools.revisitop import (
     asmk_methods,  # noqa: F401  (registers asmk, asmk_rerank)
+    learned_methods,  # noqa: F401  (learned, learned_binary, E+learned)
     rerank_methods,  # noqa: F401  (qe, dba, dba_qe, superglobal, ...)
 )
 from tools.revisitop.context import build_revisitop_context, load_gnd
+from tools.revisitop.results_file import prepare_results, write_results
 
 # the registry's names, for modules that register methods through this module
 __all__ = ["METHODS", "build_context", "evaluate", "format_table", "load_gnd", "register_method"]
@@ -41,13 +40,13 @@ def build_context(cfg):
 
 
 def evaluate(cfg):
-    """Run EVAL.METHODS on EVAL.DATASET; print the table, write OUT_DIR/results.json; return the
-    results."""
+    """Run EVAL.METHODS on EVAL.DATASET; print the table, write OUT_DIR/results.json (merged per
+    method with an earlier one: tools/revisitop/results_file.py); return the results."""
     check_methods(cfg.EVAL.METHODS)
+    earlier = prepare_results(cfg)  # before the work: a read-only OUT_DIR fails now, not after
     context = build_context(cfg)
     results = run_methods(context, cfg.EVAL.METHODS)
     print(format_table(results, context.title), flush=True)
     # "runs": per method its seconds, queries/s and settings (tools/retrieval/methods.raw_results)
-    runs = {"runs": context.cache.get("runs", {})}
-    write_json(os.path.join(cfg.OUT_DIR, "results.json"), {**results, **runs})
+    write_results(cfg, earlier, results, context.cache.get("runs", {}))
     return results
