@@ -92,7 +92,7 @@ def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
     assert all((method, protocol) in rows for method in results for protocol in PROTOCOLS)
 
     cfg = load_cfg(TINY_PRESET, options)
-    assert list((out / "asmk").glob("codebook-*.npy")) and list(
+    assert list((out / "asmk").glob("codebook-*/centroids.npy")) and list(
         (out / "asmk").glob("ivf-*/meta.json")
     )
     query_store, database_store = (
@@ -124,10 +124,11 @@ def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
     assert main(["--cfg", TINY_PRESET, *options, "EVAL.METHODS", "['asmk', 'asmk_rerank']"]) == 0
     log = capsys.readouterr().out
     assert "codebook read from" in log and "inverted file read from" in log
+    # results.json merges per method: asmk rows replaced (the same numbers), global and sv kept
+    assert "replaced: asmk, asmk_rerank; kept: global, sv" in log
     again = read_json(out / "results.json")
-    assert again.pop("runs") and again == {
-        method: results[method] for method in ("asmk", "asmk_rerank")
-    }
+    assert list(again.pop("runs")) == ["global", "sv", "asmk", "asmk_rerank"]
+    assert again == results
 
 
 # ---------------------------------------------------------------------------------- known structure

@@ -8,10 +8,13 @@ and geometry stay in tools/extraction and run around any runtime. The check runs
 with onnxruntime at each size and prints the max abs difference from PyTorch per output, beside
 the output's largest magnitude. --tolerance bounds the difference on the output's scale: absolute
 for outputs within 1, relative to the largest value beyond (scaled_difference in
-tools/interop/onnx_export.py). Exit codes: 0 exported and within --tolerance, 1 a difference above
-it, 2 a mistake in the arguments or inputs.
+tools/interop/onnx_export.py). The model is written under a temporary name and renamed, so a failed
+write leaves what was at --out; an existing --out is replaced only with --overwrite. Exit codes: 0
+exported and within --tolerance, 1 a difference above it, 2 a mistake in the arguments or inputs
+(an existing --out included), 5 the model did not fit on the disk.
 """
 
+import os
 import pathlib
 import sys
 
@@ -20,6 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 import torch  # noqa: E402
 
 from core.cli import load_cfg_or_exit, parse_args, run_reporting_errors  # noqa: E402
+from core.io import check_writable, refuse_existing_file  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from tools.extraction.runner import build_extraction_model  # noqa: E402
 from tools.interop.onnx_export import (  # noqa: E402
@@ -43,6 +47,7 @@ def _extra_arguments(parser):
         default=1e-4,
         help="largest accepted difference: absolute, or relative for outputs beyond 1",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def parse_sizes(text):
@@ -64,6 +69,8 @@ def main(argv=None):
 
 def _export(cfg, args):
     sizes = parse_sizes(args.sizes)
+    refuse_existing_file(args.out, args.overwrite)
+    check_writable(os.path.dirname(os.path.abspath(args.out)))  # before the model is built
     model = build_extraction_model(cfg, torch.device("cpu"))
     export_onnx(model, args.out)
     report = parity(model, open_session(args.out), sizes)

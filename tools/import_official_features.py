@@ -1,14 +1,17 @@
 """Build our feature stores from the official DELF/DELG per-image files of a revisitop dataset.
 
     python tools/import_official_features.py FEATURES_DIR --dataset roxford5k \
-        --data-root data/roxford5k OUT_DIR [--query-dir DIR] [--index-dir DIR] [--float16]
+        --data-root data/roxford5k OUT_DIR [--query-dir DIR] [--index-dir DIR] [--float16] \
+        [--overwrite]
 
 FEATURES_DIR holds the official layout: query/<name>.delg_global|.delg_local (cropped queries) and
 index/<name>.delg_global|.delg_local. Names are matched to the dataset's image lists
 (gnd_<dataset>.pkl under --data-root); OUT_DIR receives <dataset>_query and <dataset>_database,
 which tools/revisitop/evaluate.py reads with EVAL.FEATURES_DIR OUT_DIR. Missing and corrupt files
-are listed (failures.json in each store) and counted. Exit codes: 0 all imported, 1 some images
-missing or corrupt, 2 a mistake in the arguments or inputs.
+are listed (failures.json in each store) and counted. A store already in OUT_DIR is refused before
+anything is read unless --overwrite; each store appears whole or not at all. Exit codes: 0 all
+imported, 1 some images missing or corrupt, 2 a mistake in the arguments or inputs (an existing
+store, an image listed twice), 5 the stores did not fit on the disk.
 """
 
 import pathlib
@@ -32,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", required=True, help="folder with gnd_<dataset>.pkl")
     parser.add_argument("--query-dir", help="query files (default FEATURES_DIR/query)")
     parser.add_argument("--index-dir", help="database files (default FEATURES_DIR/index)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace stores already in OUT_DIR"
+    )
     dtype = parser.add_mutually_exclusive_group()
     dtype.add_argument(
         "--float16",
@@ -63,6 +69,7 @@ def _import(args):
         args.float16,
         args.query_dir,
         args.index_dir,
+        args.overwrite,
     )
     failed = 0
     for name, part in summary.items():

@@ -61,6 +61,25 @@ def pyramid_scales(values, known=OFFICIAL_SCALES):
     return scales
 
 
+# ------------------------------------------------------------------------------------------ names
+def check_file_names(names, folder, where):
+    """Raise ValueError naming both images when two names give one file under folder, or naming
+    the image whose name leads out of folder; where says whose list the names are."""
+    root = os.path.abspath(folder)
+    seen = {}
+    for index, name in enumerate(names):
+        path = os.path.normpath(os.path.join(root, name))
+        if os.path.isabs(name) or not path.startswith(root + os.sep):
+            raise ValueError(f"{where}: image {index} is named {name!r}, a path outside {folder}")
+        if path in seen:
+            first = seen[path]
+            raise ValueError(
+                f"{where}: images {first} ({names[first]!r}) and {index} ({name!r}) have one file "
+                f"name ({path}); one would overwrite the other: rename one"
+            )
+        seen[path] = index
+
+
 # ---------------------------------------------------------------------------------------- tensors
 def _datum(values):
     datum = DatumProto()
@@ -162,10 +181,20 @@ def _descriptor_rows(features, path):
     return np.array([datum.float_list.value for datum in datums], dtype=np.float32)
 
 
-def read_local(path, known_scales=OFFICIAL_SCALES):
+def read_local(path, known_scales=OFFICIAL_SCALES, expected_count=None):
     """One image's local features in our conventions: locations [n, 2] (x, y), scales [n] (pyramid
-    scales, see pyramid_scales), scores [n], descriptors [n, d], all float32."""
+    scales, see pyramid_scales), scores [n], descriptors [n, d], all float32.
+
+    expected_count: the number of features the writer recorded (export_info.json), if known. A
+    DelfFeatures message cut at a feature boundary still parses, so only a recorded count shows
+    that features are missing."""
     features = _parse(DelfFeatures, path).feature
+    if expected_count is not None and len(features) != expected_count:
+        raise OfficialFileError(
+            path,
+            f"{len(features)} features, but {expected_count} were written (export_info.json): "
+            "the file is truncated or was replaced",
+        )
     descriptors = _descriptor_rows(features, path)
     fields = np.array(
         [(f.x, f.y, f.scale, f.strength) for f in features], dtype=np.float32

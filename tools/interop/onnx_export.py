@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from core.io import atomic_path
+
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("global", "attention", "local")
 GEOMETRY_KEY = "delg.local_geometry"
@@ -42,7 +44,14 @@ class ExtractionGraph(nn.Module):
 
 def export_onnx(model, path, sample_size=(256, 256), opset=OPSET):
     """Write one pyramid level of model (a DELG in eval mode) as an ONNX graph with dynamic height
-    and width; return path."""
+    and width; return path. The graph is written under a temporary name and renamed (core/io.py):
+    a failed write leaves what was at path."""
+    with atomic_path(str(path)) as tmp:
+        _export_to(model, tmp, sample_size, opset)
+    return path
+
+
+def _export_to(model, path, sample_size, opset):
     import onnx  # an optional dependency (requirements-interop.txt)
 
     graph = ExtractionGraph(model).eval()
@@ -65,7 +74,6 @@ def export_onnx(model, path, sample_size=(256, 256), opset=OPSET):
     entry = exported.metadata_props.add()
     entry.key, entry.value = GEOMETRY_KEY, json.dumps([int(v) for v in model.local_geometry])
     onnx.save(exported, path)
-    return path
 
 
 def open_session(path, providers=None):

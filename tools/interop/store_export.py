@@ -7,8 +7,14 @@ A revisitop pair of stores is written as the official pipeline lays it out: the 
 ``query/`` (their locations in the crop's frame, as the official extractor crops queries too), the
 database's in ``index/``. Beside the files, ``export_info.json`` (ignored by the official tools)
 keeps what the files cannot hold: the store's provenance, its query crop boxes, the pyramid scales
-(so that 1 / scale converts back bit for bit) and the descriptors' dtype; the importer reads it when
-present.
+(so that 1 / scale converts back bit for bit), the descriptors' dtype and each image's number of
+local features (a file cut at a feature boundary still parses: the count tells); the importer reads
+it when present.
+
+Every output folder is written as a staging folder beside it and renamed into place when whole
+(core/io.py staging_folder); one that exists and is not empty is refused before anything is written
+unless overwrite. Two images whose names give one file (``a`` twice, or ``a`` and ``./a``) are
+refused with both names, as one would overwrite the other.
 """
 
 import os
@@ -16,12 +22,13 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from core.io import write_json
+from core.io import check_writable, refuse_existing, staging_folder, write_json
 from datasets.features import open_store
 from tools.extraction.stores import dataset_of_store, part_store_names
 from tools.interop.official_files import (
     GLOBAL_EXTENSION,
     LOCAL_EXTENSION,
+    check_file_names,
     write_global,
     write_local,
 )
@@ -31,12 +38,19 @@ EXPORT_INFO = "export_info.json"
 OFFICIAL_FOLDERS = ("query", "index")
 
 
-def export_store(store, folder, show_progress=False):
-    """Write every image of an opened store as official files under folder; return the count."""
+def export_store(store, folder, show_progress=False, label=None):
+    """Write every image of an opened store as official files under folder (not staged: see
+    export_features); return the count."""
+    check_file_names(store.names, folder, store.folder)
     os.makedirs(folder, exist_ok=True)
     descriptors = store.global_descriptors() if store.has_global else None
     for index, name in enumerate(
-        tqdm(store.names, desc=os.path.basename(folder), unit="img", disable=not show_progress)
+        tqdm(
+            store.names,
+            desc=label or os.path.basename(folder),
+            unit="img",
+            disable=not show_progress,
+        )
     ):
         stem = os.path.join(folder, name)
         if descriptors is not None:
@@ -63,11 +77,13 @@ def export_info(store):
         "crop_boxes": store.crop_boxes,
         "local_scales": [],
         "float16": False,
+        "local_counts": {},
     }
     if store.has_local:
-        fields, _ = store.local_rows()
+        fields, offsets = store.local_rows()
         info["local_scales"] = [float(s) for s in np.unique(np.asarray(fields["scales"]))]
         info["float16"] = fields["descriptors"].dtype == np.float16
+        info["local_counts"] = dict(zip(store.names, np.diff(np.asarray(offsets)).tolist()))
     return info
 
 
@@ -92,15 +108,28 @@ def pair_dataset(store_dir, dataset=None):
     )
 
 
-def export_features(store_dir, out_dir, dataset=None, show_progress=False):
+def export_features(store_dir, out_dir, dataset=None, show_progress=False, overwrite=False):
     """Export one store (store_dir holds meta.json) into out_dir, or a revisitop pair into
-    out_dir/query and out_dir/index. Returns {output folder: number of images}."""
+    out_dir/query and out_dir/index. Returns {output folder: number of images}. An output folder
+    that exists and is not empty is refused (FileExistsError) before anything is written, unless
+    overwrite; each is replaced whole when its export is complete."""
     if os.path.isfile(os.path.join(store_dir, "meta.json")):
-        return {out_dir: export_store(open_store(store_dir), out_dir, show_progress)}
+        targets = {out_dir: store_dir}
+    else:
+        names = part_store_names(pair_dataset(store_dir, dataset))
+        targets = {
+            os.path.join(out_dir, official): os.path.join(store_dir, name)
+            for name, official in zip(names, OFFICIAL_FOLDERS)
+        }
+    for target in targets:
+        refuse_existing(target, overwrite)
+        check_writable(os.path.dirname(os.path.abspath(target)))
+    stores = {target: open_store(source) for target, source in targets.items()}
+    for target, store in stores.items():
+        check_file_names(store.names, target, store.folder)
     written = {}
-    for name, official in zip(part_store_names(pair_dataset(store_dir, dataset)), OFFICIAL_FOLDERS):
-        target = os.path.join(out_dir, official)
-        written[target] = export_store(
-            open_store(os.path.join(store_dir, name)), target, show_progress
-        )
+    for target, store in stores.items():
+        with staging_folder(target, overwrite) as staging:
+            label = os.path.basename(os.path.normpath(target))
+            written[target] = export_store(store, staging, show_progress, label)
     return written

@@ -9,7 +9,14 @@ whose file is missing or does not parse is left out of the store and listed in t
 ``failures.json`` (as the extractor lists unreadable images); the summary counts both. A store holds
 global descriptors when any ``.delg_global`` file is there, local features when any ``.delg_local``
 (or ``.delf``) file is. The provenance says "imported from the official format" and, for files we
-exported ourselves, keeps the original store's settings (``origin``).
+exported ourselves, keeps the original store's settings (``origin``) and checks each image's
+number of local features against the count recorded at export (a file cut at a feature boundary
+parses; the count shows it: the image is listed as corrupt).
+
+Each store is written in a staging folder beside it and renamed into place when whole (core/io.py
+staging_folder); a store folder that exists and is not empty is refused before any file is read,
+unless overwrite. A list naming one image twice (or two names giving one file) is refused with both
+names.
 """
 
 import logging
@@ -18,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 
-from core.io import read_json, write_json
+from core.io import check_writable, read_json, refuse_existing, staging_folder, write_json
 from datasets.features import FORMAT_VERSION, write_store
 from datasets.revisitop import gnd_path, load_ground_truth, round_box
 from tools.extraction.provenance import RUN_KEYS
@@ -30,6 +37,7 @@ from tools.interop.official_files import (
     LOCAL_EXTENSION,
     OFFICIAL_SCALES,
     OfficialFileError,
+    check_file_names,
     read_global,
     read_local,
 )
@@ -48,8 +56,9 @@ def _local_path(stem):
     return stem + LOCAL_EXTENSION
 
 
-def _read_image(stem, want_global, want_local, known_scales):
-    """(global or None, local or None) of one image; raises OfficialFileError naming the file."""
+def _read_image(stem, want_global, want_local, known_scales, count=None):
+    """(global or None, local or None) of one image; raises OfficialFileError naming the file.
+    count: its number of local features recorded at export, if known."""
     descriptor = local = None
     if want_global:
         path = stem + GLOBAL_EXTENSION
@@ -60,7 +69,7 @@ def _read_image(stem, want_global, want_local, known_scales):
         path = _local_path(stem)
         if not os.path.isfile(path):
             raise OfficialFileError(path, MISSING)
-        local = read_local(path, known_scales)
+        local = read_local(path, known_scales, count)
     return descriptor, local
 
 
@@ -93,8 +102,9 @@ def _kinds_present(folder, stems, count):
     return want_global, want_local
 
 
-def read_part(folder, names, known_scales=OFFICIAL_SCALES):
-    """Read the files of the named images in folder.
+def read_part(folder, names, known_scales=OFFICIAL_SCALES, counts=None):
+    """Read the files of the named images in folder; counts: {name: number of local features}
+    recorded at export (export_info.json), checked where given.
 
     Returns (names read, global descriptors [n, D] or None, local feature dicts or None, failures),
     failures a list of {"name", "path", "reason"} (reason "missing" or why the file is corrupt).
@@ -102,9 +112,11 @@ def read_part(folder, names, known_scales=OFFICIAL_SCALES):
     stems = [os.path.join(folder, name) for name in names]
     want_global, want_local = _kinds_present(folder, stems, len(names))
     read, failures = [], []
+    counts = counts or {}
     for name, stem in zip(names, stems):
         try:
-            read.append((name, *_read_image(stem, want_global, want_local, known_scales)))
+            image = _read_image(stem, want_global, want_local, known_scales, counts.get(name))
+            read.append((name, *image))
         except OfficialFileError as error:
             failures.append({"name": name, "path": error.path, "reason": error.reason})
     global_dim = _most_common([len(g) for _, g, _ in read if g is not None])
@@ -136,7 +148,8 @@ def import_part(folder, names, store_folder, dataset, float16=None, query_boxes=
     info_path = os.path.join(folder, EXPORT_INFO)
     info = read_json(info_path) if os.path.isfile(info_path) else {}
     known = tuple(info.get("local_scales") or ()) + OFFICIAL_SCALES
-    kept, global_descriptors, local, failures = read_part(folder, names, known)
+    counts = info.get("local_counts") or {}
+    kept, global_descriptors, local, failures = read_part(folder, names, known, counts)
     float16 = bool(info.get("float16", False)) if float16 is None else float16
     crop_boxes = info.get("crop_boxes") or (query_boxes or {})
     provenance = {
@@ -184,12 +197,26 @@ def part_folders(features_dir, query_dir=None, index_dir=None):
 
 
 def import_official(
-    features_dir, data_root, dataset, out_dir, float16=None, query_dir=None, index_dir=None
+    features_dir,
+    data_root,
+    dataset,
+    out_dir,
+    float16=None,
+    query_dir=None,
+    index_dir=None,
+    overwrite=False,
 ):
     """Import a revisitop dataset's official files into out_dir/<dataset>_query and _database;
-    return {store name: summary (see import_part)}."""
-    ground_truth = load_ground_truth(gnd_path(data_root, dataset))
+    return {store name: summary (see import_part)}. An existing store folder is refused
+    (FileExistsError) before anything is read, unless overwrite."""
+    for store_name in part_store_names(dataset):
+        refuse_existing(os.path.join(out_dir, store_name), overwrite)
+    check_writable(out_dir)
+    ground_truth_path = gnd_path(data_root, dataset)
+    ground_truth = load_ground_truth(ground_truth_path)
     folders = part_folders(features_dir, query_dir, index_dir)
+    for key, folder in zip(("qimlist", "imlist"), folders):
+        check_file_names(ground_truth[key], folder, f"{ground_truth_path} ({key})")
     boxes = {
         name: round_box(entry["bbx"])
         for name, entry in zip(ground_truth["qimlist"], ground_truth["gnd"])
@@ -203,14 +230,16 @@ def import_official(
             "root": os.path.abspath(data_root),
             "official_dir": os.path.abspath(folder),
         }
-        summary[store_name] = import_part(
-            folder,
-            list(lists[part]),
-            os.path.join(out_dir, store_name),
-            recorded,
-            float16,
-            boxes if part == "query" else None,
-        )
+        with staging_folder(os.path.join(out_dir, store_name), overwrite) as staging:
+            summary[store_name] = import_part(
+                folder,
+                list(lists[part]),
+                staging,
+                recorded,
+                float16,
+                boxes if part == "query" else None,
+            )
+        summary[store_name]["store"] = os.path.join(out_dir, store_name)
         logger.info("%s: %s", store_name, describe(summary[store_name]))
     return summary
 
