@@ -74,12 +74,20 @@ def _umask():
     return mask
 
 
+def make_folder(folder):
+    """os.makedirs(folder, exist_ok=True), where a file on the way is NotADirectoryError naming it
+    (makedirs says 'File exists' for a file at folder itself)."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+    os.makedirs(folder, exist_ok=True)
+
+
 def _temporary_file(path):
     """A new empty file beside path (its folder made when missing); an error names path's folder,
     not the temporary name."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(folder, exist_ok=True)
+        make_folder(folder)
         handle, tmp = tempfile.mkstemp(
             prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder
         )
@@ -181,7 +189,7 @@ def staging_folder(out_dir, overwrite=False, hint=OVERWRITE_HINT):
     refuse_existing(out_dir, overwrite, hint)
     parent, name = os.path.split(out_dir)
     try:
-        os.makedirs(parent, exist_ok=True)
+        make_folder(parent)
         staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
     except OSError as error:
         raise type(error)(error.errno, error.strerror, parent) from None
