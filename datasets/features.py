@@ -3,17 +3,29 @@
 No pickles: every array is a ``.npy`` file opened memory-mapped, so reading one image's local
 features touches only its rows, and the layout is documented in docs/architecture.md. ``meta.json``
 is written last, so a folder without it is an incomplete store.
+
+meta.json records a digest of every array (datasets/digests.py: the full sha256 at write); opening a
+store checks each array's size and sampled sha256 against it, so an array swapped in from another
+store of the same shape is refused, naming the store and the file. A store written before digests
+were recorded opens with one warning line; ``record_digests(folder)`` records them.
 """
 
+import logging
 import os
 
 import numpy as np
 
 from core.io import atomic_path, check_free_space, read_json, write_json, write_npy
+from datasets.digests import digest_problem, file_digest, full_sha256
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 LOCAL_FIELDS = ("locations", "scales", "scores", "descriptors")
 _LOCAL_DTYPES = {"locations": np.float32, "scales": np.float32, "scores": np.float32}
+
+
+_WARNED = set()  # folders of stores without digests already warned about in this process
 
 
 class FeatureStoreError(ValueError):
@@ -60,6 +72,29 @@ def write_store(
     if local_features is not None:
         _check_rows(folder, "local feature sets", len(local_features), len(names))
         meta["local_dim"] = _write_local(folder, local_features, float16)
+    meta["digests"] = _digests(folder, meta)
+    write_json(meta_path, meta)
+    return meta
+
+
+def _array_files(meta):
+    """The .npy files a store with this meta.json holds."""
+    files = ["global.npy"] if meta["has_global"] else []
+    if meta["has_local"]:
+        files += ["local_offsets.npy"] + [f"local_{field}.npy" for field in LOCAL_FIELDS]
+    return files
+
+
+def _digests(folder, meta):
+    return {name: file_digest(os.path.join(folder, name)) for name in _array_files(meta)}
+
+
+def record_digests(folder):
+    """Record the digests of a store written without them (the arrays as they are now: check them
+    first, e.g. by evaluating); returns the new meta.json content."""
+    meta_path = os.path.join(folder, "meta.json")
+    meta = read_json(meta_path)
+    meta["digests"] = _digests(folder, meta)
     write_json(meta_path, meta)
     return meta
 
@@ -140,6 +175,7 @@ def concatenate_stores(folder, stores, provenance=None, crop_boxes=None):
                 os.path.join(folder, f"local_{field}.npy"),
                 [store._array(f"local_{field}") for store in stores],
             )
+    meta["digests"] = _digests(folder, meta)
     write_json(os.path.join(folder, "meta.json"), meta)
     return meta
 
@@ -177,8 +213,9 @@ class FeatureStore:
             )
         self.names = list(self.meta["names"])
         self._index = {name: i for i, name in enumerate(self.names)}
-        self._arrays = {}
+        self._arrays, self._sha256 = {}, {}
         self._check_sizes()
+        self._check_digests()
 
     def _check_sizes(self):
         """Check every array against meta.json (rows per image, dimensions, offsets), so a truncated
@@ -210,6 +247,38 @@ class FeatureStore:
                     rows == total,
                     f"{total} rows (local_offsets.npy ends at {total})",
                 )
+
+    def _check_digests(self):
+        """Each array against the digest meta.json recorded at write: size and sampled sha256."""
+        digests = self.meta.get("digests")
+        if digests is None:
+            if self.folder not in _WARNED:
+                _WARNED.add(self.folder)
+                logger.warning(
+                    "%s: meta.json records no digests of the arrays (written by an earlier "
+                    "version), so a replaced array would go unnoticed; "
+                    "datasets.features.record_digests(folder) records them",
+                    self.folder,
+                )
+            return
+        for name in _array_files(self.meta):
+            path = os.path.join(self.folder, name)
+            problem = digest_problem(path, digests.get(name))
+            if problem:
+                raise FeatureStoreError(
+                    f"{path}: {problem}, so it is not the {name} the store {self.folder} was "
+                    f"written with (swapped in from another store, or damaged); put its own "
+                    f"{name} back or extract the store again"
+                )
+
+    def array_sha256(self, stem):
+        """The content identity of one array (derived data are keyed by it): the sha256 recorded
+        at write, or for a store without digests the file's sha256, computed once."""
+        name = f"{stem}.npy"
+        if name not in self._sha256:
+            recorded = (self.meta.get("digests") or {}).get(name, {}).get("sha256")
+            self._sha256[name] = recorded or full_sha256(os.path.join(self.folder, name))
+        return self._sha256[name]
 
     def _shape(self, stem):
         return tuple(self._array(stem).shape)

@@ -165,12 +165,12 @@ def test_unknown_compositions_are_refused_with_the_valid_names(world):
 
 
 def test_an_interrupted_augmentation_resumes(tmp_path, monkeypatch, caplog):
+    """An interrupted run leaves its finished blocks; the next run keeps them whatever its block
+    size and equals an uninterrupted run bit for bit."""
     caplog.set_level(logging.INFO)
     rng = np.random.default_rng(0)
     database = rng.standard_normal((60, 8)).astype(np.float32)
     database /= np.linalg.norm(database, axis=1, keepdims=True)
-    source = tmp_path / "global.npy"
-    np.save(source, database)
     written, real_write = [], dba_cache.write_npy
 
     def write_two_blocks(path, array):
@@ -181,17 +181,15 @@ def test_an_interrupted_augmentation_resumes(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(dba_cache, "write_npy", write_two_blocks)
     with pytest.raises(KeyboardInterrupt):
-        dba_cache.cached_augmentation(
-            database, str(source), str(tmp_path / "cache"), 5, chunk_size=16
-        )
+        dba_cache.cached_augmentation(database, "sha", str(tmp_path / "cache"), 5, chunk_size=16)
     monkeypatch.setattr(dba_cache, "write_npy", real_write)
     augmented, folder = dba_cache.cached_augmentation(
-        database, str(source), str(tmp_path / "cache"), 5, chunk_size=64
+        database, "sha", str(tmp_path / "cache"), 5, chunk_size=24
     )
-    assert "DBA resumed: 2 of 4 blocks" in caplog.text  # the first run's block size is kept
+    assert "DBA resumed: 2 blocks (32 of 60 rows)" in caplog.text
     assert np.array_equal(augmented, database_augmentation(database, 5, chunk_size=16))
-    assert read_json(f"{folder}/meta.json")["source_sha256"] == dba_cache.file_sha256(source)
-    assert not (tmp_path / "cache" / folder / "partial").exists()
+    assert read_json(f"{folder}/meta.json")["identity"]["source_sha256"] == "sha"
+    assert not (tmp_path / "cache" / f"{folder}.partial").exists()
 
 
 def test_gldv2_expansions_and_superglobal_rank_like_the_formulas(tmp_path):

@@ -7,9 +7,14 @@ which also counts trailing images without features. tests/test_asmk_search.py ch
 the package's own.
 
     arrays = build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params)
-    save_ivf_arrays(folder, arrays, provenance)         # meta.json last
-    arrays = load_ivf_arrays(folder, params, num_images)  # None: absent or of another database
+    arrays = save_ivf_arrays(folder, identity, arrays, about)   # published: datasets/derived.py
+    arrays = load_ivf_arrays(folder, identity, params, num_images)  # None: absent or damaged
     ivf = ivf_from_arrays(arrays, num_images, params.use_idf)
+
+The folder is derived data beside the database (datasets/derived.py): keyed by the identity (the
+codebook's, the features' hash, the kernel settings), validated against the digests recorded at
+write, published by one rename (two evaluations building it at once both succeed), and a damaged
+one is logged, removed and built again.
 """
 
 import logging
@@ -18,7 +23,8 @@ import os
 import numpy as np
 from asmk import inverted_file as asmk_ivf
 
-from core.io import read_json, write_json, write_npy
+from core.io import write_npy
+from datasets.derived import discard, load_validated, publish
 
 logger = logging.getLogger(__name__)
 
@@ -91,36 +97,39 @@ def ivf_from_arrays(arrays, num_images, use_idf):
     )
 
 
-def save_ivf_arrays(folder, arrays, provenance):
-    """One .npy per array; meta.json is written last, so a folder without it is never read."""
-    os.makedirs(folder, exist_ok=True)
-    for name in _IVF_ARRAYS:
-        write_npy(os.path.join(folder, f"{name}.npy"), arrays[name])
-    write_json(
-        os.path.join(folder, "meta.json"),
-        {"format": CACHE_FORMAT, "entries": len(arrays["vecs"]), **provenance},
-    )
+def save_ivf_arrays(folder, identity, arrays, about):
+    """Publish the arrays as one .npy each (datasets/derived.py); returns the published arrays
+    (another process's when it published the same folder first)."""
+
+    def write(tmp):
+        for name in _IVF_ARRAYS:
+            write_npy(os.path.join(tmp, f"{name}.npy"), arrays[name])
+
+    published = publish(folder, identity, write, about={"entries": len(arrays["vecs"]), **about})
+    return {name: np.array(published[name]) for name in _IVF_ARRAYS}
 
 
-def load_ivf_arrays(folder, params, num_images):
-    if not folder or not os.path.isfile(os.path.join(folder, "meta.json")):
-        return None
-    meta = read_json(os.path.join(folder, "meta.json"))
-    arrays = {
-        name: np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False)
-        for name in _IVF_ARRAYS
+def _expected_shapes(params, num_images):
+    return {
+        "word_offsets": ((params.codebook_size + 1,), np.int64),
+        "norm_factor": ((num_images,), np.float64),
+        "idf": ((params.codebook_size,), np.float32),
     }
+
+
+def load_ivf_arrays(folder, identity, params, num_images):
+    """The arrays in memory, or None (no folder, or a damaged one, then logged and removed)."""
+    if not folder:
+        return None
+    arrays = load_validated(folder, identity, _expected_shapes(params, num_images))
+    if arrays is None:
+        return None
+    arrays = {name: np.array(arrays[name]) for name in _IVF_ARRAYS}
     offsets = arrays["word_offsets"]
-    consistent = (
-        meta.get("format") == CACHE_FORMAT
-        and meta.get("num_images") == num_images
-        and len(offsets) == params.codebook_size + 1
-        and offsets[-1] == len(arrays["vecs"]) == len(arrays["image_ids"])
-        and len(arrays["norm_factor"]) == num_images
-    )
-    if not consistent:
+    if not (offsets[0] == 0 and offsets[-1] == len(arrays["vecs"]) == len(arrays["image_ids"])):
         logger.warning(
-            "ASMK: the inverted file in %s does not match this database; building it again", folder
+            "derived data %s: the word offsets do not cover the entries; building it again", folder
         )
+        discard(folder)
         return None
     return arrays

@@ -18,7 +18,9 @@ package's convention). Images without local features simply own no rows; ``num_i
 
 The package keeps its cache as pickles, which this project never writes, so it is used without
 ``cache_path``: the codebook centroids are stored as ``.npy``, and the inverted file as arrays
-(tools/rerank/asmk_ivf.py).
+(tools/rerank/asmk_ivf.py), both as derived data (datasets/derived.py):
+``<cache_dir>/codebook-<key>/`` and ``<cache_dir>/ivf-<key>/``, validated before use, published by
+one rename, and rebuilt with one warning when damaged.
 """
 
 import dataclasses
@@ -33,6 +35,7 @@ from asmk import index as asmk_index
 from asmk import kernel as asmk_kernel
 
 from core.io import write_npy
+from datasets.derived import derived_folder, load_validated, publish
 from tools.rerank.asmk_ivf import (
     CACHE_FORMAT,
     build_ivf_arrays,
@@ -174,7 +177,8 @@ class AsmkIndex:
         the inverted file.
 
         With ``cache_dir`` both are read from there when the database features, params and seed
-        match the cached ones (a hash of all of them names the files), and written there otherwise.
+        match the cached ones (a hash of all of them names the folders), and published there
+        otherwise (datasets/derived.py).
         """
         descriptors, image_ids, num_images = _check_features(
             database_descriptors, database_image_ids, num_images, "database"
@@ -184,54 +188,50 @@ class AsmkIndex:
                 f"ASMK.CODEBOOK_SIZE={params.codebook_size} needs at least as many database local "
                 f"descriptors to train on; the database has {len(descriptors)}"
             )
-        features_hash = _features_hash(descriptors, image_ids, num_images)
-        codebook_key = _key(
-            {
-                "format": CACHE_FORMAT,
-                "features": features_hash,
-                "size": params.codebook_size,
-                "train_rows": min(len(descriptors), params.train_features),
-                "seed": seed,
-            }
+        codebook_identity = {
+            "format": CACHE_FORMAT,
+            "features": _features_hash(descriptors, image_ids, num_images),
+            "size": params.codebook_size,
+            "train_rows": min(len(descriptors), params.train_features),
+            "seed": seed,
+        }
+        ivf_identity = {
+            "codebook": codebook_identity,
+            "binary": params.binary,
+            "use_idf": params.use_idf,
+            "multiple_assignment": params.multiple_assignment_db,
+            "num_images": num_images,
+        }
+        codebook_folder, ivf_folder = (
+            derived_folder(cache_dir, name, identity) if cache_dir else None
+            for name, identity in (("codebook", codebook_identity), ("ivf", ivf_identity))
         )
-        ivf_key = _key(
-            {
-                "codebook": codebook_key,
-                "binary": params.binary,
-                "use_idf": params.use_idf,
-                "multiple_assignment": params.multiple_assignment_db,
-                "num_images": num_images,
-            }
+        centroids = _load_centroids(
+            codebook_folder, codebook_identity, params, descriptors.shape[1]
         )
-        codebook_path = (
-            os.path.join(cache_dir, f"codebook-{codebook_key}.npy") if cache_dir else None
-        )
-        ivf_folder = os.path.join(cache_dir, f"ivf-{ivf_key}") if cache_dir else None
-
-        codebook = _load_codebook(codebook_path, params, descriptors.shape[1])
-        codebook_trained = codebook is None
+        codebook_trained = centroids is None
         if codebook_trained:
-            codebook = _train_codebook(descriptors, params, seed)
-            if codebook_path:
-                write_npy(codebook_path, codebook.centroids)
+            centroids = _train_codebook(descriptors, params, seed).centroids
+            if codebook_folder:
+                centroids = publish(
+                    codebook_folder,
+                    codebook_identity,
+                    lambda tmp: write_npy(os.path.join(tmp, "centroids.npy"), centroids),
+                )["centroids"]
+                centroids = np.array(centroids)
+        codebook = _codebook(centroids, params)
         kernel = asmk_kernel.ASMKKernel(codebook, binary=params.binary)
-        arrays = load_ivf_arrays(ivf_folder, params, num_images)
+        arrays = load_ivf_arrays(ivf_folder, ivf_identity, params, num_images)
         ivf_built = arrays is None
         if ivf_built:
             arrays = build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params)
             if ivf_folder:
-                provenance = {
-                    "num_images": num_images,
-                    "features": features_hash,
-                    "seed": seed,
-                    "codebook": os.path.basename(codebook_path),
-                    "params": dataclasses.asdict(params),
-                }
-                save_ivf_arrays(ivf_folder, arrays, provenance)
+                about = {"codebook": os.path.basename(codebook_folder)}
+                arrays = save_ivf_arrays(ivf_folder, ivf_identity, arrays, about)
         ivf = ivf_from_arrays(arrays, num_images, params.use_idf)
         logger.info(
             "ASMK: codebook %s, inverted file %s (%d images, %d entries)",
-            "trained" if codebook_trained else f"read from {codebook_path}",
+            "trained" if codebook_trained else f"read from {codebook_folder}",
             "built" if ivf_built else f"read from {ivf_folder}",
             num_images,
             int(ivf.counts.sum()),
@@ -329,10 +329,6 @@ def _features_hash(descriptors, image_ids, num_images):
     return digest.hexdigest()
 
 
-def _key(fields):
-    return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
-
-
 def _train_codebook(descriptors, params, seed):
     rows = np.arange(len(descriptors))
     if len(rows) > params.train_features:
@@ -346,20 +342,16 @@ def _train_codebook(descriptors, params, seed):
     return ASMKMethod.initialize_untrained(params.package_params()).train_codebook(sample).codebook
 
 
-def _load_codebook(path, params, dim):
-    if not path or not os.path.isfile(path):
+def _load_centroids(folder, identity, params, dim):
+    """The cached centroids [size, dim] float32, or None (no cache, none yet, or damaged)."""
+    if not folder:
         return None
-    centroids = np.load(path, allow_pickle=False)
-    if centroids.shape != (params.codebook_size, dim) or centroids.dtype != np.float32:
-        logger.warning(
-            "ASMK: %s holds %s %s centroids, expected (%d, %d) float32; training again",
-            path,
-            centroids.shape,
-            centroids.dtype,
-            params.codebook_size,
-            dim,
-        )
-        return None
+    shapes = {"centroids": ((params.codebook_size, dim), np.float32)}
+    arrays = load_validated(folder, identity, shapes)
+    return None if arrays is None else np.array(arrays["centroids"])  # in memory, not mapped
+
+
+def _codebook(centroids, params):
     codebook = asmk_codebook.Codebook(
         asmk_index.initialize_index(gpu_id=None), size=params.codebook_size
     )

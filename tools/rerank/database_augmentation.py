@@ -18,8 +18,8 @@ and the running top-k of the rows still to do ([n, k - 1] scores and indices).
 
 ``augment_blocks`` yields the augmented rows block by block and can skip blocks finished earlier
 (``done``): that is what makes the cached augmentation resumable (dba_cache.py). A block's result
-does not depend on ``chunk_size`` or on which blocks were skipped: the neighbours are an exact top-k
-and the weights are recomputed per pair.
+does not depend on ``chunk_size``, on the blocks being of equal size (``blocks``) or on which
+blocks were skipped: the neighbours are an exact top-k and the weights are recomputed per pair.
 """
 
 import numpy as np
@@ -58,12 +58,14 @@ def augment_blocks(
     device="cpu",
     done=(),
     progress=False,
+    blocks=None,
 ):
     """Yield (start, stop, augmented rows [stop - start, d] float32) for every block of
-    ``chunk_size`` database rows whose start is not in ``done``, in ascending order."""
+    ``chunk_size`` database rows (or of ``blocks``: [(start, stop)] covering the rows in order)
+    whose start is not in ``done``, in ascending order."""
     k = _check(database, k)
     device = torch.device(resolve_device(device))
-    blocks = block_ranges(database.shape[0], chunk_size)
+    blocks = blocks or block_ranges(database.shape[0], chunk_size)
     done = set(done)
     todo = [(start, stop) for start, stop in blocks if start not in done]
     todo_starts = {start for start, _ in todo}

@@ -54,7 +54,7 @@ def augmented_database(context):
         cfg, store = context.cfg, context.database_store
         context.cache["dba_database"], _ = cached_augmentation(
             context.database_descriptors,
-            os.path.join(store.folder, "global.npy"),
+            store.array_sha256("global"),
             dba_cache_root(cfg, store),
             cfg.RERANK.DBA_K,
             cfg.RERANK.DBA_ALPHA,
