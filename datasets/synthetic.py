@@ -14,10 +14,7 @@ byte-identical files, with or without the process pool.
 """
 
 import dataclasses
-import os
 import pickle
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
@@ -27,7 +24,7 @@ import cv2
 import numpy as np
 
 from core.distributed import available_cores
-from core.io import atomic_path, read_json, write_json, write_text
+from core.io import atomic_path, read_json, staging_folder, write_json, write_text
 from datasets.synthetic_render import PROFILES, build_landmark, encode_jpeg, label_view, render_view
 from datasets.synthetic_scenes import sample_family
 
@@ -312,29 +309,10 @@ def _write_test(root, seed, spec, results):
 
 @contextmanager
 def _staging(out_dir, overwrite):
-    """A fresh folder beside ``out_dir`` that replaces it only when everything was written."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} exists and is not empty; remove it or pass overwrite=True (--overwrite)"
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield staging
-        staging.chmod(0o755)
-        if out_dir.exists():
-            retired = Path(
-                tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent)
-            )
-            os.replace(out_dir, retired / "data")
-            os.replace(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    """A fresh folder beside ``out_dir`` that replaces it only when everything was written
+    (core/io.py staging_folder), as a Path."""
+    with staging_folder(out_dir, overwrite) as staging:
+        yield Path(staging)
 
 
 def default_workers():

@@ -18,6 +18,7 @@ import os
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from core.io import atomic_path
 from tools.interop.delf_pb import DatumProto, DelfFeatures
 
 GLOBAL_EXTENSION = ".delg_global"
@@ -115,11 +116,8 @@ def _parse(message_class, path):
 
 
 def _write(path, message):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.partial"
-    with open(temporary, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         handle.write(message.SerializeToString())
-    os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------------------------- global files
