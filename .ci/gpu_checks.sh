@@ -36,6 +36,9 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
                    EXTRACT.MAX_IMAGE_SIZE 128 EXTRACT.MAX_FEATURES 50)
     GPU_TRAIN=(TRAIN.AMP off TRAIN.CHANNELS_LAST False)
     DBA_BENCH=(--device cpu --rows 5000 --dim 64)
+    LEARNED_BENCH=(--device cpu --repeats 1 --no-sv RERANKER.DIM 16 RERANKER.DEPTH 1 RERANKER.FFN_DIM 32
+                   RERANKER.N_QUERY 30)
+    LEARNED_SHORTLISTS=(3 4 6)
 else
     DEVICE=cuda
     # training step: ResNet-50, 512 px, bf16, channels-last; fp32 without channels-last stands in for the seed's step
@@ -46,6 +49,9 @@ else
     GPU_TRAIN=(TRAIN.AMP bf16 TRAIN.CHANNELS_LAST True)
     # alpha-DBA of 200,000 x 512 on the GPU against faiss + NumPy on the machine's CPU cores
     DBA_BENCH=(--device cuda --chunk 16384)
+    # the learned re-ranker (RERANKER.* defaults: 600 query, 50 database locals) per query on the GPU
+    LEARNED_BENCH=(--device cuda --repeats 3 --no-sv)
+    LEARNED_SHORTLISTS=(100 400 1600)
 fi
 
 check() {  # check NAME COMMAND...: run, log, and record the exit code and the last line
@@ -65,6 +71,9 @@ check train_step_bf16_again $PY tools/benchmark_train.py "${TRAIN_BENCH[@]}"  # 
 check train_step_fp32 $PY tools/benchmark_train.py "${TRAIN_BENCH_FP32[@]}"
 check extraction $PY tools/benchmark_extract.py "${EXTRACT_BENCH[@]}"
 check dba $PY tools/benchmark_dba.py "${DBA_BENCH[@]}"
+for size in "${LEARNED_SHORTLISTS[@]}"; do
+    check "learned_top$size" $PY tools/benchmark_learned.py --shortlist "$size" "${LEARNED_BENCH[@]}"
+done
 check synthetic_world $PY tools/make_synthetic.py --size tiny --out "$WORK/world" --workers 4
 check train_tiny $PY train_delg.py --cfg configs/synthetic/demo_ci.yaml DEVICE "$DEVICE" "${GPU_TRAIN[@]}" \
     TRAIN.DATA_ROOT "$WORK/world/train" EVAL.DATA_ROOT "$WORK/world/test" OUT_DIR "$WORK/train" OPTIM.MAX_ITER 24 \

@@ -14,10 +14,12 @@ from core.io import read_json
 from core.logging import JSON_LOG_NAME, read_json_log
 from datasets.synthetic import generate
 from tools.pipeline import UNTRAINED, ensure_synthetic
+from tools.pipeline_reranker import LEARNED_METHODS
 from tools.revisitop.validation import build_retrieval_validator
 
 REPO = Path(__file__).resolve().parents[1]
 CI_CONFIG = str(REPO / "configs" / "synthetic" / "demo_ci.yaml")
+CI_RERANKER = str(REPO / "configs" / "reranker" / "synthetic_ci.yaml")
 ITERATIONS = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,6 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def demo_command(world, out, *extra, iterations=ITERATIONS):
     """The reduced demo's command line on a tiny world (iterations None: the config's)."""
     command = [sys.executable, "tools/demo.py", "--cfg", CI_CONFIG, "--size", "tiny"]
+    command += ["--reranker-cfg", CI_RERANKER]
     command += ["--data", str(world), "--out", str(out)]
     if iterations is not None:
         command += ["--iters", str(iterations), "--threads", "1"]
@@ -51,7 +54,7 @@ def test_demo_writes_results_in_the_evaluation_layout_plus_the_untrained_row(dem
     out, _ = demo_run
     results = read_json(str(out / "results.json"))
     methods = load_cfg(CI_CONFIG).EVAL.METHODS
-    assert list(results) == [UNTRAINED, *methods]
+    assert list(results) == [UNTRAINED, *methods, *LEARNED_METHODS]  # + the re-ranker's rows
     for method, by_protocol in results.items():
         assert list(by_protocol) == ["E", "M", "H"], method
         for protocol, row in by_protocol.items():

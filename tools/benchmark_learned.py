@@ -8,8 +8,9 @@ matching and DEGENSAC (SV.* defaults) of every pair, as the `sv` method runs it.
 re-ranker of the RERANKER.* defaults (or RERANKER.WEIGHTS; its weights do not change the time)
 over the query's first RERANKER.N_QUERY features and each image's first RERANKER.N_DATABASE as
 compact codes, RERANKER.BATCH_SIZE pairs per forward, float16 and binary codes. The codes are
-built before the clock starts (at evaluation they are read from disk). Last line: ``ratio: <sv ms
-per query / learned ms per query>``, or with --no-sv ``ms_per_query: <learned>``.
+built before the clock starts (at evaluation they are read from disk). The line before the last
+names the machine (core/hardware.py); the last: ``ratio: <sv ms per query / learned ms per
+query>``, or with --no-sv ``ms_per_query: <learned>``.
 
     python tools/benchmark_learned.py [--shortlist 100] [--device cpu] [--threads 2] [--no-sv]
         [KEY VALUE ...]
@@ -27,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.config import load_cfg  # noqa: E402
+from core.hardware import describe_machine  # noqa: E402
 from modeling.reranker import build_reranker  # noqa: E402
 from modeling.reranker_weights import load_reranker  # noqa: E402
 from tools.benchmark_rerank import DIM, FEATURES, synthetic_pairs  # noqa: E402
@@ -145,6 +147,7 @@ def main():
     print(f"learned: {learned:.1f} ms per query; learned_binary: {binary:.1f} ms per query")
     print_bytes()
     if args.no_sv:
+        print(describe_machine(device))
         print(f"ms_per_query: {learned:.2f}")
         return
     sv = time_sv(
@@ -153,6 +156,7 @@ def main():
         args.repeats,
     )
     print(f"sv: {sv:.1f} ms per query (DEGENSAC on the CPU)")
+    print(describe_machine(device))
     print(f"ratio: {sv / learned:.2f}")
 
 

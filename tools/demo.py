@@ -50,6 +50,18 @@ def parse_args(argv=None):
         default=DEFAULT_CONFIG,
         help="config (default: configs/synthetic/demo.yaml)",
     )
+    parser.add_argument(
+        "--no-reranker",
+        dest="reranker",
+        action="store_false",
+        help="skip the learned re-ranker (its training set extraction, training and rows)",
+    )
+    parser.add_argument(
+        "--reranker-cfg",
+        dest="reranker_config",
+        default="",
+        help="the re-ranker's config (default: configs/reranker/synthetic_demo.yaml)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if args.iters < 0 or args.threads < 0 or args.seed < 0:
@@ -68,6 +80,8 @@ def main(argv=None):
         data_size=args.size,
         threads=args.threads,
         opts=tuple(args.opts),
+        reranker=args.reranker,
+        reranker_config=args.reranker_config,
     )
     return run_reporting_errors("demo", _demo, options)
 

@@ -58,6 +58,8 @@ class DemoOptions:
     data_size: str = "default"  # datasets.synthetic.SIZES preset
     threads: int = 0  # torch threads; 0 = the cores this process may use
     opts: tuple = ()  # extra KEY VALUE config overrides
+    reranker: bool = True  # train and evaluate the learned re-ranker (tools/pipeline_reranker.py)
+    reranker_config: str = ""  # its recipe; "" = configs/reranker/synthetic_demo.yaml
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -306,6 +308,9 @@ def run_demo(options, log=print):
     )
     checkpoint = timer.run("train", train, cfg, log=log)
     cfg.TEST.WEIGHTS = checkpoint
+    from tools.pipeline_reranker import recipe_of, reranker_step, with_rerankers
+
+    rerankers = reranker_step(options, timer, cfg, checkpoint, log=log)
     trained_dir = timer.run(
         "extract, trained",
         extract,
@@ -317,6 +322,7 @@ def run_demo(options, log=print):
         extraction_config(cfg, "", os.path.join(out, "features_untrained"), local=False),
     )
     trained_cfg = evaluation_config(cfg, trained_dir, cfg.EVAL.METHODS, out)
+    trained_cfg = with_rerankers(trained_cfg, rerankers, recipe_of(options))
     context, trained = timer.run("evaluate, trained", evaluate_methods, trained_cfg)
     _, untrained = timer.run(
         "evaluate, untrained",
