@@ -9,8 +9,11 @@ OUT_DIR/features) and prints mAP and mP@k for Easy / Medium / Hard. EVAL.DATASET
 gldv2_test and gldv2_index and EVAL.SOLUTION_FILE, mAP@100. EVAL.METHODS: global, sv (local features
 of a global-only database are extracted on demand for the shortlisted images), asmk, asmk_rerank,
 the global-only re-rankings qe, dba, dba_qe, superglobal and their combinations such as dba_qe+sv
-(docs/reranking.md). Writes OUT_DIR/results.json. Exit codes: 2 for a mistake in the arguments or
-inputs (one line names it), 5 when the results did not fit on the disk.
+(docs/reranking.md). Writes OUT_DIR/results.json, merged per method with an earlier one (its other
+methods are kept; a printed line says which were replaced: tools/revisitop/results_file.py). Exit
+codes: 2 for a mistake in the arguments or inputs (one line names it; an OUT_DIR that cannot be
+written and a results.json that is not an evaluation's are found before the work), 5 when the
+results did not fit on the disk.
 """
 
 import pathlib
@@ -25,7 +28,7 @@ from tools.revisitop.evaluation import evaluate  # noqa: E402
 
 def main(argv=None):
     args = parse_args(__doc__.split("\n\n")[0], argv=argv)
-    cfg = load_cfg_or_exit(args.cfg_file, args.opts)
+    cfg = load_cfg_or_exit(args.cfg_file, args.opts, "evaluation")
     setup_logging(cfg.OUT_DIR, is_main=True, to_file=cfg.LOG_DEST == "file")
     return run_reporting_errors("evaluation", _evaluate, cfg)
 
