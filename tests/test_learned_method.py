@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.config import load_cfg
-from datasets.features import open_store
+from datasets.features import open_store, write_store
 from modeling.reranker import build_reranker
 from modeling.reranker_inputs import collate_locals, top_locals
 from modeling.reranker_weights import save_reranker
@@ -22,7 +22,7 @@ from tools.rerank import learned
 from tools.rerank.compact_codes import binary_codes, float16_codes
 from tools.retrieval import methods as retrieval_methods
 from tools.revisitop import learned_methods
-from tools.revisitop.evaluation import evaluate
+from tools.revisitop.evaluation import build_context, evaluate
 from tools.revisitop.learned_methods import coder
 
 TINY_MODEL = [
@@ -134,9 +134,7 @@ def test_learned_binary_evaluates_beside_learned_and_after_an_expansion(world, t
     root, weights = world
     binary = save_model(tmp_path / "binary.pth", binary=True)
     methods = ["global", "learned", "learned_binary", "dba_qe+learned"]
-    cfg = _cfg(
-        root, methods, weights, "RERANKER.BINARY_WEIGHTS", str(binary), "RERANK.DBA_K", "4"
-    )
+    cfg = _cfg(root, methods, weights, "RERANKER.BINARY_WEIGHTS", str(binary), "RERANK.DBA_K", "4")
     results = evaluate(cfg)
     assert set(results) == set(methods)
     folders = sorted(path.name.split("-")[0] for path in (root / "features").glob("*.compact/*"))
@@ -175,3 +173,39 @@ def test_the_benchmark_runs_and_prints_its_headline(tmp_path):
     lines = finished.stdout.strip().splitlines()
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
     assert any("N_DATABASE  50: float16  12800 B" in line for line in lines)
+
+
+class OnDemandStub:
+    """The evaluation's local access with a global-only database: what `sv` reads on demand,
+    here served from the full store, recording which rows were prepared."""
+
+    def __init__(self, local, full_store):
+        self.local, self.full_store, self.prepared = local, full_store, []
+
+    def prepare_queries(self):
+        return self.local.prepare_queries()
+
+    def prepare_database(self, rows):
+        self.prepared.append(np.asarray(rows))
+
+    def reader(self, part):
+        return self.local.reader(part) if part == "query" else self.full_store
+
+
+def test_a_global_only_database_is_read_through_the_on_demand_path(world):
+    root, weights = world
+    cfg = _cfg(root, ["learned"], weights)
+    context = build_context(cfg)
+    stored, _ = learned_methods.rerank_learned(context, False)
+    full = context.database_store
+    names = full.names
+    write_store(root / "global_only", names, np.asarray(full.global_descriptors()), None)
+    context.database_store = open_store(root / "global_only")
+    context.local = OnDemandStub(context.local, full)
+    on_demand, settings = learned_methods.rerank_learned(context, False)
+    assert settings["codes"].startswith("in memory")
+    shortlisted = np.unique(np.concatenate([np.concatenate(lists) for lists in stored.values()]))
+    np.testing.assert_array_equal(np.concatenate(context.local.prepared), shortlisted)
+    for protocol, per_query in stored.items():
+        for ours, theirs in zip(on_demand[protocol], per_query):
+            np.testing.assert_array_equal(ours, theirs)
