@@ -209,6 +209,9 @@ _C.SV.CONFIDENCE = 1.0  # RANSAC confidence
 _C.SV.MAX_ITERS = 1000  # RANSAC iterations
 _C.SV.NUM_WORKERS = 0  # worker processes for geometry fitting (0 = in process)
 _C.SV.SEED = 0  # RANSAC seed, so that results repeat
+# the matcher's candidate product: auto (bfloat16 where the device does it natively, else float32;
+# core/hardware.py), float32 or bfloat16; the matches are the same, only the speed differs
+_C.SV.MATCH_PRECISION = "auto"
 
 # --------------------------------------------------------------------------------------------- ASMK
 _C.ASMK = CfgNode()

@@ -1,6 +1,7 @@
-"""Every benchmark script still runs (at toy sizes) and ends with its headline line: a benchmark
-that broke with a refactor would otherwise be found only on the GPU machine. The timings themselves
-are not checked here."""
+"""Every benchmark script still runs (at toy sizes) and ends with its headline line, after a line
+that names the machine (CPU model, torch's CPU capability, threads, device): a benchmark that broke
+with a refactor would otherwise be found only on the GPU machine. The timings themselves are not
+checked here."""
 
 import re
 import subprocess
@@ -12,6 +13,9 @@ from tests.tiny import REPO, TINY_HEADS, TINY_R18
 
 SHARED_GND = REPO.parent / "shared" / "data" / "revisitop" / "gnd_roxford5k.pkl"
 HEADLINE = re.compile(r"^ratio: \d+(\.\d+)?$")
+MACHINE = re.compile(
+    r"^machine: CPU .+; torch CPU capability \w+.*; \d+ torch threads; device (cpu|cuda)"
+)
 
 CASES = {
     "train": [
@@ -53,5 +57,6 @@ def test_benchmark_runs_and_prints_its_headline(name, tmp_path):
     command = [sys.executable, str(REPO / "tools" / f"benchmark_{name}.py"), *CASES[name]]
     finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    last_line = finished.stdout.strip().splitlines()[-1]
+    *earlier, last_line = finished.stdout.strip().splitlines()
     assert HEADLINE.match(last_line), finished.stdout[-2000:]
+    assert any(MACHINE.match(line) for line in earlier), finished.stdout[-2000:]

@@ -28,6 +28,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
+from core.hardware import describe_machine  # noqa: E402
 from tools.rerank.spatial_verification import compute_num_inliers  # noqa: E402
 
 DISTANCE, RESIDUAL, TRIALS = 1.0, 20.0, 1000
@@ -168,6 +169,7 @@ def main(argv=None):
         print(f"{kind}: mean official {official:.1f}, ours {ours:.1f} ({ours / official:.3f})")
     official_all = np.mean([official for official, _ in totals.values()])
     ours_all = np.mean([ours for _, ours in totals.values()])
+    print(describe_machine())
     print(f"ratio: {ours_all / official_all:.3f}")
 
 

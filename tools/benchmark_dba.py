@@ -26,6 +26,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from core.hardware import describe_machine  # noqa: E402
 from tools.rerank.database_augmentation import database_augmentation  # noqa: E402
 
 ALPHA = 3.0
@@ -129,6 +130,7 @@ def main(argv=None):
     clock = 0 if args.clock == "wall" else 1
     wall_ratio, cpu_ratio = (baseline_s[i] / ours_s[i] for i in (0, 1))
     print(f"wall ratio: {wall_ratio:.2f}; CPU-time ratio: {cpu_ratio:.2f}")
+    print(describe_machine(args.device))
     print(f"ratio: {(wall_ratio, cpu_ratio)[clock]:.2f}")
     return 0
 

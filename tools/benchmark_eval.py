@@ -19,6 +19,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from core.hardware import describe_machine  # noqa: E402
 from tools.revisitop.evaluation import load_gnd  # noqa: E402
 from tools.revisitop.metrics import protocol_results_from_scores  # noqa: E402
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnds  # noqa: E402
@@ -129,6 +130,7 @@ def main():
         f"a baseline with it {quick_sort + baseline_time - sort_time:.2f} s "
         "(ties then fall in no defined order)"
     )
+    print(describe_machine())
     print(f"ratio: {baseline_time / our_time:.2f}")
 
 

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.cli import load_cfg_or_exit  # noqa: E402
+from core.hardware import describe_machine  # noqa: E402
 from datasets.features import open_store, write_store  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
 from datasets.transforms import build_normalizer, to_chw_tensor  # noqa: E402
@@ -274,6 +275,7 @@ def main(argv=None):
             f"{result['bare_cpu']:.3f} s, CPU-time ratio "
             f"{result['full_cpu'] / result['bare_cpu']:.3f}"
         )
+    print(describe_machine(result["device"]))
     print(f"ratio: {result['full'] / result['bare']:.3f}")
     return 0
 

@@ -12,11 +12,13 @@ same DEGENSAC call. The two must agree on every inlier count. Last line: ``ratio
 baseline pairs/s>`` (shortlist mix).
 
     python tools/benchmark_rerank.py [--pairs 100] [--baseline-pairs 25] [--full-roxford
-    [--workers 1]]
+    [--workers 1]] [--precision auto|float32|bfloat16]
 
 --full-roxford also times a whole ROxford re-ranking: 70 queries x top 100 per protocol (junk
 excluded, the union of the three protocols verified once), 1000 features per image (the same mix),
-SV.NUM_WORKERS geometry processes.
+SV.NUM_WORKERS geometry processes. --precision forces the matcher's candidate product
+(SV.MATCH_PRECISION; auto picks by the hardware, core/hardware.py). The line before the last names
+the machine and the precision used.
 """
 
 import pathlib
@@ -30,6 +32,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
+from core.hardware import PRECISIONS, describe_machine, matmul_precision  # noqa: E402
 from tools.benchmark_eval import DEFAULT_GND  # noqa: E402
 from tools.rerank.spatial_verification import (  # noqa: E402
     VerificationOptions,
@@ -166,8 +169,12 @@ def main():
     parser.add_argument(
         "--gnd", default=str(DEFAULT_GND), help="gnd_roxford5k.pkl for --full-roxford"
     )
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="the matcher's candidate product"
+    )
     args = parser.parse_args()
-    options = VerificationOptions()  # NN under 1.0, DEGENSAC 20 px, confidence 1.0, 1000 iterations
+    # NN under 1.0, DEGENSAC 20 px, confidence 1.0, 1000 iterations
+    options = VerificationOptions(match_precision=args.precision)
     count = max(args.pairs, args.baseline_pairs)
     print(
         f"{FEATURES} features x {DIM}-d per image, float16; "
@@ -189,6 +196,8 @@ def main():
             f"full ROxford re-ranking ({pairs} distinct pairs, {args.workers} geometry workers): "
             f"{seconds:.1f} s ({pairs / seconds:.0f} pairs/s)"
         )
+    # verify_pairs matches with one thread; `auto` was decided (and cached) there
+    print(f"{describe_machine()}; candidate precision {matmul_precision('cpu', args.precision)}")
     print(f"ratio: {ours / baseline:.2f}")
 
 

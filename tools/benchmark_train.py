@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 
 from core.config import cfg, load_global_cfg  # noqa: E402
 from core.distributed import PreemptionFlag  # noqa: E402
+from core.hardware import describe_machine  # noqa: E402
 from core.optimizer import build_optimizer  # noqa: E402
 from core.run import Run, amp_dtype_of  # noqa: E402
 from core.step import train_step  # noqa: E402
@@ -209,6 +210,7 @@ def main():
     if not on_gpu:
         cpu_ratio = statistics.median(cpu_times["delg"]) / statistics.median(cpu_times["plain"])
         print(f"ratio of median CPU times of this process: {cpu_ratio:.3f}")
+    print(describe_machine(device))
     print(f"ratio: {medians['delg'] / medians['plain']:.3f}")
 
 

@@ -8,16 +8,18 @@ using
 Appending 1 to q and -||x||^2 / 2 to x makes a(q, x) one dot product. Norms stay in the formula, so
 descriptors need not be exactly unit length (float16 storage rounds them).
 
-Two stages keep the result that of float32 matching while most of the work runs in bfloat16 (AMX,
-tensor cores):
-1. one bfloat16 product of the query with every index image of the batch gives each query
-   descriptor's
-   approximate best affinity per image. Its error is bounded (``_bfloat16_error``), so a descriptor
-   whose approximate best lies below the match threshold by more than the bound cannot match and is
-   dropped. The affinities are shifted to be positive, so that the maximum can be taken on the
-   bfloat16 bit patterns as int16.
+Two stages keep the result that of float32 matching while the bulk of the work may run in a faster
+precision (bfloat16 on AMX, AVX512_BF16 or tensor cores):
+1. one product of the query with every index image of the batch, in the candidate precision
+   (``core.hardware.matmul_precision``: bfloat16 where the device does it natively, else float32;
+   ``SV.MATCH_PRECISION`` forces one), gives each query descriptor's approximate best affinity per
+   image. Its error is bounded (``_bfloat16_error``, ``_float32_error``), so a descriptor whose
+   approximate best lies below the match threshold by more than the bound cannot match and is
+   dropped. In bfloat16 the affinities are shifted to be positive, so that the maximum can be taken
+   on the bit patterns as int16.
 2. the remaining descriptors (true matches and near misses, usually a small part) are matched again
    in float32 against their image: nearest neighbour, distance bound, ratio test, mutual check.
+Whatever the candidate precision, the matches are those of stage 2 (tests force each one).
 A match is kept when the nearest index descriptor is closer than ``max_distance`` (official 1.0),
 optionally when it passes Lowe's ratio test (d1 < ratio * d2) and when it is a mutual nearest
 neighbour.
@@ -26,15 +28,19 @@ neighbour.
 import numpy as np
 import torch
 
-MAX_BATCH_ELEMENTS = 1 << 23  # entries of the [m, B, n] bfloat16 product computed at once
+from core.hardware import DTYPES, matmul_precision
+
+MAX_BATCH_ELEMENTS = 1 << 23  # entries of the [m, B, n] candidate product computed at once
 _PADDING_AFFINITY = -1e30  # affinity of a padding row: never anyone's nearest neighbour
 # the inner dimension is padded with zeros to a multiple of this (fast bfloat16 kernels)
 _ALIGN = 32
 _UNIT_ROUNDOFF = 2.0**-9  # bfloat16
+_FLOAT32_ROUNDOFF = 2.0**-24
+_FLOAT32_ALIGN = 8  # float32 products read only the first dim + 1 columns, rounded up to this
 
 
-def _width(dim):
-    return -(-(dim + 1) // _ALIGN) * _ALIGN
+def _width(dim, align=_ALIGN):
+    return -(-(dim + 1) // align) * align
 
 
 def _augmented_index(descriptor_list, dim):
@@ -61,12 +67,50 @@ def _bfloat16_error(query_norms, largest_index_norm, shift):
     return 4 * u * np.sqrt(query_norms) * largest + 3 * u * (0.5 * largest**2 + shift)
 
 
-def _candidate_rows(query_bf16, query_norms, augmented, counts, dim, max_distance):
-    """[m, B] bool: the query rows whose best affinity in image b may pass the distance bound."""
+def _float32_error(query_norms, largest_index_norm, width):
+    """Bound on the difference between a float32 affinity of stage 1 and the one stage 2 compares
+    (products of the same float32 values, summed in any order over `width` terms): each errs by at
+    most gamma |q'||x'| with gamma = width u / (1 - width u), |q'|^2 = |q|^2 + 1 and
+    |x'|^2 = X^2 + X^4 / 4 (the augmented rows); twice that, plus the rounding of the threshold's
+    own arithmetic."""
+    u, largest = _FLOAT32_ROUNDOFF, float(largest_index_norm)
+    gamma = width * u / (1 - width * u)
+    augmented_index = np.sqrt(largest**2 + 0.25 * largest**4)
+    return 2 * gamma * np.sqrt(query_norms + 1.0) * augmented_index + 4 * u * (query_norms + 1.0)
+
+
+def _largest_norm(augmented, counts, dim):
+    """Largest index descriptor norm of the batch, read from the -||x||^2 / 2 column."""
     real = np.arange(augmented.shape[1])[None, :] < np.asarray(counts)[:, None]
-    largest = (
-        float(np.sqrt(max(-2.0 * augmented[:, :, dim][real].min(), 0.0))) if real.any() else 0.0
-    )
+    if not real.any():
+        return real, 0.0
+    return real, float(np.sqrt(max(-2.0 * augmented[:, :, dim][real].min(), 0.0)))
+
+
+def _candidate_rows(query, query_norms, augmented, counts, dim, max_distance):
+    """[m, B] bool: the query rows whose best affinity in image b may pass the distance bound;
+    the product runs in query's dtype (bfloat16 or float32)."""
+    threshold = 0.5 * (query_norms - max_distance**2)  # a > threshold  <=>  distance < max_distance
+    if query.dtype == torch.float32:
+        best, error = _float32_best(query, query_norms, augmented, counts, dim)
+    else:
+        best, error = _bfloat16_best(query, query_norms, augmented, counts, dim)
+    return best >= (threshold - error)[:, None]
+
+
+def _float32_best(query, query_norms, augmented, counts, dim):
+    """([m, B] best float32 affinity per image, [m] error bound)."""
+    _, largest = _largest_norm(augmented, counts, dim)
+    width = _width(dim, _FLOAT32_ALIGN)  # the columns after dim are zero
+    index = torch.from_numpy(augmented).to(query.device)[:, :, :width]
+    approximate = torch.mm(query[:, :width], index.reshape(-1, width).T)
+    best = approximate.view(len(query_norms), len(augmented), -1).amax(dim=2).cpu().numpy()
+    return best, _float32_error(query_norms, largest, width)
+
+
+def _bfloat16_best(query_bf16, query_norms, augmented, counts, dim):
+    """([m, B] best bfloat16 affinity per image, [m] error bound)."""
+    real, largest = _largest_norm(augmented, counts, dim)
     # a + shift >= 1 everywhere
     shift = float(np.sqrt(query_norms.max())) * largest + 0.5 * largest**2 + 1.0
     shifted = augmented.copy()
@@ -81,8 +125,7 @@ def _candidate_rows(query_bf16, query_norms, augmented, counts, dim, max_distanc
     # positive bfloat16 values order like their bit patterns read as int16
     best_bits = approximate.view(torch.int16).view(len(query_norms), len(augmented), -1).amax(dim=2)
     best = best_bits.view(torch.bfloat16).float().cpu().numpy() - shift
-    threshold = 0.5 * (query_norms - max_distance**2)  # a > threshold  <=>  distance < max_distance
-    return best >= (threshold - _bfloat16_error(query_norms, largest, shift))[:, None]
+    return best, _bfloat16_error(query_norms, largest, shift)
 
 
 def _match_image(query, query_norms, rows, index, dim, max_distance, ratio_test, mutual):
@@ -130,13 +173,16 @@ def putative_matches(
     ratio_test=0.0,
     mutual=False,
     device="cpu",
+    precision="auto",
 ):
     """For each index image, (query rows, index rows) of its putative matches, ordered by query row.
 
     query_descriptors [m, d]; index_descriptor_list: one [n_i, d] array per index image (float16 or
-    float32).
+    float32). precision: the candidate product's, auto (core.hardware.matmul_precision), float32 or
+    bfloat16; the matches are the same for each.
     """
     device = torch.device(device)
+    candidate_dtype = DTYPES[matmul_precision(device, precision)]
     dim = np.shape(query_descriptors)[1] if np.ndim(query_descriptors) == 2 else 0
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if len(query_descriptors) == 0 or dim == 0:
@@ -152,7 +198,7 @@ def putative_matches(
     query[:, dim] = 1.0
     query_norms = np.einsum("ij,ij->i", query[:, :dim], query[:, :dim])
     query = torch.from_numpy(query).to(device)
-    query_bf16 = query.to(torch.bfloat16)
+    query_candidate = query.to(candidate_dtype)
     matches = []
     with torch.no_grad():
         for start, stop in _batches(index_descriptor_list, len(query)):
@@ -160,7 +206,7 @@ def putative_matches(
             counts = [len(descriptors) for descriptors in batch]
             augmented = _augmented_index(batch, dim)
             candidates = _candidate_rows(
-                query_bf16, query_norms, augmented, counts, dim, max_distance
+                query_candidate, query_norms, augmented, counts, dim, max_distance
             )
             index = torch.from_numpy(augmented).to(device)
             for image, count in enumerate(counts):

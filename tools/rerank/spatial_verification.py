@@ -29,6 +29,7 @@ import multiprocessing
 import numpy as np
 import torch
 
+from core.hardware import check_precision
 from core.progress import progress_bar
 from tools.rerank.affine_ransac import affine_inlier_mask
 from tools.rerank.matching import putative_matches
@@ -52,8 +53,11 @@ class VerificationOptions:
     confidence: float = 1.0  # RANSAC confidence (degensac, magsac)
     max_iters: int = 1000  # RANSAC iterations / trials
     seed: int = 0
+    # the matcher's candidate product: auto (by the device, core.hardware), float32 or bfloat16
+    match_precision: str = "auto"
 
     def __post_init__(self):
+        check_precision(self.match_precision)
         if self.method not in METHODS:
             raise ValueError(
                 f"spatial verification method {self.method!r} is not one of {', '.join(METHODS)}"
@@ -78,6 +82,7 @@ def options_from_cfg(cfg):
         confidence=sv.CONFIDENCE,
         max_iters=sv.MAX_ITERS,
         seed=sv.SEED,
+        match_precision=sv.MATCH_PRECISION,
     )
 
 
@@ -158,9 +163,8 @@ def compute_num_inliers(
     """Inliers between two images' local features (locations [n, 2], descriptors [n, d]).
 
     options: the VerificationOptions fields (method, max_distance, ratio_test, mutual,
-    inlier_threshold,
-    confidence, max_iters, seed); defaults: NN under 1.0, no ratio test, DEGENSAC 20 px, 1.0, 1000
-    iterations.
+    inlier_threshold, confidence, max_iters, seed, match_precision); defaults: NN under 1.0, no
+    ratio test, DEGENSAC 20 px, 1.0, 1000 iterations.
     """
     options = VerificationOptions(**options)
     ((query_rows, index_rows),) = putative_matches(
@@ -170,6 +174,7 @@ def compute_num_inliers(
         options.ratio_test,
         options.mutual,
         device,
+        options.match_precision,
     )
     return count_inliers(
         np.asarray(query_locations)[query_rows], np.asarray(index_locations)[index_rows], options
@@ -199,6 +204,7 @@ def _correspondences(query_features, index_features, options, device):
         options.ratio_test,
         options.mutual,
         device,
+        options.match_precision,
     )
     return [
         (

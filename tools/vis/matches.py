@@ -89,6 +89,7 @@ def match_picture(
         options.ratio_test,
         options.mutual,
         device,
+        options.match_precision,
     )
     query_points = np.asarray(query_features[0])[query_rows]
     index_points = np.asarray(index_features[0])[index_rows]
