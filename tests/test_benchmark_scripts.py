@@ -47,6 +47,7 @@ CASES = {
     "rerank": ["--pairs", "3", "--baseline-pairs", "2"],
     "dba": ["--rows", "3000", "--dim", "32"],
     "eval": ["--rows", "6000", "--gnd", str(SHARED_GND)],
+    "store_digest": ["--rows", "3000", "--dim", "64", "--folder", "store"],
 }
 
 
