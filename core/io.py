@@ -93,17 +93,17 @@ def _temporary_file(path):
         )
     except OSError as error:
         if error.errno in DISK_FULL_ERRNOS:
-            raise _disk_full(folder, path) from None
+            raise _disk_full(folder, os.path.basename(path)) from None
         raise type(error)(error.errno, error.strerror, folder) from None
     os.close(handle)
     return tmp
 
 
-def _disk_full(folder, path):
+def _disk_full(folder, name):
     free = _megabytes(shutil.disk_usage(folder).free) if os.path.isdir(folder) else "?"
     return DiskFullError(
         errno.ENOSPC,
-        f"disk full in {folder} while writing {os.path.basename(path)} ({free} free, or the "
+        f"disk full in {folder} while writing {name} ({free} free, or the "
         "file-size limit of ulimit -f reached); free some space or choose another folder",
     )
 
@@ -116,14 +116,15 @@ def _publish(tmp, path):
         raise type(error)(error.errno, error.strerror, path) from None
 
 
-def _discard(temporaries, error):
-    """Remove the temporary files; raise error, as DiskFullError when it is a full disk."""
+def _discard(temporaries, paths, error):
+    """Remove the temporary files of paths; raise error, as DiskFullError when it is a full disk."""
     for tmp in temporaries:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     if isinstance(error, DiskFullError) or not _is_disk_full(error):
         raise error
-    raise _disk_full(os.path.dirname(os.path.abspath(temporaries[0])), temporaries[0]) from None
+    names = ", ".join(os.path.basename(path) for path in paths)
+    raise _disk_full(os.path.dirname(os.path.abspath(paths[0])), names) from None
 
 
 @contextlib.contextmanager
@@ -135,7 +136,7 @@ def atomic_path(path):
         yield tmp
         _publish(tmp, path)
     except BaseException as error:
-        _discard([tmp], error)
+        _discard([tmp], [path], error)
 
 
 @contextlib.contextmanager
@@ -152,7 +153,7 @@ def atomic_paths(*paths):
     except BaseException as error:
         if not temporaries:
             raise
-        _discard(temporaries, error)
+        _discard(temporaries, paths, error)
 
 
 def refuse_existing(path, overwrite=False, hint=OVERWRITE_HINT):
@@ -207,7 +208,7 @@ def staging_folder(out_dir, overwrite=False, hint=OVERWRITE_HINT):
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, DiskFullError) or not _is_disk_full(error):
             raise
-        raise _disk_full(parent, out_dir) from None
+        raise _disk_full(parent, name) from None
 
 
 def write_text(path, text):

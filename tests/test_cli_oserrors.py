@@ -85,7 +85,7 @@ def test_the_file_size_limit_is_a_full_disk(tmp_path, capsys):
     assert err.startswith("script error: File too large (the disk is full or the file-size"), err
     with file_size_limit(4096):
         code, err = _report(capsys, write_npy, str(path), np.zeros(10000))  # an atomic write
-    assert code == EXIT_DISK_FULL and f"disk full in {tmp_path} while writing big.bin" in err, err
+    assert code == EXIT_DISK_FULL and f"disk full in {tmp_path} while writing big.bin (" in err, err
     assert os.listdir(tmp_path) == ["big.bin"]  # the plain write's partial file; no temporary
 
 
@@ -105,6 +105,7 @@ def test_two_files_are_written_both_or_neither(tmp_path):
             _write(small_tmp, b"new config")
             _write(big_tmp, b"x" * 10000)
     assert raised.value.errno == errno.ENOSPC  # DiskFullError: exit 5 in a script
+    assert "while writing model.yaml, model.pth (" in str(raised.value)
     assert small.read_text() == "old config" and not big.exists()
     assert os.listdir(tmp_path) == ["model.yaml"]
     with atomic_paths(str(small), str(big)) as (small_tmp, big_tmp):
