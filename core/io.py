@@ -158,7 +158,7 @@ def atomic_paths(*paths):
 
 def refuse_existing(path, overwrite=False, hint=OVERWRITE_HINT):
     """Raise FileExistsError naming path when it is a file or a folder that is not empty, unless
-    overwrite; a folder where a file is expected is IsADirectoryError whatever overwrite says."""
+    overwrite (an empty folder is no output to lose)."""
     path = str(path)
     if overwrite or not os.path.lexists(path):
         return
