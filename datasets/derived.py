@@ -15,7 +15,9 @@ ASMK codebook and inverted file, compact codes, anything later. NumPy arrays and
   datasets/digests.py); ``shapes`` adds what the caller expects.
 - Published whole: written into a private temporary folder beside it, meta.json last, then renamed
   into place by one os.rename. An existing folder is never replaced: when two processes build the
-  same data, the first rename wins and the other drops its own copy and uses the winner's.
+  same data, the first rename wins and the other drops its own copy and uses the winner's. Private
+  folders are named with the host and process id; those of dead processes of this host (killed
+  while publishing) are removed by the next publish.
 - Damaged (a check fails): one warning line naming the folder; it is moved aside and removed, and
   the caller builds it again.
 - Resumable partial state: ``<folder>.partial``, used under a shared lock on ``<folder>.lock``
@@ -32,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 
 import numpy as np
@@ -115,9 +118,38 @@ def _checked_array(folder, name, record, expected):
     return array
 
 
+def _private_prefix(path):
+    """The name prefix of this process's private folders beside ``path``: host and pid, so that
+    those of a process that died (kill -9 while publishing) are recognised and removed."""
+    return f".{os.path.basename(path)}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_abandoned(folder):
+    """Remove the private folders beside ``folder`` (its own and its partial state's) left by dead
+    processes of this host; those of other hosts stay (their processes cannot be asked)."""
+    root, base = os.path.split(os.path.abspath(folder))
+    mark = f".tmp-{socket.gethostname()}-"
+    for entry in os.listdir(root) if os.path.isdir(root) else ():
+        if entry.startswith(f".{base}.") and mark in entry:
+            pid = entry.split(mark, 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def discard(folder):
     """Move a folder aside (one rename, so no reader sees it half removed) and remove it."""
-    trash = f"{folder}.discarded-{os.getpid()}-{os.urandom(4).hex()}"
+    root = os.path.dirname(os.path.abspath(folder))
+    trash = os.path.join(root, _private_prefix(folder) + os.urandom(4).hex())
     try:
         os.rename(folder, trash)
     except FileNotFoundError:
@@ -132,7 +164,8 @@ def publish(folder, identity, write, about=None, shapes=None):
     arrays."""
     root = os.path.dirname(os.path.abspath(folder))
     os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=root)
+    remove_abandoned(folder)
+    tmp = tempfile.mkdtemp(prefix=_private_prefix(folder), dir=root)
     try:
         write(tmp)
         _write_meta(tmp, identity, about)

@@ -6,6 +6,7 @@ size writes nothing; a DBA run killed with SIGKILL resumes bit for bit."""
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -270,3 +271,21 @@ def test_settings_are_checked_before_anything_is_written(tmp_path):
         with pytest.raises(ValueError, match=key):
             dba_cache.cached_augmentation(database, "sha", str(tmp_path / "cache"), **arguments)
     assert not (tmp_path / "cache").exists()
+
+
+def test_private_folders_of_dead_processes_are_removed_by_the_next_publish(tmp_path):
+    from datasets.derived import derived_folder, publish
+
+    folder = derived_folder(str(tmp_path), "codes", {"k": 1})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    base = os.path.basename(folder)
+    abandoned = tmp_path / f".{base}.tmp-{host}-{dead.pid}-x1"
+    alive = tmp_path / f".{base}.tmp-{host}-{os.getpid()}-x2"
+    other_host = tmp_path / f".{base}.tmp-elsewhere-{dead.pid}-x3"
+    for path in (abandoned, alive, other_host):
+        path.mkdir()
+        (path / "codes.npy").write_bytes(b"half written")
+    publish(folder, {"k": 1}, lambda tmp: np.save(os.path.join(tmp, "codes.npy"), np.zeros(3)))
+    assert not abandoned.exists() and alive.exists() and other_host.exists()
