@@ -63,22 +63,32 @@ def pyramid_scales(values, known=OFFICIAL_SCALES):
 
 
 # ------------------------------------------------------------------------------------------ names
+def _file_key(name):
+    """The file a name gives, relative to its folder ('./a' and 'a' give 'a'); None for a name
+    that leads outside the folder (absolute, '..', empty)."""
+    if name and os.sep not in name and name not in (".", ".."):
+        return name  # the common case, without the slower normpath
+    key = os.path.normpath(name) if name else ".."
+    if os.path.isabs(key) or key == "." or key == ".." or key.startswith(".." + os.sep):
+        return None
+    return key
+
+
 def check_file_names(names, folder, where):
     """Raise ValueError naming both images when two names give one file under folder, or naming
     the image whose name leads out of folder; where says whose list the names are."""
-    root = os.path.abspath(folder)
     seen = {}
     for index, name in enumerate(names):
-        path = os.path.normpath(os.path.join(root, name))
-        if os.path.isabs(name) or not path.startswith(root + os.sep):
-            raise ValueError(f"{where}: image {index} is named {name!r}, a path outside {folder}")
-        if path in seen:
-            first = seen[path]
+        key = _file_key(name)
+        if key is None:
+            raise ValueError(f"{where}: image {index} is named {name!r}, not a file under {folder}")
+        if key in seen:
+            first = seen[key]
             raise ValueError(
                 f"{where}: images {first} ({names[first]!r}) and {index} ({name!r}) have one file "
-                f"name ({path}); one would overwrite the other: rename one"
+                f"name ({os.path.join(folder, key)}); one would overwrite the other: rename one"
             )
-        seen[path] = index
+        seen[key] = index
 
 
 # ---------------------------------------------------------------------------------------- tensors
