@@ -250,3 +250,12 @@ def test_the_importer_refuses_a_list_naming_one_image_twice(world, capsys):
     line = _one_error_line(capsys, "import", "gnd_tiny.pkl (imlist)", "images 2 ('db_002')")
     assert "and 7 ('./db_002')" in line
     assert not (world / "back" / "tiny_database").exists()
+
+
+def test_the_exporter_refuses_a_name_leading_outside_its_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_store(tmp_path / "store", ["a", "../b"], rng.standard_normal((2, 8)).astype(np.float32))
+    code = export_official_features.main([str(tmp_path / "store"), str(tmp_path / "out")])
+    assert code == 2
+    _one_error_line(capsys, "export", "image 1 is named '../b', not a file under")
+    assert sorted(os.listdir(tmp_path)) == ["store"]
