@@ -100,11 +100,11 @@ def _compute(database, folder, identity, partial, k, alpha, negative, chunk_size
     shapes = {"augmented": (database.shape, np.float32)}
     blocks, done = resume_plan(partial, database.shape, chunk_size)
     if done:
-        rows = sum(stop - start for start, stop in blocks if start in done)
+        finished_rows = sum(stop - start for start, stop in blocks if start in done)
         logger.info(
             "DBA resumed: %d blocks (%d of %d rows) already in %s",
             len(done),
-            rows,
+            finished_rows,
             database.shape[0],
             partial,
         )
