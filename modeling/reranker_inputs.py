@@ -70,3 +70,8 @@ def collate_locals(items, n=None, global_descriptors=None, dtype=torch.float32):
         torch.from_numpy(locations),
         None if glob is None else glob.to(dtype),
     )
+
+
+def take(batch, index):
+    """The rows `index` (tensor or list) of a LocalBatch (None fields kept)."""
+    return LocalBatch(*(None if field is None else field[index] for field in batch))

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from core.config import ConfigError
+from datasets.gldv2 import CLEAN_HEADER, read_gldv2_csv
 from datasets.image_io import read_image
 from datasets.list_dataset import ParseError, numbered_lines
 from datasets.loader import init_worker
@@ -128,10 +129,14 @@ def list_images(list_path, root):
 
 
 def gldv2_images(csv_path, root):
-    """GLDv2 index.csv / test.csv: an ``id`` column; image <id> lives at root/a/b/c/<id>.jpg."""
+    """GLDv2 index.csv / test.csv / train.csv: an ``id`` column, or train_clean.csv (the training
+    split of the learned re-ranker); image <id> lives at root/a/b/c/<id>.jpg."""
     with open(csv_path, newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)
         header = [field.strip() for field in next(rows, [])]
+        if header == CLEAN_HEADER:
+            ids = [image for images in read_gldv2_csv(csv_path).values() for image in images]
+            return _gldv2_paths(ids, root, csv_path)
         if not header or header[0] != "id":
             raise ParseError(
                 csv_path, 1, "expected a header whose first column is 'id'", ",".join(header)
@@ -149,6 +154,10 @@ def gldv2_images(csv_path, root):
                     ",".join(row),
                 )
             ids.append(image_id)
+    return _gldv2_paths(ids, root, csv_path)
+
+
+def _gldv2_paths(ids, root, csv_path):
     if not ids:
         raise ConfigError(f"EXTRACT.SPLIT {csv_path}: no image ids")
     paths = [os.path.join(root, i[0], i[1], i[2], f"{i}.jpg") for i in ids]
