@@ -1,7 +1,7 @@
 """A toy training store for the re-ranker tests: landmarks made of a few shared local "parts",
-images that see a random subset of their landmark's parts among clutter, and global descriptors noisy
-enough that the global ranking mixes landmarks. Written with datasets.features.write_store and a
-train_clean.csv, like an extraction of a GLDv2-layout training split."""
+images that see a random subset of their landmark's parts among clutter, and global descriptors
+noisy enough that the global ranking mixes landmarks. Written with datasets.features.write_store and
+a train_clean.csv, like an extraction of a GLDv2-layout training split."""
 
 import numpy as np
 
