@@ -141,6 +141,8 @@ _C.TRAIN.MAX_NONFINITE_STEPS = 5
 _C.TRAIN.RETRIEVAL_EVAL = False  # evaluate retrieval mAP (EVAL.* dataset) every EVAL_PERIOD epochs
 # also write the JSON log's scalars as TensorBoard curves in OUT_DIR (needs tensorboard)
 _C.TRAIN.TENSORBOARD = False
+# seconds of work after the training that the logged ETA adds (the demo: extraction and evaluation)
+_C.TRAIN.ETA_EXTRA_S = 0.0
 
 # --------------------------------------------------------------------------------------- validation
 _C.TEST = CfgNode()

@@ -45,6 +45,7 @@ RULES = {
     "RERANK.DBA_ALPHA": _non_negative_number(),
     "RERANK.SG_BETA": _non_negative_number(),
     "ASMK.ALPHA": _non_negative_number(),
+    "TRAIN.ETA_EXTRA_S": _non_negative_number(),
     # block sizes
     "EVAL.CHUNK_SIZE": _at_least(1),
     "RERANK.DBA_CHUNK": _at_least(1),

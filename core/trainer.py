@@ -36,6 +36,7 @@ from core.checkpoint import (
     training_state,
 )
 from core.config import cfg, dump_cfg, load_global_cfg, merge_dict
+from core.eta import EtaClock, validations_left
 from core.io import EXIT_DISK_FULL, DiskFullError
 from core.logging import get_logger, peak_memory_mb, train_line
 from core.meters import TrainMeter
@@ -210,9 +211,10 @@ def train(run, position):
     if position.global_iter >= run.total_iters:
         logger.info("nothing to do: the run already finished its %d iterations", run.total_iters)
         return 0
+    clock = EtaClock(cfg.TRAIN.ETA_EXTRA_S)
     for epoch in range(position.epoch, run.max_epoch):
         start = position.iter_in_epoch if epoch == position.epoch else 0
-        position, outcome = train_epoch(run, epoch, start)
+        position, outcome = train_epoch(run, epoch, start, clock)
         if outcome == "preempted":
             write_checkpoint(run, position)
             how = "the same command" if cfg.TRAIN.AUTO_RESUME else "with TRAIN.AUTO_RESUME True"
@@ -229,9 +231,9 @@ def train(run, position):
     return 0
 
 
-def train_epoch(run, epoch, start_batch):
+def train_epoch(run, epoch, start_batch, clock):
     """Train from batch start_batch of the epoch; return (position after the last step, outcome:
-    "done", "finished" or "preempted")."""
+    "done", "finished" or "preempted"). clock: the run's EtaClock (core/eta.py)."""
     run.loader.sampler.set_epoch(epoch, start_batch)
     run.net.train()
     meter = TrainMeter(window=max(cfg.LOG_PERIOD, 1))
@@ -243,12 +245,13 @@ def train_epoch(run, epoch, start_batch):
         stats = train_step(run, images, labels, num_failed, cfg.OPTIM.CLIP_GRAD_NORM)
         position = advance(position, run.epoch_iters)
         count_faults(run, stats, position.global_iter)
+        clock.tick(position.global_iter)
         if not stats["nonfinite"]:
             meter.update(
                 {"lr": lr, **{k: v for k, v in stats.items() if k not in CONTROL}}, stats["images"]
             )
         if position.global_iter % max(cfg.LOG_PERIOD, 1) == 0 or position.global_iter == 1:
-            log_iteration(run, meter, epoch, position)  # iteration 1 too: a sign of life at once
+            log_iteration(run, meter, epoch, position, clock)  # iteration 1 too: a sign of life
         stop_after_nonfinite_run(run)
         if stats["preempt"]:
             return position, "preempted"
@@ -263,10 +266,12 @@ def train_epoch(run, epoch, start_batch):
             record = {"type": "train_epoch", "epoch": epoch, "iter": position.global_iter}
             run.json_log.write(record | meter.means())
         if due.checkpoint:
-            write_checkpoint(run, position)
+            with clock.pausing():
+                write_checkpoint(run, position)
         if due.validate:
-            validate(run, epoch, position.global_iter)
-            run_evaluators(run, epoch, position.global_iter)
+            with clock.validating():
+                validate(run, epoch, position.global_iter)
+                run_evaluators(run, epoch, position.global_iter)
         if due.finished:
             return position, "finished"
     return position, "done"
@@ -314,7 +319,7 @@ def stop_after_nonfinite_run(run):
         )
 
 
-def log_iteration(run, meter, epoch, position):
+def log_iteration(run, meter, epoch, position, clock):
     medians = meter.medians()
     run.loss_parts = tuple(name for name in medians if name.startswith("loss_")) or run.loss_parts
     logged = _LOGGED + run.loss_parts + tuple(run.task.log_fields.values())
@@ -333,7 +338,13 @@ def log_iteration(run, meter, epoch, position):
         "grad_norm": stats["grad_norm"],
         "lr": stats["lr"],
         "images_per_sec": meter.images_per_second(),
-        "eta_seconds": meter.eta_seconds(run.total_iters - position.global_iter),
+        "eta_seconds": clock.eta(
+            position.global_iter,
+            run.total_iters,
+            validations_left(
+                position.global_iter, run.total_iters, run.epoch_iters, cfg.TRAIN.EVAL_PERIOD
+            ),
+        ),
         "peak_mem_mb": peak_memory_mb(run.device),
         "nonfinite_steps": run.nonfinite_total,
         "bad_images": run.bad_images.failed,

@@ -114,7 +114,7 @@ def test_retrieval_in_the_loop_without_its_dataset_stops_with_a_clear_message(
     assert (
         trainer.train_in_process(load_cfg(CI_CONFIG, opts).dump(), factories) == trainer.EXIT_CONFIG
     )
-    assert "EVAL.DATA_ROOT" in capsys.readouterr().out
+    assert "error: TRAIN.RETRIEVAL_EVAL: no ground truth" in capsys.readouterr().err
 
 
 def test_a_world_of_another_seed_is_not_silently_reused(tiny_world):

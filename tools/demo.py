@@ -9,6 +9,10 @@ features with the trained and the untrained model, and prints mAP and mP@k (Easy
 global search, spatial verification and ASMK beside the untrained model's global search. Writes
 OUT/results.json, OUT/training_curves.png, attention and match pictures, and says where
 (docs/demo.md explains the numbers).
+
+Stopped by SIGTERM or SIGUSR1 (the training checkpoints first), it prints one line saying that the
+same command continues and exits with 75 (EXIT_PREEMPTED); exit 2 is a mistake in the arguments or
+inputs, 3 and 4 the training's stops (train_delg.py), 5 a full disk.
 """
 
 import pathlib
@@ -20,6 +24,7 @@ import argparse  # noqa: E402
 
 from core.cli import run_reporting_errors  # noqa: E402
 from datasets.synthetic import SIZES  # noqa: E402
+from tools.demo_runs import DemoStopped  # noqa: E402
 from tools.pipeline import DEFAULT_CONFIG, DemoOptions, report, run_demo  # noqa: E402
 
 
@@ -87,7 +92,13 @@ def main(argv=None):
 
 
 def _demo(options):
-    print(report(run_demo(options)), flush=True)
+    try:
+        summary = run_demo(options)
+    except DemoStopped as stop:  # preempted (one line: how to continue) or the training's mistake
+        if str(stop):
+            print(f"demo: {stop}", file=sys.stderr, flush=True)
+        return stop.code
+    print(report(summary), flush=True)
     return 0
 
 

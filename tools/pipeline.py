@@ -37,12 +37,24 @@ from core.config import load_cfg
 from core.distributed import available_cores
 from core.io import read_json, write_json
 from datasets.synthetic import generate, make_spec
+from tools.demo_runs import (
+    CONTINUE,
+    DemoStopped,
+    all_runs_timing,
+    forget_stopped_runs,
+    record_stopped_run,
+    stop_on_signals,
+)
 from tools.revisitop.protocols import PROTOCOLS
 from tools.vis.demo_pictures import draw_pictures
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(REPO / "configs" / "synthetic" / "demo.yaml")
 UNTRAINED = "untrained_global"
+# the steps after the training (extraction twice, evaluation, pictures) took 117 s for the 440 test
+# images of the default world on 2 cores (docs/demo.md): the ETA's guess until a run measures them
+AFTER_TRAINING_S_PER_IMAGE = 0.27
+BEFORE_TRAINING = ("data", "train")
 
 
 @dataclasses.dataclass
@@ -79,11 +91,13 @@ class StepTimer:
     def __init__(self, log):
         self.log = log
         self.steps = {}
+        self.current = "the start"  # the step running now
         self.start_wall = time.perf_counter()
         self.start_cpu = cpu_seconds()
 
     def run(self, name, function, *args, **kwargs):
         wall, cpu = time.perf_counter(), cpu_seconds()
+        self.current = name
         result = function(*args, **kwargs)
         self.steps[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
         self.log(
@@ -157,7 +171,7 @@ def demo_config(options, data_dir):
 # ----------------------------------------------------------------------------------------- 2. train
 # Keys the trainer fills in or the demo sets itself, and the sections that only extraction and
 # evaluation read: they may differ between the saved and the new config.
-RESUME_IGNORED_KEYS = ("MODEL.NUM_CLASSES", "TRAIN.AUTO_RESUME")
+RESUME_IGNORED_KEYS = ("MODEL.NUM_CLASSES", "TRAIN.AUTO_RESUME", "TRAIN.ETA_EXTRA_S")
 RESUME_IGNORED_SECTIONS = ("EXTRACT.", "EVAL.", "SV.", "ASMK.", "RERANK.", "TEST.")
 
 
@@ -182,8 +196,7 @@ def train(cfg, log=print):
     from core import trainer
 
     cfg = cfg.clone()
-    cfg.TRAIN.AUTO_RESUME = same_training(cfg)
-    if cfg.TRAIN.AUTO_RESUME:
+    if same_training(cfg):
         newest = list_checkpoints(cfg.OUT_DIR)[-1][0]
         if newest == cfg.OPTIM.MAX_ITER:
             log(
@@ -195,19 +208,19 @@ def train(cfg, log=print):
     else:
         # another run's checkpoints and log lines would mix in
         shutil.rmtree(cfg.OUT_DIR, ignore_errors=True)
+    cfg.TRAIN.AUTO_RESUME = True  # what a preempted run checkpointed, the same command continues
     from tools.revisitop.validation import build_retrieval_validator
 
     code = trainer.train_in_process(cfg.dump(), [build_retrieval_validator])
-    if code != 0:
-        raise RuntimeError(f"training stopped with exit code {code}; see the log above")
+    if code != 0:  # the trainer printed why
+        raise DemoStopped("", code)
     checkpoints = list_checkpoints(cfg.OUT_DIR)
     last_iteration = checkpoints[-1][0] if checkpoints else 0
     total = cfg.OPTIM.MAX_ITER
-    if (
-        total > 0 and last_iteration != total
-    ):  # preempted: the trainer checkpointed early and exited cleanly
-        raise RuntimeError(
-            f"training stopped at iteration {last_iteration} of {total} (interrupted?)"
+    if total > 0 and last_iteration != total:  # preempted: the trainer checkpointed and returned
+        raise DemoStopped(
+            f"training stopped at iteration {last_iteration} of {total} after a checkpoint: "
+            f"{CONTINUE}"
         )
     return checkpoints[-1][1]
 
@@ -287,25 +300,44 @@ def format_results(results, title=""):
 
 # ----------------------------------------------------------------------------------------- the demo
 def run_demo(options, log=print):
-    """Run every step; return a summary dict (results, paths, timings), also written to
-    OUT/summary.json."""
+    """Run every step; return a summary dict (results, paths, timings of this run and the stopped
+    runs before it), also written to OUT/summary.json. A preemption signal or a stopped training
+    raises DemoStopped (tools/demo_runs.py) after recording this run's seconds."""
     threads = options.threads or available_cores()
     # the loader's and the generator's worker processes run one thread each
     torch.set_num_threads(threads)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # it reports every CPU variant it tried
-    timer, out = StepTimer(log), options.out_dir
+    timer = StepTimer(log)
+    try:
+        with stop_on_signals(lambda: timer.current):
+            summary = run_steps(options, timer, threads, log)
+    except DemoStopped:
+        record_stopped_run(options.out_dir, timer.totals())
+        raise
+    forget_stopped_runs(options.out_dir)
+    return summary
+
+
+def after_training_estimate(out_dir, spec):
+    """Seconds of the steps after the training, for the training's ETA: as the last finished run in
+    out_dir measured them, else AFTER_TRAINING_S_PER_IMAGE per test image."""
+    path = os.path.join(out_dir, "summary.json")
+    steps = read_json(path).get("timing", {}).get("steps", {}) if os.path.isfile(path) else {}
+    after = [step["wall_s"] for name, step in steps.items() if name not in BEFORE_TRAINING]
+    if after:
+        return sum(after)
+    return AFTER_TRAINING_S_PER_IMAGE * (spec["queries"] + spec["database"])
+
+
+def run_steps(options, timer, threads, log):
+    out = options.out_dir
     data_dir = options.data_dir or default_data_dir(options.seed, options.data_size)
     # a config mistake stops the demo before anything is generated
     cfg = demo_config(options, data_dir)
-    timer.run(
-        "data",
-        ensure_synthetic,
-        data_dir,
-        options.seed,
-        options.data_size,
-        workers=threads,
-        log=log,
+    info = timer.run(
+        "data", ensure_synthetic, data_dir, options.seed, options.data_size, threads, log=log
     )
+    cfg.TRAIN.ETA_EXTRA_S = after_training_estimate(out, info["spec"])
     checkpoint = timer.run("train", train, cfg, log=log)
     cfg.TEST.WEIGHTS = checkpoint
     from tools.pipeline_reranker import recipe_of, reranker_step, with_rerankers
@@ -345,7 +377,7 @@ def run_demo(options, log=print):
         "iterations": cfg.OPTIM.MAX_ITER,
         "threads": threads,
         "title": context.title,
-        "timing": timer.totals(),
+        "timing": all_runs_timing(out, timer.totals()),
     }
     write_json(os.path.join(out, "summary.json"), summary)
     return summary
@@ -361,8 +393,10 @@ def report(summary):
         f"checkpoint: {summary['checkpoint']}",
     ]
     lines += [f"picture:    {path}" for path in summary["pictures"].values()]
+    runs = timing.get("runs", 1)
     lines.append(
         f"time:       {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU (this process and "
-        f"its workers), {summary['iterations']} iterations, {summary['threads']} threads"
+        f"its workers{f', {runs} runs' if runs > 1 else ''}), {summary['iterations']} iterations, "
+        f"{summary['threads']} threads"
     )
     return "\n".join(lines)

@@ -16,8 +16,10 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 
-from core.cli import load_cfg_or_exit, run_reporting_errors  # noqa: E402
+from core.cli import run_reporting_errors  # noqa: E402
+from core.config import load_cfg  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from datasets.features import open_store  # noqa: E402
 from tools.extraction.stores import database_store_folder  # noqa: E402
@@ -49,12 +51,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args, overrides = parse_args(argv)
-    cfg = load_cfg_or_exit(args.cfg_file, overrides)
+    return run_reporting_errors("search", _search, args, overrides)
+
+
+def _search(args, overrides):
+    cfg = load_cfg(args.cfg_file, overrides)
+    # the inputs first, the model (seconds to minutes) after
+    if not os.path.isfile(args.image):
+        raise FileNotFoundError(f"{args.image}: no such image file")
     setup_logging(cfg.OUT_DIR, is_main=True)
-    return run_reporting_errors("search", _search, cfg, args)
-
-
-def _search(cfg, args):
     store = open_store(args.store or database_store_folder(cfg))
     query = extract_query(cfg, args.image, with_local=args.sv)
     result = search_store(cfg, query, store, args.topk, verify=args.sv)
