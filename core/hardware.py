@@ -2,15 +2,16 @@
 description of the machine for benchmarks.
 
 A bfloat16 product is fast on a GPU and on CPUs with native bfloat16 (AVX512_BF16, AMX), but on a
-CPU without it the library emulates it, several times (up to 100x) slower than float32. Hot paths
-that may run a product in bfloat16 ask ``matmul_precision(device, requested)``:
-- an explicit ``float32`` or ``bfloat16`` is obeyed;
+CPU without it the library emulates it, 5-80x slower than float32. An int8 product (exact int32
+sums) is about twice as fast as float32 on AVX2 CPUs. Hot paths whose product may run in a lower
+precision ask ``matmul_precision(device, requested)``:
+- an explicit ``float32``, ``bfloat16`` or ``int8`` (CPU only) is obeyed;
 - ``auto`` on CUDA: bfloat16 where the card supports it, else float32;
-- ``auto`` on a CPU whose flags show no native bfloat16: float32 (the capability decides);
-- ``auto`` on a CPU with native bfloat16: a short probe times both products of the matcher's shape
-  class (whether the kernel reached is native also depends on the library's dispatch,
-  ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and the build) and the faster one is chosen (float32 on a
-  tie). Decided once per process and cached.
+- ``auto`` on a CPU: a short probe (a few ms) times the products of the matcher's shape class in
+  float32, int8 and, where the CPU flags show native bfloat16, bfloat16 (whether the kernel
+  reached is native also depends on the library's dispatch: ATEN_CPU_CAPABILITY,
+  ONEDNN_MAX_CPU_ISA, the build); the fastest is chosen, float32 on a tie. Without native bfloat16
+  the capability rules bfloat16 out unprobed. Decided once per process and cached.
 """
 
 import functools
@@ -22,9 +23,11 @@ import torch
 
 from core.distributed import available_cores
 
-PRECISIONS = ("auto", "float32", "bfloat16")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-PROBE_SHAPE = (256, 160, 1024)  # rows x width x columns: a quarter of one matcher image pair
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+# rows x columns of the probe's product, a quarter of one matcher image pair, and each precision's
+# inner width there (128-d descriptors + the norm column, aligned as the matcher aligns them)
+PROBE_SHAPE = (256, 1024)
+PROBE_WIDTHS = {"float32": 136, "int8": 128, "bfloat16": 160}
 PROBE_ROUNDS = 3
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _TORCH_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # newer torch only
@@ -70,33 +73,41 @@ def native_bfloat16_cpu():
     return any(flag in flags.split() for flag in _NATIVE_BF16_FLAGS)
 
 
-def probe_seconds(rounds=PROBE_ROUNDS, shape=PROBE_SHAPE):
+def _product(name):
+    if name == "int8":
+        return torch._int_mm
+    return torch.mm
+
+
+def probe_seconds(precisions=tuple(PROBE_WIDTHS), rounds=PROBE_ROUNDS, shape=PROBE_SHAPE):
     """{precision: fastest of `rounds` timings} of one [m, w] x [w, n] product in each precision,
-    on this process's threads (a few ms where bfloat16 is native; ~0.1 s where it is emulated)."""
+    on this process's threads (a few ms in all; ~0.1 s more where bfloat16 is emulated)."""
     generator = torch.Generator().manual_seed(0)
-    rows, width, columns = shape
-    left = torch.randn(rows, width, generator=generator)
-    right = torch.randn(columns, width, generator=generator)
-    operands = {name: (left.to(dtype), right.to(dtype)) for name, dtype in DTYPES.items()}
-    best = {name: float("inf") for name in DTYPES}
+    operands = {}
+    for name in precisions:
+        left, right = (torch.randn(size, PROBE_WIDTHS[name], generator=generator) for size in shape)
+        if name == "int8":
+            left, right = ((20 * side).round().clamp(-63, 63) for side in (left, right))
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}[name]
+        operands[name] = (left.to(dtype), right.to(dtype).T)
+    best = {name: float("inf") for name in operands}
     with torch.no_grad():
-        for a, b in operands.values():
-            torch.mm(a, b.T)  # warm-up: kernel selection, first-touch
+        for name, (a, b) in operands.items():
+            _product(name)(a, b)  # warm-up: kernel selection, first-touch
         for _ in range(rounds):
             for name, (a, b) in operands.items():
                 start = time.perf_counter()
-                torch.mm(a, b.T)
+                _product(name)(a, b)
                 best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
 def decide_cpu_precision(native, probe):
-    """'float32' or 'bfloat16' for a CPU: native (native_bfloat16_cpu()) and probe (a function
-    returning probe_seconds()'s dict), which runs only when the capability does not decide."""
-    if native is False:
-        return "float32"
-    seconds = probe()
-    return "bfloat16" if seconds["bfloat16"] < seconds["float32"] else "float32"
+    """The fastest precision of a CPU: native (native_bfloat16_cpu()) and probe (a function of the
+    precisions to time, returning probe_seconds()'s dict); float32 wins ties."""
+    candidates = ("float32", "int8") if native is False else ("float32", "int8", "bfloat16")
+    seconds = probe(candidates)
+    return min(candidates, key=lambda name: seconds[name])  # the first of equals: float32
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,7 +117,8 @@ def cpu_precision():
 
 
 def matmul_precision(device, requested="auto"):
-    """'float32' or 'bfloat16': the precision a hot path's candidate product runs in on device."""
+    """'float32', 'bfloat16' or 'int8': the precision a hot path's candidate product runs in on
+    device."""
     check_precision(requested)
     if requested != "auto":
         return requested

@@ -1,5 +1,6 @@
 """The matcher's candidate precision (SV.MATCH_PRECISION, core/hardware.py): every precision gives
-the matches of exact float32 matching, and `auto` never picks a precision that was measured slower."""
+the matches of exact float32 matching, and `auto` never picks a precision that was measured
+slower."""
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ def _unit(rows):
 
 
 def near_bound_images(seed=0, queries=3000, dim=128):
-    """A query whose descriptors lie at distance 1.0 (in float64) from a partner in one of three index
-    images of uneven sizes and lengths, so that float32 rounding alone decides about half of them."""
+    """A query whose descriptors lie at distance 1.0 (in float64) from a partner in one of three
+    index images of uneven sizes and lengths, so that float32 rounding alone decides about half of
+    them."""
     rng = np.random.default_rng(seed)
     images = [
         (_unit(rng.standard_normal((count, dim))) * rng.uniform(0.8, 1.2, (count, 1)))
@@ -49,7 +51,7 @@ def test_every_candidate_precision_gives_the_matches_of_exact_float32(monkeypatc
     query, images = near_bound_images()
     expected = _exact(monkeypatch, query, images, **options)
     assert 200 < sum(len(rows) for rows, _ in expected) < len(query) - 200  # the bound decides
-    for precision in ("float32", "bfloat16", "auto"):
+    for precision in ("float32", "bfloat16", "int8", "auto"):
         found = putative_matches(query, images, precision=precision, **options)
         for (rows, cols), (want_rows, want_cols) in zip(found, expected):
             assert np.array_equal(rows, want_rows) and np.array_equal(cols, want_cols), precision
@@ -60,14 +62,16 @@ def test_the_candidate_pass_drops_most_rows_in_each_precision(monkeypatch):
     rng = np.random.default_rng(1)
     query = _unit(rng.standard_normal((500, 64))).astype(np.float32)
     images = [_unit(rng.standard_normal((200, 64))).astype(np.float32)]
-    for precision in ("float32", "bfloat16"):
+    original = matching._match_image
+    for precision in ("float32", "bfloat16", "int8"):
         seen = []
-        original = matching._match_image
+
+        def counting(query, norms, rows, *rest, seen=seen):
+            seen.append(len(rows))
+            return original(query, norms, rows, *rest)
+
         with monkeypatch.context() as patch:
-            patch.setattr(
-                matching, "_match_image", lambda q, n, rows, *rest: seen.append(len(rows))
-                or original(q, n, rows, *rest)
-            )
+            patch.setattr(matching, "_match_image", counting)
             putative_matches(query, images, precision=precision)
         assert sum(seen) < 0.05 * len(query), precision
 
@@ -98,23 +102,30 @@ def test_each_error_bound_covers_the_product_it_bounds():
     ):
         gap = np.abs(best[:, filled] - exact_best[:, filled])
         assert (gap <= share * error[:, None]).all() and gap.max() > 0
+    # int8: an upper estimate (the norm term is the image's smallest), rounding errors bounded
+    precision, operand = matching._candidate_query("int8", torch.from_numpy(rows), dim)
+    best, error = matching._int8_best(operand, norms, augmented, counts, dim)
+    assert (exact_best[:, filled] <= best[:, filled] + error[:, None]).all()
+    assert (error < 0.15).all()
 
 
-@pytest.mark.parametrize("float32", [1e-3, 2e-3, 5e-3])
-@pytest.mark.parametrize("bfloat16", [2e-4, 1e-3, 1.9e-3, 4e-3, 0.1])
-def test_auto_never_picks_the_precision_the_probe_found_slower(float32, bfloat16):
-    seconds = {"float32": float32, "bfloat16": bfloat16}
-    chosen = hardware.decide_cpu_precision(None, lambda: seconds)
-    other = "bfloat16" if chosen == "float32" else "float32"
-    assert seconds[chosen] <= seconds[other]
-    assert hardware.decide_cpu_precision(True, lambda: seconds) == chosen
+@pytest.mark.parametrize("int8", [5e-4, 2e-3, 0.01])
+@pytest.mark.parametrize("bfloat16", [2e-4, 1e-3, 1.9e-3, 2e-3, 0.1])
+def test_auto_never_picks_a_precision_the_probe_found_slower(int8, bfloat16):
+    seconds = {"float32": 2e-3, "int8": int8, "bfloat16": bfloat16}
+    asked = []
+    chosen = hardware.decide_cpu_precision(True, lambda names: asked.append(names) or seconds)
+    assert asked == [("float32", "int8", "bfloat16")]
+    assert all(seconds[chosen] <= seconds[name] for name in seconds)
+    if seconds[chosen] == seconds["float32"]:
+        assert chosen == "float32"  # ties go to float32
 
 
-def test_a_cpu_without_native_bfloat16_takes_float32_without_a_probe():
-    def probe():
-        raise AssertionError("the capability decides; no probe")
-
-    assert hardware.decide_cpu_precision(False, probe) == "float32"
+def test_a_cpu_without_native_bfloat16_never_probes_or_takes_bfloat16():
+    seconds = {"float32": 2e-3, "int8": 3e-3, "bfloat16": 1e-4}
+    asked = []
+    chosen = hardware.decide_cpu_precision(False, lambda names: asked.append(names) or seconds)
+    assert chosen == "float32" and asked == [("float32", "int8")]
 
 
 def test_auto_is_decided_once_per_process(monkeypatch):
@@ -123,7 +134,7 @@ def test_auto_is_decided_once_per_process(monkeypatch):
     monkeypatch.setattr(
         hardware,
         "probe_seconds",
-        lambda: calls.append(1) or {"float32": 1.0, "bfloat16": 0.1},
+        lambda names: calls.append(names) or {"float32": 1.0, "int8": 0.5, "bfloat16": 0.1},
     )
     hardware.cpu_precision.cache_clear()
     try:
@@ -135,14 +146,16 @@ def test_auto_is_decided_once_per_process(monkeypatch):
 
 
 def test_the_probe_times_both_products():
-    seconds = hardware.probe_seconds(rounds=1, shape=(8, 32, 16))
-    assert set(seconds) == {"float32", "bfloat16"}
+    seconds = hardware.probe_seconds(rounds=1, shape=(8, 16))
+    assert set(seconds) == {"float32", "bfloat16", "int8"}
     assert all(0 < value < 10 for value in seconds.values())
 
 
 def test_a_bad_precision_names_its_config_key():
     cfg = load_cfg(opts=["SV.MATCH_PRECISION", "fast"])
-    with pytest.raises(ValueError, match="SV.MATCH_PRECISION = 'fast'.*auto, float32, bfloat16"):
+    with pytest.raises(
+        ValueError, match="SV.MATCH_PRECISION = 'fast'.*auto, float32, bfloat16, int8"
+    ):
         options_from_cfg(cfg)
     assert options_from_cfg(load_cfg()).match_precision == "auto"
     assert VerificationOptions(match_precision="bfloat16").match_precision == "bfloat16"

@@ -9,14 +9,15 @@ Appending 1 to q and -||x||^2 / 2 to x makes a(q, x) one dot product. Norms stay
 descriptors need not be exactly unit length (float16 storage rounds them).
 
 Two stages keep the result that of float32 matching while the bulk of the work may run in a faster
-precision (bfloat16 on AMX, AVX512_BF16 or tensor cores):
+precision (bfloat16 on AMX, AVX512_BF16 or tensor cores; int8 on CPUs without native bfloat16):
 1. one product of the query with every index image of the batch, in the candidate precision
-   (``core.hardware.matmul_precision``: bfloat16 where the device does it natively, else float32;
-   ``SV.MATCH_PRECISION`` forces one), gives each query descriptor's approximate best affinity per
-   image. Its error is bounded (``_bfloat16_error``, ``_float32_error``), so a descriptor whose
-   approximate best lies below the match threshold by more than the bound cannot match and is
-   dropped. In bfloat16 the affinities are shifted to be positive, so that the maximum can be taken
-   on the bit patterns as int16.
+   (``core.hardware.matmul_precision``: the fastest on the device; ``SV.MATCH_PRECISION`` forces
+   one), gives each query descriptor's approximate best affinity per image. Its error is bounded
+   (``_bfloat16_error``, ``_float32_error``, ``_int8_best``), so a descriptor whose approximate best
+   lies below the match threshold by more than the bound cannot match and is dropped. In bfloat16
+   the affinities are shifted to be positive, so that the maximum can be taken on the bit patterns
+   as int16. In int8 the descriptors are rounded to multiples of one scale per operand, at most 63
+   in magnitude (exact int32 sums: AVX2's 8-bit products saturate 16-bit pair sums beyond that).
 2. the remaining descriptors (true matches and near misses, usually a small part) are matched again
    in float32 against their image: nearest neighbour, distance bound, ratio test, mutual check.
 Whatever the candidate precision, the matches are those of stage 2 (tests force each one).
@@ -28,7 +29,7 @@ neighbour.
 import numpy as np
 import torch
 
-from core.hardware import DTYPES, matmul_precision
+from core.hardware import matmul_precision
 
 MAX_BATCH_ELEMENTS = 1 << 23  # entries of the [m, B, n] candidate product computed at once
 _PADDING_AFFINITY = -1e30  # affinity of a padding row: never anyone's nearest neighbour
@@ -37,6 +38,7 @@ _ALIGN = 32
 _UNIT_ROUNDOFF = 2.0**-9  # bfloat16
 _FLOAT32_ROUNDOFF = 2.0**-24
 _FLOAT32_ALIGN = 8  # float32 products read only the first dim + 1 columns, rounded up to this
+_INT8_LEVELS = 63  # int8 codes lie in [-63, 63]
 
 
 def _width(dim, align=_ALIGN):
@@ -89,13 +91,49 @@ def _largest_norm(augmented, counts, dim):
 
 def _candidate_rows(query, query_norms, augmented, counts, dim, max_distance):
     """[m, B] bool: the query rows whose best affinity in image b may pass the distance bound;
-    the product runs in query's dtype (bfloat16 or float32)."""
+    query: the query in the candidate precision (_candidate_query)."""
     threshold = 0.5 * (query_norms - max_distance**2)  # a > threshold  <=>  distance < max_distance
-    if query.dtype == torch.float32:
-        best, error = _float32_best(query, query_norms, augmented, counts, dim)
-    else:
-        best, error = _bfloat16_best(query, query_norms, augmented, counts, dim)
+    best_of = {"float32": _float32_best, "bfloat16": _bfloat16_best, "int8": _int8_best}
+    best, error = best_of[query[0]](query[1], query_norms, augmented, counts, dim)
     return best >= (threshold - error)[:, None]
+
+
+def _quantized(values):
+    """(int8 codes, scale) of a float32 tensor: values ~ scale * codes, each within scale / 2."""
+    scale = max(float(values.abs().max()), 1e-30) / _INT8_LEVELS
+    codes = values.mul(1.0 / scale).round_().clamp_(-_INT8_LEVELS, _INT8_LEVELS)
+    return codes.to(torch.int8), scale
+
+
+def _candidate_query(precision, query, dim):
+    """(precision, the query's operand for the candidate product)."""
+    if precision == "bfloat16":
+        return precision, query.to(torch.bfloat16)
+    if precision == "int8":
+        codes, scale = _quantized(query[:, :dim])
+        residual = (query[:, :dim].double() - codes.double() * scale).norm(dim=1)
+        return precision, (codes, scale, residual.cpu().numpy())
+    return precision, query
+
+
+def _int8_best(query, query_norms, augmented, counts, dim):
+    """([m, B] upper estimate of the best affinity per image, [m] error bound).
+
+    q.x = s_q s_x Q.X + e_q.x + s_q Q.e_x (residuals e), so |q.x - s_q s_x Q.X| <= |e_q| X + (|q| +
+    |e_q|) |e_x|, with |e_x| <= sqrt(d) s_x / 2; the int32 sums are exact. The norm term is bounded
+    by the image's smallest -||x||^2 / 2, and padding rows (codes 0) can only raise the maximum:
+    both err on the safe side."""
+    codes, query_scale, query_residual = query
+    device = codes.device
+    real, largest = _largest_norm(augmented, counts, dim)
+    index, index_scale = _quantized(torch.from_numpy(augmented[:, :, :dim]))
+    products = torch._int_mm(codes, index.to(device).view(-1, dim).T)
+    best = products.view(len(query_norms), len(augmented), -1).amax(dim=2).cpu().numpy()
+    norm_term = np.where(real, augmented[:, :, dim], -np.inf).max(axis=1)  # [B], -inf if empty
+    largest_residual = 0.5 * np.sqrt(dim) * index_scale
+    error = query_residual * largest + (np.sqrt(query_norms) + query_residual) * largest_residual
+    rounding = _float32_error(query_norms, largest, _width(dim, _FLOAT32_ALIGN))
+    return best * (query_scale * index_scale) + norm_term, 1.001 * error + rounding
 
 
 def _float32_best(query, query_norms, augmented, counts, dim):
@@ -178,11 +216,11 @@ def putative_matches(
     """For each index image, (query rows, index rows) of its putative matches, ordered by query row.
 
     query_descriptors [m, d]; index_descriptor_list: one [n_i, d] array per index image (float16 or
-    float32). precision: the candidate product's, auto (core.hardware.matmul_precision), float32 or
-    bfloat16; the matches are the same for each.
+    float32). precision: the candidate product's, auto (core.hardware.matmul_precision), float32,
+    bfloat16 or int8 (CPU); the matches are the same for each.
     """
     device = torch.device(device)
-    candidate_dtype = DTYPES[matmul_precision(device, precision)]
+    precision = matmul_precision(device, precision)
     dim = np.shape(query_descriptors)[1] if np.ndim(query_descriptors) == 2 else 0
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if len(query_descriptors) == 0 or dim == 0:
@@ -198,7 +236,7 @@ def putative_matches(
     query[:, dim] = 1.0
     query_norms = np.einsum("ij,ij->i", query[:, :dim], query[:, :dim])
     query = torch.from_numpy(query).to(device)
-    query_candidate = query.to(candidate_dtype)
+    query_candidate = _candidate_query(precision, query, dim)
     matches = []
     with torch.no_grad():
         for start, stop in _batches(index_descriptor_list, len(query)):
