@@ -73,6 +73,20 @@ _C.RESNET.STRIDE_1X1 = True
 # 'SAME' = 0 before / 1 after on an even side); TF 'SAME' is computed for every input size
 _C.RESNET.STEM = "torchvision"
 
+# --------------------------------------------------------------------------------------------- timm
+# MODEL.TYPE timm: any timm model as the backbone (modeling/timm_backbone.py, timm installed); the
+# RESNET keys and MODEL.LOCAL_STRIDE do not apply to it
+_C.TIMM = CfgNode()
+_C.TIMM.NAME = "resnet50"  # a timm model name (timm.list_models()); always built untrained
+_C.TIMM.WEIGHTS = ""  # optional local timm or torchvision checkpoint of it (never a download)
+# CNNs: the local map is the stage of this stride (the global map the last stage); ViTs: the patch
+# size (the local map is the patch grid of TIMM.LOCAL_BLOCK)
+_C.TIMM.LOCAL_STRIDE = 16
+_C.TIMM.LOCAL_BLOCK = -1  # ViTs: the block whose patch grid is the local map (-1 the last)
+# extra keyword arguments of timm.create_model as "key=value" (value a Python literal), e.g.
+# ["depth=4", "embed_dim=192"]
+_C.TIMM.KWARGS = []
+
 # --------------------------------------------------------------------------------------- batch norm
 _C.BN = CfgNode()
 _C.BN.EPS = 1e-5  # BatchNorm epsilon

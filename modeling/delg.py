@@ -1,10 +1,10 @@
-"""The DELG model: one backbone, a global branch on block4 and a local branch on gradient-stopped
-block3.
+"""The DELG model: one backbone (modeling.backbone), a global branch on its global map (ResNet:
+block4) and a local branch on its gradient-stopped local map (ResNet: block3).
 
-    block3 ──(detach)──► local head ──► attention [B,1,h,w], descriptors [B,d,h,w] ──► attention
-    classifier block4 ──► GeM ──► whitening FC (embedding) ──► margin head (global logits)
+    local map ──(detach)──► local head ──► attention [B,1,h,w], descriptors [B,d,h,w] ──► attention
+    classifier; global map ──► GeM ──► whitening FC (embedding) ──► margin head (global logits)
 
-Because the local branch sees block3.detach(), the local losses train only the local head and one
+Because the local branch sees a detached map, the local losses train only the local head and one
 backward pass of the summed loss is correct (the seed needed two).
 """
 
@@ -12,23 +12,23 @@ import torch.nn as nn
 
 import modeling.local_head  # noqa: F401  (registers the local heads)
 import modeling.margin_heads  # noqa: F401  (registers the margin heads)
+import modeling.resnet  # noqa: F401  (registers the backbone "resnet")
+import modeling.timm_backbone  # noqa: F401  (registers the backbone "timm")
 from core.config import ConfigError
-from modeling.geometry import local_geometry
 from modeling.local_head import ATTENTION_INPUTS
 from modeling.pooling import GeM
 from modeling.registry import BACKBONES, LOCAL_HEADS, MARGIN_HEADS
-from modeling.resnet import STAGE_DEPTHS, STANDARD_BLOCK, STEMS
 
 
 class DELG(nn.Module):
-    """Wires built parts together; sizes come from the parts (block4 channels, embedding size, class
-    count)."""
+    """Wires built parts together; sizes come from the parts (the backbone's output_shape(), the
+    embedding size, the class count)."""
 
     def __init__(self, backbone, local_head, margin_head, gem_p=3.0, gem_learnable=False):
         super().__init__()
         self.backbone = backbone
         self.pool = GeM(gem_p, learnable=gem_learnable)
-        self.whiten = nn.Linear(backbone.block4_channels, margin_head.in_features)
+        self.whiten = nn.Linear(backbone.output_shape()["global"].channels, margin_head.in_features)
         nn.init.normal_(self.whiten.weight, std=0.01)
         nn.init.zeros_(self.whiten.bias)
         self.margin = margin_head
@@ -39,21 +39,21 @@ class DELG(nn.Module):
         self.global_dim = margin_head.in_features
         self.local_descriptor_dim = local_head.descriptor_dim
         self.num_classes = margin_head.num_classes
-        self.local_geometry = local_geometry(backbone)
+        self.local_geometry = backbone.local_geometry()
 
     # Parameter names of the layers whose shape depends on the number of classes: load_weights
     # leaves them out (with a line) when a checkpoint was trained on another class count.
     classifier_keys = ("margin.weight", "attention_classifier.weight", "attention_classifier.bias")
 
-    def embed(self, block4):
+    def embed(self, global_map):
         """Global embedding after the whitening FC, before L2 normalisation."""
-        return self.whiten(self.pool(block4))
+        return self.whiten(self.pool(global_map))
 
     def forward(self, images, labels=None):
         """Training forward. Without labels the margin head returns plain scaled cosine logits."""
-        block3, block4 = self.backbone(images)
-        embedding = self.embed(block4)
-        local = self.local_head(block3.detach())
+        local_map, global_map = self.backbone(images)
+        embedding = self.embed(global_map)
+        local = self.local_head(local_map.detach())
         return {
             "global_logits": self.margin(embedding, labels),
             "attention_logits": self.attention_classifier(local["pooled"]),
@@ -68,58 +68,22 @@ class DELG(nn.Module):
 
         Returns "global" [B, global_dim] (before L2 normalisation) when want_global, and "attention"
         [B, 1, h, w] and "local" [B, local_descriptor_dim, h, w] (not normalised) when want_local.
-        block4 and the global head run only for want_global, the local head only for want_local.
+        The global map and head run only for want_global, the local head only for want_local.
         """
-        block3 = self.backbone.forward_block3(images)
+        shared = self.backbone.forward_shared(images)
         out = {}
         if want_local:
             out["attention"], out["local"] = self.local_head.extract(
-                self.backbone.local_pool(block3)
+                self.backbone.local_map(shared)
             )
         if want_global:
-            out["global"] = self.embed(self.backbone.layer4(block3))
+            out["global"] = self.embed(self.backbone.global_map(shared))
         return out
 
 
-_BLOCKS = {"basic_transform": "basic", "bottleneck_transform": "bottleneck"}
-
-
 def build_backbone(cfg):
-    """The backbone of MODEL.TYPE from MODEL.*, RESNET.* and BN.*."""
-    depth = cfg.MODEL.DEPTH
-    if depth not in STAGE_DEPTHS:
-        raise ConfigError(f"MODEL.DEPTH must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
-    if cfg.RESNET.TRANS_FUN not in _BLOCKS:
-        raise ConfigError(
-            f"RESNET.TRANS_FUN must be one of {sorted(_BLOCKS)}, got {cfg.RESNET.TRANS_FUN!r}"
-        )
-    block = _BLOCKS[cfg.RESNET.TRANS_FUN]
-    if block != STANDARD_BLOCK[depth]:
-        expected = {v: k for k, v in _BLOCKS.items()}[STANDARD_BLOCK[depth]]
-        raise ConfigError(
-            f"RESNET.TRANS_FUN {cfg.RESNET.TRANS_FUN} does not fit MODEL.DEPTH {depth}: "
-            f"ResNet-{depth} uses {expected}"
-        )
-    if cfg.MODEL.LOCAL_STRIDE not in (16, 32):
-        raise ConfigError(f"MODEL.LOCAL_STRIDE must be 16 or 32, got {cfg.MODEL.LOCAL_STRIDE}")
-    if cfg.RESNET.NUM_GROUPS < 1 or cfg.RESNET.WIDTH_PER_GROUP < 1:
-        raise ConfigError("RESNET.NUM_GROUPS and RESNET.WIDTH_PER_GROUP must be positive")
-    if cfg.RESNET.STEM not in STEMS:
-        raise ConfigError(f"RESNET.STEM must be one of {STEMS}, got {cfg.RESNET.STEM!r}")
-    return BACKBONES.get(cfg.MODEL.TYPE)(
-        depth=depth,
-        block=block,
-        groups=cfg.RESNET.NUM_GROUPS,
-        width_per_group=cfg.RESNET.WIDTH_PER_GROUP,
-        stride_1x1=cfg.RESNET.STRIDE_1X1,
-        local_stride=cfg.MODEL.LOCAL_STRIDE,
-        bn_eps=cfg.BN.EPS,
-        bn_momentum=cfg.BN.MOM,
-        zero_init_final_gamma=cfg.BN.ZERO_INIT_FINAL_GAMMA,
-        freeze_bn=cfg.MODEL.FREEZE_BN,
-        freeze_stem=cfg.MODEL.FREEZE_STEM,
-        stem=cfg.RESNET.STEM,
-    )
+    """The backbone of MODEL.TYPE (modeling.registry.BACKBONES), built by its from_config(cfg)."""
+    return BACKBONES.get(cfg.MODEL.TYPE).from_config(cfg)
 
 
 def build_inference_model(cfg):
@@ -143,10 +107,11 @@ def build_model(cfg):
     if heads.REDUCTION_DIM <= 0:
         raise ConfigError(f"MODEL.HEADS.REDUCTION_DIM must be > 0, got {heads.REDUCTION_DIM}")
     backbone = build_backbone(cfg)
-    if heads.IN_FEAT not in (0, backbone.block4_channels):
+    shapes = backbone.output_shape()
+    if heads.IN_FEAT not in (0, shapes["global"].channels):
         raise ConfigError(
-            f"MODEL.HEADS.IN_FEAT is {heads.IN_FEAT} but this backbone's block4 has "
-            f"{backbone.block4_channels} channels (set 0 to derive it)"
+            f"MODEL.HEADS.IN_FEAT is {heads.IN_FEAT} but this backbone's global map has "
+            f"{shapes['global'].channels} channels (set 0 to derive it)"
         )
     if local.TYPE == "seed" and local.DESCRIPTOR_DIM != local.ATTENTION_DIM:
         raise ConfigError(
@@ -159,7 +124,7 @@ def build_model(cfg):
         heads.REDUCTION_DIM, model_cfg.NUM_CLASSES, heads.SCALE, heads.MARGIN
     )
     local_head = LOCAL_HEADS.get(local.TYPE)(
-        backbone.block3_channels,
+        shapes["local"].channels,
         local.ATTENTION_DIM,
         local.DESCRIPTOR_DIM,
         cfg.BN.EPS,

@@ -24,9 +24,13 @@ official extraction code uses rf 291, padding 145 for every layout, i.e. its sto
 3 (keras) or 2 (slim) px before the true receptive-field centres.
 """
 
+import copy
 from collections import namedtuple
 
+import torch
 import torch.nn as nn
+
+from modeling.same_padding import same_padding
 
 LocalGeometry = namedtuple("LocalGeometry", ["receptive_field", "stride", "padding"])
 
@@ -63,7 +67,74 @@ def compose_geometry(modules):
     return LocalGeometry(receptive_field, jump, padding)
 
 
-def local_geometry(backbone):
-    """Geometry of the map the local head sees; the backbone lists its path with
-    ``local_path_modules()``."""
-    return compose_geometry(backbone.local_path_modules())
+def _first(value):
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def map_side(modules, side):
+    """Side of the map after the given convs, pools and TF 'SAME' padding layers (a backbone's
+    ``local_path_modules``) for an input side; 0 when a layer has no output cell at all (a 'valid'
+    max-pool on a map smaller than its kernel: TensorFlow gives an empty map there)."""
+    for module in modules:
+        if hasattr(module, "geometry_padding"):
+            side += sum(same_padding(side, module.kernel, module.stride))
+        elif isinstance(module, _SPATIAL):
+            kernel, stride = _first(module.kernel_size), _first(module.stride)
+            padding, dilation = _first(module.padding), _first(getattr(module, "dilation", 1))
+            side = (side + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+            if side < 1:
+                return 0
+    return side
+
+
+def geometry_probe(module):
+    """An eval-mode copy of module in which every input pixel of a receptive field reaches the
+    output's gradient: parameters uniform in [0.5, 1], BatchNorm statistics (0, 1) and max-pools
+    replaced by average pools of the same geometry (a max-pool's gradient reaches one pixel per
+    window; a zero-initialised last BatchNorm of a residual block would cut its branch)."""
+    probe = copy.deepcopy(module).eval()
+    with torch.no_grad():
+        for parameter in probe.parameters():
+            parameter.uniform_(0.5, 1.0)
+        for layer in probe.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+                layer.running_mean.zero_()
+                layer.running_var.fill_(1.0)
+    for parent in list(probe.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, _average_pool(child))
+    return probe
+
+
+def _average_pool(pool):
+    return nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+
+
+def measured_geometry(local_map, stride, side=128, max_side=1024, trials=2):
+    """LocalGeometry of ``local_map(images)`` measured from gradients, for backbones whose layers
+    are not listed (any timm CNN; run it on a geometry_probe copy): the input pixels that the centre
+    cell's gradient reaches, over a few random positive inputs, give its receptive field; the first
+    of them, ``stride * index - padding``, gives the padding. The side doubles until the field fits
+    inside the input with a margin; None when it never does (a field over max_side, or a global
+    operation such as squeeze-excitation or attention that lets every pixel reach every cell)."""
+    while side <= max_side:
+        rows, cell = _reached_rows(local_map, side, trials)
+        if rows.numel() and rows.min() > 0 and rows.max() < side - 1:
+            first, last = int(rows.min()), int(rows.max())
+            return LocalGeometry(last - first + 1, stride, stride * cell - first)
+        side *= 2
+    return None
+
+
+def _reached_rows(local_map, side, trials):
+    generator = torch.Generator().manual_seed(0)
+    reached, centre = torch.zeros(side, dtype=torch.bool), (0, 0)
+    for _ in range(trials):
+        # rows only: a tall strip (its width, two cells of 32 px, keeps every layer's output)
+        images = torch.rand(1, 3, side, 64, generator=generator).requires_grad_(True)
+        output = local_map(images)
+        centre = output.shape[-2] // 2, output.shape[-1] // 2
+        (gradient,) = torch.autograd.grad(output[0, :, centre[0], centre[1]].sum(), images)
+        reached |= gradient[0].abs().sum(dim=(0, 2)) > 0
+    return reached.nonzero().flatten(), centre[0]

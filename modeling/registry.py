@@ -32,6 +32,14 @@ class Registry:
     def names(self):
         return sorted(self._entries)
 
+    def entries(self):
+        """(name, entry) pairs in registration order."""
+        return list(self._entries.items())
+
+    def remove(self, name):
+        """Forget a registration (a test's toy extension, once the test is done)."""
+        del self._entries[name]
+
     def __contains__(self, name):
         return name in self._entries
 
@@ -40,3 +48,4 @@ BACKBONES = Registry("backbone", "MODEL.TYPE")
 MARGIN_HEADS = Registry("margin head", "MODEL.HEADS.MARGIN_TYPE")
 LOCAL_HEADS = Registry("local head", "MODEL.LOCAL.TYPE")
 RERANKERS = Registry("re-ranker", "RERANKER.TYPE")
+LOSS_TERMS = Registry("loss term", "MODEL.LOSSES")

@@ -27,6 +27,9 @@ import functools
 
 import torch.nn as nn
 
+from core.config import ConfigError
+from modeling.backbone import Backbone, MapSpec
+from modeling.geometry import compose_geometry, map_side
 from modeling.registry import BACKBONES
 from modeling.same_padding import SamePad2d
 
@@ -40,6 +43,7 @@ STAGE_DEPTHS = {
     152: (3, 8, 36, 3),
 }
 STANDARD_BLOCK = {18: "basic", 34: "basic", 50: "bottleneck", 101: "bottleneck", 152: "bottleneck"}
+_BLOCKS = {"basic_transform": "basic", "bottleneck_transform": "bottleneck"}
 
 
 class BasicBlock(nn.Module):
@@ -112,9 +116,9 @@ def _projection(in_channels, out_channels, stride, norm_layer):
 
 
 @BACKBONES.register("resnet")
-class ResNet(nn.Module):
-    """ResNet-18/34/50/101/152 (ResNeXt with groups > 1); ``forward`` returns (block3 for the local
-    branch, block4).
+class ResNet(Backbone):
+    """ResNet-18/34/50/101/152 (ResNeXt with groups > 1); the shared map is block3, the local map
+    block3 (max-pooled at local stride 32), the global map block4 (modeling.backbone).
 
     width_per_group: with groups == 1 the base width of the network (64 standard, 32 halves every
     stage and the
@@ -157,6 +161,7 @@ class ResNet(nn.Module):
         base = width_per_group if groups == 1 else 64
         self.freeze_bn = freeze_bn
         self.freeze_stem = freeze_stem
+        self.local_stride = local_stride
 
         self.stem = stem
         self._build_stem(base, norm_layer)
@@ -226,15 +231,30 @@ class ResNet(nn.Module):
                 module.eval()
         return self
 
-    def forward_block3(self, x):
+    def forward_shared(self, images):
         """Stem to block3, before the optional local max-pool."""
-        x = self.relu(self.bn1(self.conv1(self.conv1_pad(x))))
+        x = self.relu(self.bn1(self.conv1(self.conv1_pad(images))))
         x = self.maxpool(self.maxpool_pad(x))
         return self.layer3(self.layer2(self.layer1(x)))
 
-    def forward(self, x):
-        block3 = self.forward_block3(x)
-        return self.local_pool(block3), self.layer4(block3)
+    def local_map(self, shared):
+        return self.local_pool(shared)
+
+    def global_map(self, shared):
+        return self.layer4(shared)
+
+    def output_shape(self):
+        return {
+            "local": MapSpec(self.block3_channels, self.local_stride),
+            "global": MapSpec(self.block4_channels, 32),
+        }
+
+    def local_geometry(self):
+        return compose_geometry(self.local_path_modules())
+
+    def local_map_size(self, size):
+        modules = self.local_path_modules()
+        return tuple(map_side(modules, side) for side in size)
 
     def local_path_modules(self):
         """Convs and pools from the input to the local map, in order, along the main (longest) path
@@ -248,3 +268,44 @@ class ResNet(nn.Module):
             for block in layer:
                 modules += [m for name, m in block.named_children() if name.startswith("conv")]
         return modules + [self.local_pool]
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The ResNet of MODEL.DEPTH, MODEL.LOCAL_STRIDE, MODEL.FREEZE_*, RESNET.* and BN.*."""
+        depth, resnet = cfg.MODEL.DEPTH, cfg.RESNET
+        _check_config(depth, resnet, cfg.MODEL.LOCAL_STRIDE)
+        return cls(
+            depth=depth,
+            block=_BLOCKS[resnet.TRANS_FUN],
+            groups=resnet.NUM_GROUPS,
+            width_per_group=resnet.WIDTH_PER_GROUP,
+            stride_1x1=resnet.STRIDE_1X1,
+            local_stride=cfg.MODEL.LOCAL_STRIDE,
+            bn_eps=cfg.BN.EPS,
+            bn_momentum=cfg.BN.MOM,
+            zero_init_final_gamma=cfg.BN.ZERO_INIT_FINAL_GAMMA,
+            freeze_bn=cfg.MODEL.FREEZE_BN,
+            freeze_stem=cfg.MODEL.FREEZE_STEM,
+            stem=resnet.STEM,
+        )
+
+
+def _check_config(depth, resnet, local_stride):
+    if depth not in STAGE_DEPTHS:
+        raise ConfigError(f"MODEL.DEPTH must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
+    if resnet.TRANS_FUN not in _BLOCKS:
+        raise ConfigError(
+            f"RESNET.TRANS_FUN must be one of {sorted(_BLOCKS)}, got {resnet.TRANS_FUN!r}"
+        )
+    if _BLOCKS[resnet.TRANS_FUN] != STANDARD_BLOCK[depth]:
+        expected = {v: k for k, v in _BLOCKS.items()}[STANDARD_BLOCK[depth]]
+        raise ConfigError(
+            f"RESNET.TRANS_FUN {resnet.TRANS_FUN} does not fit MODEL.DEPTH {depth}: "
+            f"ResNet-{depth} uses {expected}"
+        )
+    if local_stride not in (16, 32):
+        raise ConfigError(f"MODEL.LOCAL_STRIDE must be 16 or 32, got {local_stride}")
+    if resnet.NUM_GROUPS < 1 or resnet.WIDTH_PER_GROUP < 1:
+        raise ConfigError("RESNET.NUM_GROUPS and RESNET.WIDTH_PER_GROUP must be positive")
+    if resnet.STEM not in STEMS:
+        raise ConfigError(f"RESNET.STEM must be one of {STEMS}, got {resnet.STEM!r}")

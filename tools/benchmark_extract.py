@@ -103,18 +103,19 @@ def _timed(function, device):
 
 
 def bare_backbone(backbone, inputs, global_scales):
-    """block3 at every local-scale input, block4 continued from block3 at the global scales."""
+    """The shared map at every local-scale input, the global map continued from it at the global
+    scales."""
     with torch.inference_mode():
         for scale, image in inputs.items():
             _bare_pass(backbone, image, scale in global_scales)
 
 
-def _bare_pass(backbone, image, continue_to_block4):
+def _bare_pass(backbone, image, continue_to_global):
     # One scale per call, like model.extract: its maps are freed before the next scale allocates its
     # own.
-    block3 = backbone.forward_block3(image)
-    if continue_to_block4:
-        backbone.layer4(block3)
+    shared = backbone.forward_shared(image)
+    if continue_to_global:
+        backbone.global_map(shared)
 
 
 def added_work(model, normalised, inputs, image_size, geometry, settings, device, runs):
@@ -126,20 +127,20 @@ def added_work(model, normalised, inputs, image_size, geometry, settings, device
     """
     local_scales, global_scales = set(settings.local_scales), set(settings.global_scales)
     with torch.inference_mode():
-        block3 = {scale: model.backbone.forward_block3(image) for scale, image in inputs.items()}
-        block4 = {scale: model.backbone.layer4(block3[scale]) for scale in global_scales}
+        shared = {scale: model.backbone.forward_shared(image) for scale, image in inputs.items()}
+        global_maps = {scale: model.backbone.global_map(shared[scale]) for scale in global_scales}
 
         def resizes():
             return [resize_image(normalised, tuple(image.shape[-2:])) for image in inputs.values()]
 
         def local_heads():
             return {
-                scale: model.local_head.extract(model.backbone.local_pool(block3[scale]))
+                scale: model.local_head.extract(model.backbone.local_map(shared[scale]))
                 for scale in local_scales
             }
 
         def global_heads():
-            return [model.embed(block4[scale]) for scale in global_scales]
+            return [model.embed(global_maps[scale]) for scale in global_scales]
 
         levels = [
             {

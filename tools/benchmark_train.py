@@ -33,16 +33,16 @@ from modeling import build_backbone, build_loss, build_model  # noqa: E402
 
 
 class PlainClassifier(nn.Module):
-    """Backbone to block4, global average pooling, linear classifier."""
+    """Backbone to its global map, global average pooling, linear classifier."""
 
     def __init__(self, backbone, num_classes):
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(backbone.block4_channels, num_classes)
+        self.fc = nn.Linear(backbone.output_shape()["global"].channels, num_classes)
 
     def forward(self, images):
-        block4 = self.backbone.layer4(self.backbone.forward_block3(images))
-        return self.fc(block4.mean(dim=(2, 3)))
+        global_map = self.backbone.global_map(self.backbone.forward_shared(images))
+        return self.fc(global_map.mean(dim=(2, 3)))
 
 
 def parse_args():

@@ -22,12 +22,10 @@ swapped to (x, y).
 """
 
 import torch
-import torch.nn as nn
 
-from modeling.same_padding import same_padding
+from modeling.geometry import map_side  # noqa: F401  (re-exported: its home is modeling)
 
 LOCATION_MODES = ("pixel_centres", "official")
-_SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
 def cell_boxes(height, width, receptive_field, stride, padding, device=None):
@@ -110,23 +108,3 @@ def official_cell_locations(height, width, geometry, scale, image_size, prepared
     divisor = divisor.to(device)
     centres = (box_centres(boxes).double() / divisor).float()
     return centres, (boxes.double() / divisor.repeat(2)).float()
-
-
-def _pair(value):
-    return value[0] if isinstance(value, (tuple, list)) else value
-
-
-def map_side(modules, side):
-    """Side of the map after the given convs, pools and TF 'SAME' padding layers (modeling's
-    ``local_path_modules``) for an input side; 0 when a layer has no output cell at all (a 'valid'
-    max-pool on a map smaller than its kernel: TensorFlow gives an empty map there)."""
-    for module in modules:
-        if hasattr(module, "geometry_padding"):
-            side += sum(same_padding(side, module.kernel, module.stride))
-        elif isinstance(module, _SPATIAL):
-            kernel, stride = _pair(module.kernel_size), _pair(module.stride)
-            padding, dilation = _pair(module.padding), _pair(getattr(module, "dilation", 1))
-            side = (side + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-            if side < 1:
-                return 0
-    return side

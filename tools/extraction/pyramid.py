@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.extraction.geometry import LOCATION_MODES, map_side
+from tools.extraction.geometry import LOCATION_MODES
 from tools.extraction.resize import RESIZE_MODES, ROUNDINGS, pyramid_size, resize_image
 from tools.extraction.selection import level_candidates, select_local_features
 
@@ -70,8 +70,7 @@ class ExtractionSettings:
 
 def _has_cells(model, size):
     """Whether the network gives a non-empty local map for an input of size (height, width)."""
-    modules = model.backbone.local_path_modules()
-    return all(map_side(modules, side) > 0 for side in size)
+    return all(side > 0 for side in model.backbone.local_map_size(size))
 
 
 def run_pyramid(
