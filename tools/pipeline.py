@@ -172,7 +172,7 @@ def demo_config(options, data_dir):
 # Keys the trainer fills in or the demo sets itself, and the sections that only extraction and
 # evaluation read: they may differ between the saved and the new config.
 RESUME_IGNORED_KEYS = ("MODEL.NUM_CLASSES", "TRAIN.AUTO_RESUME", "TRAIN.ETA_EXTRA_S")
-RESUME_IGNORED_SECTIONS = ("EXTRACT.", "EVAL.", "SV.", "ASMK.", "RERANK.", "TEST.")
+RESUME_IGNORED_SECTIONS = ("EXTRACT.", "EVAL.", "SV.", "ASMK.", "RERANK.", "RERANKER.", "TEST.")
 
 
 def same_training(cfg):
