@@ -17,6 +17,7 @@ query side stays real.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modeling.registry import RERANKERS
@@ -40,6 +41,7 @@ class PairwiseReranker(nn.Module):
         xy_encoding=False,
         bits=0,
         sharpness=3.0,
+        similarity_k=0,
     ):
         super().__init__()
         self.binary = BinaryProjection(local_dim, bits, sharpness) if bits else None
@@ -50,6 +52,12 @@ class PairwiseReranker(nn.Module):
         self.match_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.global_embed = nn.Linear(global_dim, dim) if global_dim else None
         self.xy_embed = nn.Linear(2, dim) if xy_encoding else None
+        self.similarity_k = similarity_k
+        self.similarity_embed = (
+            nn.Sequential(nn.Linear(similarity_k, dim), nn.GELU(), nn.Linear(dim, dim))
+            if similarity_k
+            else None
+        )
         self.layers = nn.ModuleList(PairLayer(dim, heads, ffn_dim, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 1)
@@ -64,19 +72,26 @@ class PairwiseReranker(nn.Module):
         weight = self.binary.weight
         return self.binary.encode(descriptors.to(weight.device, weight.dtype), hard=True)
 
-    def local_inputs(self, batch, side, coded):
-        """The embedded locals [B, N, dim] of one side (0 query, 1 database)."""
+    def descriptor_inputs(self, batch, side, coded):
+        """The descriptors as the embedding reads them: as stored, or (binary) the query's real
+        projection and the database's codes (erf in training, sign in evaluation)."""
         x = batch.descriptors.to(self.embed.weight.dtype)
         if self.binary is not None and not coded:
             x = self.binary.encode(x, hard=not self.training) if side else self.binary(x)
+        return x
+
+    def local_inputs(self, batch, x, side, similarity):
+        """The embedded locals [B, N, dim] of one side (0 query, 1 database)."""
         tokens = self.embed(x) + self.scale_embedding(batch.scales.clamp(0, self.num_scales - 1))
         if self.xy_embed is not None:
             tokens = tokens + self.xy_embed(normalised_locations(batch.locations, batch.padding))
+        if similarity is not None:
+            tokens = tokens + self.similarity_embed(similarity)
         return tokens + self.side_embedding[side]
 
-    def image_tokens(self, batch, side, coded=False):
+    def image_tokens(self, batch, x, side, similarity=None):
         """[B, N + 1, dim] and padding [B, N + 1]: the image token first, never padded."""
-        locals_ = self.local_inputs(batch, side, coded)
+        locals_ = self.local_inputs(batch, x, side, similarity)
         token = self.image_token[side].expand(locals_.shape[0], 1, -1)
         if self.global_embed is not None:
             token = token + self.global_embed(batch.global_descriptor.to(token.dtype))[:, None]
@@ -89,12 +104,29 @@ class PairwiseReranker(nn.Module):
                 f"{query.descriptors.shape[0]} query rows but {database.descriptors.shape[0]} "
                 "database rows: one pair per row"
             )
-        a, pa = self.image_tokens(query, 0)
-        b, pb = self.image_tokens(database, 1, coded=database_coded)
+        xa = self.descriptor_inputs(query, 0, coded=False)
+        xb = self.descriptor_inputs(database, 1, coded=database_coded)
+        sa, sb = None, None
+        if self.similarity_embed is not None:
+            sa, sb = best_similarities(xa, query.padding, xb, database.padding, self.similarity_k)
+        a, pa = self.image_tokens(query, xa, 0, sa)
+        b, pb = self.image_tokens(database, xb, 1, sb)
         m = self.match_token.expand(a.shape[0], 1, -1)
         for layer in self.layers:
             a, b, m = layer(a, pa, b, pb, m)
         return self.head(self.norm(m[:, 0])).squeeze(-1).float()
+
+
+def best_similarities(xa, pa, xb, pb, k):
+    """Each local's k highest cosine similarities to the other image's locals (padded slots left
+    out, -1 where the other image has fewer than k): [B, Na, k] and [B, Nb, k]."""
+    sim = F.normalize(xa, dim=-1) @ F.normalize(xb, dim=-1).transpose(1, 2)
+    low = torch.tensor(-1.0, dtype=sim.dtype, device=sim.device)
+    sim = torch.where(pa[:, :, None] | pb[:, None, :], low, sim)
+    extra = torch.full_like(sim[:, :1, :1], -1.0)  # so that top-k exists when an image is short
+    to_a = torch.cat([sim, extra.expand(-1, sim.shape[1], k)], dim=2).topk(k, dim=2).values
+    to_b = torch.cat([sim, extra.expand(-1, k, sim.shape[2])], dim=1).topk(k, dim=1).values
+    return to_a, to_b.transpose(1, 2)
 
 
 def normalised_locations(locations, padding):
@@ -128,4 +160,5 @@ def build_reranker(cfg, local_dim, global_dim=0):
         xy_encoding=r.XY_ENCODING,
         bits=r.BITS if r.BINARY else 0,
         sharpness=r.BINARY_SHARPNESS,
+        similarity_k=r.SIMILARITY_K,
     )

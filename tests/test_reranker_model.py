@@ -186,3 +186,14 @@ def test_lambda_one_keeps_the_global_score_and_an_unknown_type_is_named():
     assert torch.equal(combine_scores(scores, torch.tensor([-9.0, 9.0, 0.0]), 1.0, 3.0), scores)
     with pytest.raises(ConfigError, match="RERANKER.TYPE"):
         build_reranker(tiny_cfg("RERANKER.TYPE", "rrt"), LOCAL_DIM)
+
+
+def test_best_similarities_leave_padding_out_and_fill_short_images():
+    from modeling.reranker import best_similarities
+
+    xa = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    xb = torch.tensor([[[3.0, 0.0], [0.6, 0.8], [5.0, 5.0]]])
+    pa, pb = torch.tensor([[False, False]]), torch.tensor([[False, False, True]])
+    to_a, to_b = best_similarities(xa, pa, xb, pb, 3)
+    torch.testing.assert_close(to_a, torch.tensor([[[1.0, 0.6, -1.0], [0.8, 0.0, -1.0]]]))
+    torch.testing.assert_close(to_b[0, :2], torch.tensor([[1.0, 0.0, -1.0], [0.8, 0.6, -1.0]]))

@@ -102,7 +102,7 @@ class HeldOutSelection:
         self.load_held_out = load_held_out  # () -> (HeldOut, number of held-out landmarks)
         self.path = os.path.join(cfg.OUT_DIR, WEIGHTS_NAME)
         self.best = -1.0
-        if os.path.isfile(self.path):  # a resumed run keeps its best so far
+        if cfg.TRAIN.AUTO_RESUME and os.path.isfile(self.path):  # a resumed run keeps its best
             self.best = load_reranker(self.path)[1]["selection"]["val_map_combined"]
 
     def __call__(self, model, device, epoch, global_iter):
