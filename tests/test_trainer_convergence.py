@@ -1,5 +1,9 @@
-"""A few hundred iterations of a small config on synthetic data: the loss and the training error
-fall; the plot script draws the run's curves."""
+"""A short training of a small config on the tiny synthetic world (36 training images, 8 classes):
+the loss and the training error fall far; the plot script draws the run's curves.
+
+The thresholds sit far from what the run reaches on both CPU kinds tried (AVX-512 and AVX2, whose
+kernels round differently, so the runs differ) and far from what no learning gives: with the
+learning rate at 0, or with backward() doing nothing, every assertion on the loss fails."""
 
 import math
 import subprocess
@@ -13,7 +17,7 @@ from core.config import load_cfg
 from core.logging import JSON_LOG_NAME, read_json_log
 from tests.tiny import REPO, TINY_PRESET, generate_tiny_world, tiny_training_options
 
-ITERATIONS = 240
+ITERATIONS = 160
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +34,19 @@ def run_dir(tmp_path_factory):
         "20",
         "TRAIN.CHECKPOINT_PERIOD",
         "100",
-        # SGD, as the paper trains: ArcFace learns in a few hundred steps of this tiny net at scale
-        # 30 and LR 0.03; LR 0.1 diverges after ~40 steps with some library versions (the preset's
-        # AdamW recipe is the one that trains the demo's larger net from scratch)
+        # a problem the net can fit: AdamW without decay, no margin, a moderate scale. (SGD with
+        # ArcFace, margin 0.1, scale 30 learned the global head on one CPU kind and stayed at
+        # chance on another.)
         "OPTIM.OPTIMIZER",
-        "sgd",
+        "adamw",
         "OPTIM.WEIGHT_DECAY",
-        "0.0001",
+        "0.0",
+        "MODEL.HEADS.MARGIN",
+        "0.0",
         "MODEL.HEADS.SCALE",
-        "30.0",
+        "16.0",
         "OPTIM.BASE_LR",
-        "0.03",
+        "0.003",
     )
     assert trainer.train_in_process(load_cfg(TINY_PRESET, opts).dump()) == 0
     return base / "run"
@@ -56,14 +62,16 @@ def test_loss_and_training_error_fall(run_dir):
     def mean(rows, key):
         return float(np.mean([r[key] for r in rows]))
 
-    chance_ce = math.log(8)  # the tiny synthetic set has 8 classes
-    assert mean(last, "loss") < 0.4 * mean(first, "loss")
-    assert mean(last, "loss_global") < mean(first, "loss_global")
-    # the attention classifier learned beyond chance
-    assert mean(last, "loss_attention") < chance_ce - 0.3
-    assert mean(last, "loss_reconstruction") < 0.5 * mean(first, "loss_reconstruction")
-    assert mean(last, "global_top1_err") < mean(first, "global_top1_err") - 10.0
-    assert mean(last, "attention_top1_err") < mean(first, "attention_top1_err") - 15.0
+    # reached (first 6 -> last 6 records, AVX-512 / AVX2): loss 18.6 -> 7.8 / 18.8 -> 7.9, global CE
+    # 2.97 -> 0.93 / 0.86, attention CE 2.08 -> 1.62 / 1.69, reconstruction 1.35 -> 0.53 / 0.54,
+    # global error 79 -> 31 / 23 %, attention error 84 -> 58 / 88 -> 52 %
+    chance_ce, chance_error = math.log(8), 100.0 * 7 / 8  # the tiny synthetic set has 8 classes
+    assert mean(last, "loss") < 0.6 * mean(first, "loss")
+    assert mean(last, "loss_global") < 0.5 * mean(first, "loss_global")
+    assert mean(last, "loss_attention") < chance_ce - 0.2  # learned beyond chance
+    assert mean(last, "loss_reconstruction") < 0.7 * mean(first, "loss_reconstruction")
+    assert mean(last, "global_top1_err") < chance_error - 30.0
+    assert mean(last, "attention_top1_err") < chance_error - 12.5
     assert records[-1]["lr"] < records[0]["lr"]  # the cosine schedule ran to its end
 
 
