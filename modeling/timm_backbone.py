@@ -23,6 +23,7 @@ import contextlib
 import os
 
 import torch
+import torch.nn as nn
 
 from core.config import ConfigError
 from modeling.backbone import Backbone, MapSpec
@@ -120,8 +121,12 @@ class TimmCNN(Backbone):
             model = create_timm_model(
                 timm_cfg.NAME, {"dynamic_img_size": True, **kwargs}, timm_cfg.WEIGHTS
             )
-            model.reset_classifier(0)  # DELG reads patch grids: no unused classifier parameters
+            _drop_head(model)
             return TimmViT(model, timm_cfg.LOCAL_STRIDE, timm_cfg.LOCAL_BLOCK)
+        if cfg.MODEL.FREEZE_BN or cfg.MODEL.FREEZE_STEM:
+            raise ConfigError(
+                "MODEL.FREEZE_BN and MODEL.FREEZE_STEM apply to MODEL.TYPE resnet only"
+            )
         if timm_cfg.WEIGHTS:
             _load_weights(model, timm_cfg.NAME, timm_cfg.WEIGHTS)
         return cls(model, _stage_of_stride(model, timm_cfg.NAME, timm_cfg.LOCAL_STRIDE))
@@ -217,6 +222,15 @@ class TimmViT(Backbone):
 
     def local_map_size(self, size):
         return tuple(side // self.patch for side in size)
+
+
+def _drop_head(model):
+    """DELG reads patch grids: the classifier and its pooling would be parameters without gradients
+    (which DDP refuses)."""
+    model.reset_classifier(0)
+    for name in ("fc_norm", "attn_pool"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            setattr(model, name, nn.Identity())
 
 
 def _dotted(names):

@@ -72,7 +72,13 @@ def _export(cfg, args):
     refuse_existing_file(args.out, args.overwrite)
     check_writable(os.path.dirname(os.path.abspath(args.out)))  # before the model is built
     model = build_extraction_model(cfg, torch.device("cpu"))
-    export_onnx(model, args.out)
+    try:
+        export_onnx(model, args.out)
+    except torch.onnx.errors.UnsupportedOperatorError as error:  # e.g. a ViT's resampled positions
+        raise ValueError(
+            f"MODEL.TYPE {cfg.MODEL.TYPE}: this backbone cannot be exported to ONNX "
+            f"({str(error).splitlines()[0]}); extract with tools/extractor.py instead"
+        ) from None
     report = parity(model, open_session(args.out), sizes)
     for (height, width), differences in report.items():
         line = " ".join(

@@ -77,7 +77,9 @@ def checkpoint_digest(path):
 
 def build_provenance(cfg, checkpoint, geometry, settings):
     """What decides the features: recorded in every store and hashed into the run signature."""
-    config = {section: _plain(cfg[section]) for section in ("MODEL", "RESNET", "INPUT")}
+    # the TIMM section only for timm backbones: stores of the other backbones keep their records
+    sections = ("MODEL", "RESNET", "INPUT", *(("TIMM",) if cfg.MODEL.TYPE == "timm" else ()))
+    config = {section: _plain(cfg[section]) for section in sections}
     # initial weights are drawn in build order, which the class count changes
     if checkpoint != INITIAL_WEIGHTS:
         config["MODEL"] = {

@@ -1,0 +1,237 @@
+"""timm models as DELG backbones (MODEL.TYPE timm, modeling/timm_backbone.py): a small CNN and a
+small DINOv2-style ViT, untrained, with their maps, geometry and local checkpoints; and the whole
+pipeline on the tiny synthetic world (train_delg.py -> tools/extractor.py ->
+tools/revisitop/evaluate.py with global and sv, tools/search.py, tools/vis/attention.py,
+tools/export_onnx.py)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm", reason="timm (requirements.txt)")
+
+from core.checkpoint import list_checkpoints  # noqa: E402
+from core.config import ConfigError  # noqa: E402
+from core.io import read_json  # noqa: E402
+from datasets.features import open_store  # noqa: E402
+from modeling import build_model  # noqa: E402
+from tests.small_models import small_cfg  # noqa: E402
+from tests.tiny import (  # noqa: E402
+    REPO,
+    TINY_EXTRACTION,
+    TINY_HEADS,
+    TINY_PRESET,
+    generate_tiny_world,
+    tiny_training_options,
+)
+
+# resnet10t at a quarter of its width: stem 3x3/2, 3x3, 3x3, max-pool 3x3/2, one basic block
+# (two 3x3) per stage, the first of a stage strided: at layer3 (stride 16) the field is
+# 1 + 2 (1 + 2 + 2) + 2 * 4 (1 + 2) + 2 * 8 * 2 + 2 * 16 = 103 px, padding (103 - 1) / 2
+CNN = ["MODEL.TYPE", "timm", "TIMM.NAME", "resnet10t", "TIMM.KWARGS", "['channels=(16,32,64,128)']"]
+# ViT-S/14 of DINOv2 shrunk to 2 blocks of width 48
+VIT = [
+    "MODEL.TYPE",
+    "timm",
+    "TIMM.NAME",
+    "vit_small_patch14_dinov2",
+    "TIMM.KWARGS",
+    "['depth=2', 'embed_dim=48', 'num_heads=2', 'img_size=56']",
+    "TIMM.LOCAL_STRIDE",
+    "14",
+]
+
+
+def _backbone(*options):
+    return build_model(small_cfg(*options)).backbone.eval()
+
+
+@pytest.mark.parametrize("first", ["timm", "datasets"])
+def test_timm_imports_beside_our_datasets_package(first):
+    """The repository's top-level `datasets` shadows Hugging Face's; timm must not mind."""
+    second = "datasets" if first == "timm" else "timm"
+    code = (
+        f"import {first}, {second}, timm.data, datasets.synthetic; "
+        "timm.create_model('resnet10t', pretrained=False); print(datasets.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(REPO / "datasets" / "__init__.py")
+
+
+def test_a_timm_cnn_gives_the_stage_of_the_local_stride_and_its_field():
+    backbone = _backbone(*CNN)
+    shapes = backbone.output_shape()
+    assert shapes == {"local": (64, 16), "global": (128, 32)}
+    assert backbone.local_geometry() == (103, 16, 51)
+    for size in ((97, 130), (64, 33), (20, 20)):
+        with torch.no_grad():
+            local, global_map = backbone(torch.zeros(1, 3, *size))
+        assert tuple(local.shape[2:]) == backbone.local_map_size(size)
+        assert (local.shape[1], global_map.shape[1]) == (64, 128)
+    assert _backbone(*CNN, "TIMM.LOCAL_STRIDE", "8").output_shape()["local"] == (32, 8)
+
+
+def test_a_timm_vit_gives_its_patch_grids():
+    backbone = _backbone(*VIT, "TIMM.LOCAL_BLOCK", "0")
+    assert backbone.output_shape() == {"local": (48, 14), "global": (48, 14)}
+    assert backbone.local_geometry() == (14, 14, 0)
+    images = torch.randn(1, 3, 70, 42)
+    with torch.no_grad():
+        local, global_map = backbone(images)
+        (expected_local,) = backbone.model.forward_intermediates(
+            images, indices=[0], norm=True, intermediates_only=True
+        )
+        tokens = backbone.model.forward_features(images)
+    assert torch.allclose(local, expected_local, atol=1e-6)
+    expected_global = tokens[:, 1:].transpose(1, 2).reshape(1, 48, 5, 3)
+    assert torch.allclose(global_map, expected_global, atol=1e-6)
+    # sizes that are not multiples of the patch lose their last partial patch, as a conv would
+    with torch.no_grad():
+        local, _ = backbone(torch.randn(1, 3, 100, 37))
+    assert tuple(local.shape[2:]) == backbone.local_map_size((100, 37)) == (7, 2)
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        CNN,
+        VIT,
+        [*VIT, "TIMM.KWARGS", "['depth=1', 'embed_dim=48', 'num_heads=2', 'global_pool=avg']"],
+    ],
+    ids=["cnn", "vit", "vit_fc_norm"],
+)
+def test_every_parameter_of_a_timm_delg_model_gets_a_gradient(backbone):
+    """What DDP needs: no parameter left out of the loss (the ViT's classifier and its norm are
+    dropped)."""
+    from modeling import build_loss
+
+    cfg = small_cfg(*backbone)
+    model = build_model(cfg).train()
+    labels = torch.tensor([0, 1])
+    loss, _ = build_loss(cfg)(model(torch.randn(2, 3, 56, 70), labels), labels)
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ((*VIT, "TIMM.LOCAL_STRIDE", "16"), "set TIMM.LOCAL_STRIDE 14"),
+        ((*CNN, "TIMM.LOCAL_STRIDE", "32"), r"one of \[2, 4, 8, 16\], got 32"),
+        ((*CNN, "TIMM.NAME", "no_such_model"), "TIMM.NAME: unknown timm model 'no_such_model'"),
+        ((*CNN, "TIMM.KWARGS", "['depth']"), "TIMM.KWARGS entry 'depth' must be key=value"),
+    ],
+)
+def test_timm_settings_that_do_not_fit_name_the_key(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(small_cfg(*options))
+
+
+def test_timm_weights_load_from_a_local_file_only(tmp_path):
+    reference = timm.create_model("resnet10t", pretrained=False, channels=(16, 32, 64, 128))
+    path = tmp_path / "resnet10t.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)
+    backbone = _backbone(*CNN, "TIMM.WEIGHTS", str(path))
+    assert torch.equal(backbone.body["layer3"][0].conv1.weight, reference.layer3[0].conv1.weight)
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
+    with pytest.raises(ConfigError, match=f"TIMM.WEIGHTS {other} does not fit"):
+        _backbone(*CNN, "TIMM.WEIGHTS", str(other))
+    with pytest.raises(ConfigError, match="no such file"):
+        _backbone(*CNN, "TIMM.WEIGHTS", str(tmp_path / "missing.pth"))
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return generate_tiny_world(tmp_path_factory.mktemp("timm_world"))
+
+
+def _pipeline_options(world, out, backbone):
+    test = str(world / "test")
+    return [
+        *TINY_EXTRACTION,
+        *TINY_HEADS,
+        *backbone,
+        "EXTRACT.DATA_ROOT",
+        test,
+        "EVAL.DATA_ROOT",
+        test,
+        "EVAL.METHODS",
+        "['global', 'sv']",
+        "OUT_DIR",
+        str(out / "eval"),
+    ]
+
+
+@pytest.fixture(scope="module", params=["cnn", "vit"])
+def trained(request, world, tmp_path_factory):
+    """(backbone options, pipeline options, out folder) after 3 training steps, an extraction and
+    an evaluation through the scripts."""
+    import train_delg
+    from tools import extractor
+    from tools.revisitop import evaluate
+
+    backbone = {"cnn": CNN, "vit": VIT}[request.param]
+    out = tmp_path_factory.mktemp(f"timm_{request.param}")
+    training = tiny_training_options(world / "train", out / "run", *backbone)
+    argv = sys.argv
+    sys.argv = ["train_delg.py"]
+    try:
+        code = train_delg.main(["--cfg", TINY_PRESET, *training, "OPTIM.MAX_ITER", "3"])
+    finally:
+        sys.argv = argv
+    assert code == 0
+    weights = list_checkpoints(str(out / "run"))[-1][1]
+    options = [*_pipeline_options(world, out, backbone), "TEST.WEIGHTS", weights]
+    assert extractor.main(["--cfg", TINY_PRESET, *options]) == 0
+    assert evaluate.main(["--cfg", TINY_PRESET, *options]) == 0
+    return backbone, options, out
+
+
+def test_a_timm_model_trains_extracts_and_evaluates(trained):
+    backbone, options, out = trained
+    results = read_json(out / "eval" / "results.json")
+    for method in ("global", "sv"):
+        assert set(results[method]) == {"E", "M", "H"}
+        assert 0 <= results[method]["M"]["mAP"] <= 100
+    geometry = build_model(small_cfg(*backbone)).local_geometry
+    store = open_store(str(out / "eval" / "features" / "synth_database"))
+    assert store.provenance["local_geometry"] == list(geometry)
+    assert store.provenance["config"]["MODEL"]["TYPE"] == "timm"
+    assert store.provenance["config"]["TIMM"]["NAME"] in ("resnet10t", "vit_small_patch14_dinov2")
+
+
+def test_search_and_the_attention_picture_work_on_a_timm_model(trained, world, tmp_path):
+    from tools import search
+    from tools.vis import attention
+
+    _, options, _ = trained
+    image = next((world / "test" / "jpg").glob("*.jpg"))
+    assert search.main(["--cfg", TINY_PRESET, str(image), "--sv", "--topk", "3", *options]) == 0
+    picture = tmp_path / "attention.png"
+    assert attention.main([str(image), "--out", str(picture), "--cfg", TINY_PRESET, *options]) == 0
+    assert picture.stat().st_size > 0
+
+
+def test_onnx_export_works_or_refuses_in_one_line(trained, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime (requirements-interop.txt)")
+    from tools import export_onnx
+
+    backbone, options, _ = trained
+    out = tmp_path / "model.onnx"
+    code = export_onnx.main(["--cfg", TINY_PRESET, "--out", str(out), "--sizes", "70x84", *options])
+    error = capsys.readouterr().err.strip()
+    if backbone is CNN:
+        assert code == 0 and out.exists(), error
+    else:  # the ViT resamples its position embedding per size (bicubic, antialiased)
+        assert code == 2 and not out.exists() and len(error.splitlines()) == 1, error
+        assert error.startswith("export_onnx error: MODEL.TYPE timm: this backbone cannot be")
