@@ -37,6 +37,11 @@ class Backbone(nn.Module):
     def from_config(cls, cfg):
         raise NotImplementedError(f"{cls.__name__} does not implement from_config(cfg)")
 
+    @classmethod
+    def describe(cls, cfg):
+        """A short name of the configured backbone for printouts."""
+        return cls.__name__
+
     def forward_shared(self, images):
         raise NotImplementedError
 

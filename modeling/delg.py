@@ -86,6 +86,11 @@ def build_backbone(cfg):
     return BACKBONES.get(cfg.MODEL.TYPE).from_config(cfg)
 
 
+def describe_backbone(cfg):
+    """The configured backbone in a few words (benchmark printouts)."""
+    return BACKBONES.get(cfg.MODEL.TYPE).describe(cfg)
+
+
 def build_inference_model(cfg):
     """build_model for extraction and inspection, where the classifiers play no part:
     MODEL.NUM_CLASSES 0 (the trainer's "take the count from the data") builds them with one class,

@@ -92,19 +92,27 @@ def geometry_probe(module):
     output's gradient: parameters uniform in [0.5, 1], BatchNorm statistics (0, 1) and max-pools
     replaced by average pools of the same geometry (a max-pool's gradient reaches one pixel per
     window; a zero-initialised last BatchNorm of a residual block would cut its branch)."""
-    probe = copy.deepcopy(module).eval()
-    with torch.no_grad():
-        for parameter in probe.parameters():
-            parameter.uniform_(0.5, 1.0)
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors even from inference mode
+        probe = copy.deepcopy(module).eval()
+        generator = torch.Generator().manual_seed(0)
         for layer in probe.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
-                layer.running_mean.zero_()
-                layer.running_var.fill_(1.0)
+            _make_probe_layer(layer, generator)
     for parent in list(probe.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool2d):
                 setattr(parent, name, _average_pool(child))
     return probe
+
+
+def _make_probe_layer(layer, generator):
+    for name, parameter in list(layer.named_parameters(recurse=False)):
+        values = torch.rand(parameter.shape, generator=generator) * 0.5 + 0.5
+        layer.register_parameter(name, nn.Parameter(values, requires_grad=False))
+    for name, buffer in list(layer.named_buffers(recurse=False)):
+        layer.register_buffer(name, buffer.clone())
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+        layer.running_mean.zero_()
+        layer.running_var.fill_(1.0)
 
 
 def _average_pool(pool):
@@ -119,7 +127,8 @@ def measured_geometry(local_map, stride, side=128, max_side=1024, trials=2):
     inside the input with a margin; None when it never does (a field over max_side, or a global
     operation such as squeeze-excitation or attention that lets every pixel reach every cell)."""
     while side <= max_side:
-        rows, cell = _reached_rows(local_map, side, trials)
+        with torch.inference_mode(False), torch.enable_grad():  # also when built without gradients
+            rows, cell = _reached_rows(local_map, side, trials)
         if rows.numel() and rows.min() > 0 and rows.max() < side - 1:
             first, last = int(rows.min()), int(rows.max())
             return LocalGeometry(last - first + 1, stride, stride * cell - first)

@@ -270,6 +270,10 @@ class ResNet(Backbone):
         return modules + [self.local_pool]
 
     @classmethod
+    def describe(cls, cfg):
+        return f"ResNet-{cfg.MODEL.DEPTH} stride {cfg.MODEL.LOCAL_STRIDE}"
+
+    @classmethod
     def from_config(cls, cfg):
         """The ResNet of MODEL.DEPTH, MODEL.LOCAL_STRIDE, MODEL.FREEZE_*, RESNET.* and BN.*."""
         depth, resnet = cfg.MODEL.DEPTH, cfg.RESNET

@@ -112,6 +112,10 @@ class TimmCNN(Backbone):
         self._geometry, self._sides = None, {}
 
     @classmethod
+    def describe(cls, cfg):
+        return f"timm {cfg.TIMM.NAME} stride {cfg.TIMM.LOCAL_STRIDE}"
+
+    @classmethod
     def from_config(cls, cfg):
         """TimmCNN, or TimmViT for a vision transformer, of the TIMM section."""
         timm_cfg = cfg.TIMM

@@ -235,3 +235,22 @@ def test_onnx_export_works_or_refuses_in_one_line(trained, tmp_path, capsys):
     else:  # the ViT resamples its position embedding per size (bicubic, antialiased)
         assert code == 2 and not out.exists() and len(error.splitlines()) == 1, error
         assert error.startswith("export_onnx error: MODEL.TYPE timm: this backbone cannot be")
+
+
+def test_the_extraction_benchmark_runs_on_a_timm_model(tmp_path):
+    command = [
+        sys.executable,
+        str(REPO / "tools" / "benchmark_extract.py"),
+        "--runs",
+        "1",
+        *CNN,
+        *TINY_HEADS,
+        "EXTRACT.MAX_IMAGE_SIZE",
+        "96",
+        "EXTRACT.MAX_FEATURES",
+        "20",
+    ]
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "model timm resnet10t stride 16, image" in finished.stdout
+    assert finished.stdout.strip().splitlines()[-1].startswith("ratio: ")

@@ -34,6 +34,7 @@ from core.hardware import describe_machine  # noqa: E402
 from datasets.features import open_store, write_store  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
 from datasets.transforms import build_normalizer, to_chw_tensor  # noqa: E402
+from modeling.delg import describe_backbone  # noqa: E402
 from tools.extraction.pyramid import extract_image, pyramid_size, resize_image, select_from_levels  # noqa: E402
 from tools.extraction.runner import build_extraction_model, build_settings, init_distributed  # noqa: E402
 from tools.extraction.sources import prepare_image  # noqa: E402
@@ -243,7 +244,7 @@ def main(argv=None):
     image = read_image(args.image) if args.image else synthetic_image()
     torch.set_grad_enabled(False)
     print(
-        f"model ResNet-{cfg.MODEL.DEPTH} stride {cfg.MODEL.LOCAL_STRIDE}, image {image.shape[1]} x "
+        f"model {describe_backbone(cfg)}, image {image.shape[1]} x "
         f"{image.shape[0]}, {len(cfg.EXTRACT.LOCAL_SCALES)} local + "
         f"{len(cfg.EXTRACT.GLOBAL_SCALES)} global scales, top {cfg.EXTRACT.MAX_FEATURES}, "
         f"torch threads {torch.get_num_threads()}",
