@@ -9,7 +9,7 @@ device is counted without computing anything, so large inputs cost nothing.
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling.delg import build_inference_model
+from modeling.delg import build_inference_model, describe_backbone
 
 
 def count_parameters(model):
@@ -83,7 +83,7 @@ def describe_model(cfg, size):
         model = build_inference_model(cfg)
     geometry = model.local_geometry
     return (
-        f"DELG {cfg.MODEL.TYPE}-{cfg.MODEL.DEPTH}, {cfg.MODEL.HEADS.REDUCTION_DIM}-d global, "
+        f"DELG {describe_backbone(cfg)}, {cfg.MODEL.HEADS.REDUCTION_DIM}-d global, "
         f"{cfg.MODEL.LOCAL.DESCRIPTOR_DIM}-d local ({cfg.MODEL.LOCAL.TYPE}), {classes}\n"
         f"{format_complexity(complexity_report(model, size, size))}\n"
         f"local features: receptive field {geometry.receptive_field} px, stride {geometry.stride}, "

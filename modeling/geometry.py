@@ -106,10 +106,13 @@ def geometry_probe(module):
 
 def _make_probe_layer(layer, generator):
     for name, parameter in list(layer.named_parameters(recurse=False)):
-        values = torch.rand(parameter.shape, generator=generator) * 0.5 + 0.5
+        values = torch.rand(parameter.shape, generator=generator, device="cpu") * 0.5 + 0.5
         layer.register_parameter(name, nn.Parameter(values, requires_grad=False))
-    for name, buffer in list(layer.named_buffers(recurse=False)):
-        layer.register_buffer(name, buffer.clone())
+    for name, buffer in list(layer.named_buffers(recurse=False)):  # meta ones (model_info) as zeros
+        plain = buffer.clone() if buffer.device.type != "meta" else None
+        layer.register_buffer(
+            name, torch.zeros_like(buffer, device="cpu") if plain is None else plain
+        )
     if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
         layer.running_mean.zero_()
         layer.running_var.fill_(1.0)
@@ -138,10 +141,10 @@ def measured_geometry(local_map, stride, side=128, max_side=1024, trials=2):
 
 def _reached_rows(local_map, side, trials):
     generator = torch.Generator().manual_seed(0)
-    reached, centre = torch.zeros(side, dtype=torch.bool), (0, 0)
+    reached, centre = torch.zeros(side, dtype=torch.bool, device="cpu"), (0, 0)
     for _ in range(trials):
         # rows only: a tall strip (its width, two cells of 32 px, keeps every layer's output)
-        images = torch.rand(1, 3, side, 64, generator=generator).requires_grad_(True)
+        images = torch.rand(1, 3, side, 64, generator=generator, device="cpu").requires_grad_(True)
         output = local_map(images)
         centre = output.shape[-2] // 2, output.shape[-1] // 2
         (gradient,) = torch.autograd.grad(output[0, :, centre[0], centre[1]].sum(), images)

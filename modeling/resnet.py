@@ -271,7 +271,7 @@ class ResNet(Backbone):
 
     @classmethod
     def describe(cls, cfg):
-        return f"ResNet-{cfg.MODEL.DEPTH} stride {cfg.MODEL.LOCAL_STRIDE}"
+        return f"resnet-{cfg.MODEL.DEPTH}"
 
     @classmethod
     def from_config(cls, cfg):

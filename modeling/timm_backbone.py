@@ -113,7 +113,7 @@ class TimmCNN(Backbone):
 
     @classmethod
     def describe(cls, cfg):
-        return f"timm {cfg.TIMM.NAME} stride {cfg.TIMM.LOCAL_STRIDE}"
+        return f"timm {cfg.TIMM.NAME}"
 
     @classmethod
     def from_config(cls, cfg):

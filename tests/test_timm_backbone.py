@@ -76,6 +76,14 @@ def test_a_timm_cnn_gives_the_stage_of_the_local_stride_and_its_field():
     assert _backbone(*CNN, "TIMM.LOCAL_STRIDE", "8").output_shape()["local"] == (32, 8)
 
 
+def test_model_info_describes_a_timm_model_built_on_the_meta_device():
+    from modeling.complexity import describe_model
+
+    text = describe_model(small_cfg(*CNN), 128)
+    assert text.startswith("DELG timm resnet10t, 16-d global")
+    assert text.endswith("receptive field 103 px, stride 16, padding 51")
+
+
 def test_a_timm_vit_gives_its_patch_grids():
     backbone = _backbone(*VIT, "TIMM.LOCAL_BLOCK", "0")
     assert backbone.output_shape() == {"local": (48, 14), "global": (48, 14)}
@@ -252,5 +260,6 @@ def test_the_extraction_benchmark_runs_on_a_timm_model(tmp_path):
     ]
     finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "model timm resnet10t stride 16, image" in finished.stdout
+    assert "model timm resnet10t, image" in finished.stdout
+    assert "local stride 16" in finished.stdout
     assert finished.stdout.strip().splitlines()[-1].startswith("ratio: ")

@@ -223,6 +223,7 @@ def benchmark(cfg, image, runs):
         "num_local": len(features["local"]["scores"]),
         "global_dim": len(features["global"]),
         "input_size": (height, width),
+        "local_stride": geometry[1],
         "bytes_per_image": bytes_per_image,
     }
 
@@ -253,7 +254,7 @@ def main(argv=None):
     result = benchmark(cfg, image, args.runs)
     print(
         f"device: {result['device']}, network input {result['input_size'][1]} x "
-        f"{result['input_size'][0]}"
+        f"{result['input_size'][0]}, local stride {result['local_stride']}"
     )
     for label, key in (("(a) full extraction:", "full"), ("(b) bare backbone:  ", "bare")):
         print(
