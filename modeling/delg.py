@@ -39,7 +39,11 @@ class DELG(nn.Module):
         self.global_dim = margin_head.in_features
         self.local_descriptor_dim = local_head.descriptor_dim
         self.num_classes = margin_head.num_classes
-        self.local_geometry = backbone.local_geometry()
+
+    @property
+    def local_geometry(self):
+        """LocalGeometry of the local map (asked when extracting; a timm CNN measures it once)."""
+        return self.backbone.local_geometry()
 
     # Parameter names of the layers whose shape depends on the number of classes: load_weights
     # leaves them out (with a line) when a checkpoint was trained on another class count.

@@ -131,7 +131,7 @@ def measured_geometry(local_map, stride, side=128, max_side=1024, trials=2):
     operation such as squeeze-excitation or attention that lets every pixel reach every cell)."""
     while side <= max_side:
         with torch.inference_mode(False), torch.enable_grad():  # also when built without gradients
-            rows, cell = _reached_rows(local_map, side, trials)
+            rows, cell = _reached_rows(local_map, side, max(32, 2 * stride), trials)
         if rows.numel() and rows.min() > 0 and rows.max() < side - 1:
             first, last = int(rows.min()), int(rows.max())
             return LocalGeometry(last - first + 1, stride, stride * cell - first)
@@ -139,12 +139,13 @@ def measured_geometry(local_map, stride, side=128, max_side=1024, trials=2):
     return None
 
 
-def _reached_rows(local_map, side, trials):
+def _reached_rows(local_map, side, width, trials):
     generator = torch.Generator().manual_seed(0)
     reached, centre = torch.zeros(side, dtype=torch.bool, device="cpu"), (0, 0)
     for _ in range(trials):
-        # rows only: a tall strip (its width, two cells of 32 px, keeps every layer's output)
-        images = torch.rand(1, 3, side, 64, generator=generator, device="cpu").requires_grad_(True)
+        # rows only: a tall strip two cells wide (every layer keeps an output)
+        images = torch.rand(1, 3, side, width, generator=generator, device="cpu")
+        images.requires_grad_(True)
         output = local_map(images)
         centre = output.shape[-2] // 2, output.shape[-1] // 2
         (gradient,) = torch.autograd.grad(output[0, :, centre[0], centre[1]].sum(), images)
