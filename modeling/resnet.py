@@ -145,12 +145,7 @@ class ResNet(Backbone):
         stem="torchvision",
     ):
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if depth not in STAGE_DEPTHS:
-            raise ValueError(f"ResNet depth must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
-        if local_stride not in (16, 32):
-            raise ValueError(f"local stride must be 16 or 32, got {local_stride}")
+        _check_arguments(stem, depth, local_stride)
         block = block or STANDARD_BLOCK[depth]
         block_class = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
         # basic blocks have no 1x1 conv to stride
@@ -292,6 +287,15 @@ class ResNet(Backbone):
             freeze_stem=cfg.MODEL.FREEZE_STEM,
             stem=resnet.STEM,
         )
+
+
+def _check_arguments(stem, depth, local_stride):
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    if depth not in STAGE_DEPTHS:
+        raise ValueError(f"ResNet depth must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
+    if local_stride not in (16, 32):
+        raise ValueError(f"local stride must be 16 or 32, got {local_stride}")
 
 
 def _check_config(depth, resnet, local_stride):
