@@ -148,7 +148,10 @@ def test_list_csv_and_folder_sources_name_and_locate_images(tmp_path):
         index.names == ["00cba0067c078490", "f1e2d3"]
         and index.path(1) == "/gld/index/f/1/e/f1e2d3.jpg"
     )
-    (tmp_path / "bad.csv").write_text("landmark_id,images\n1,abc\n")
+    (tmp_path / "clean.csv").write_text("landmark_id,images\n1,abc f1e\n2,0a1\n")
+    clean = gldv2_images(tmp_path / "clean.csv", "/gld")
+    assert clean.names == ["abc", "f1e", "0a1"] and clean.path(2) == "/gld/0/a/1/0a1.jpg"
+    (tmp_path / "bad.csv").write_text("landmark,images\n1,abc\n")
     with pytest.raises(ValueError, match="bad.csv:1: expected a header whose first column is 'id'"):
         gldv2_images(tmp_path / "bad.csv", "/gld")
     _folder(tmp_path / "images" / "b", [(8, 8)])

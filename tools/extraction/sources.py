@@ -139,7 +139,10 @@ def gldv2_images(csv_path, root):
             return _gldv2_paths(ids, root, csv_path)
         if not header or header[0] != "id":
             raise ParseError(
-                csv_path, 1, "expected a header whose first column is 'id'", ",".join(header)
+                csv_path,
+                1,
+                f"expected a header whose first column is 'id', or '{','.join(CLEAN_HEADER)}'",
+                ",".join(header),
             )
         ids = []
         for row in rows:
