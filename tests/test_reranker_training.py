@@ -157,3 +157,28 @@ def test_the_training_split_csv_is_an_extraction_source(world):
     assert images.path(0) == os.path.join(
         "/gld/train", *images.names[0][:3], f"{images.names[0]}.jpg"
     )
+
+
+def test_two_cpu_processes_train_through_the_command(world, tmp_path):
+    """tools/train_reranker.py with NUM_GPUS 2 on CPU (gloo DDP): the main process mines, both
+    train, the main process selects; the command exits 0 and reranker.pth loads."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.tiny import REPO
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = str(sock.getsockname()[1])
+    opts = options(world, tmp_path, "NUM_GPUS", "2", "PORT", port, "OPTIM.MAX_ITER", "4")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_NTASKS")}
+    done = subprocess.run(
+        [sys.executable, "tools/train_reranker.py", "--cfg", PRESET, *opts],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    model, info = load_reranker(str(tmp_path / "reranker.pth"))
+    assert info["selection"]["iteration"] == 4
+    log = (tmp_path / "stdout.log").read_text()
+    assert "process 0 of 2 on cpu" in log
