@@ -33,6 +33,7 @@ CASES = {
         "0",
         "--threads",
         "1",
+        "--profile",
     ],
     "extract": [
         "--runs",

@@ -60,6 +60,11 @@ def parse_args():
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="GPU only")
     parser.add_argument("--channels-last", action="store_true", help="GPU only")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one step of each: where DELG's extra goes",
+    )
     args = parser.parse_args()
     if args.steps < 3:
         parser.error("--steps must be at least 3")
@@ -160,6 +165,26 @@ def timed(step, images, labels, device):
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
+def profile_difference(steps, images, labels, top=8):
+    """Print the ops whose self time (torch.profiler, one step of each) DELG adds most to the plain
+    step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    totals = {}
+    for name, step in steps.items():
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            step(images, labels)
+        totals[name] = {op.key: op.self_cpu_time_total / 1e6 for op in profiler.key_averages()}
+    delg, plain = totals["delg"], totals["plain"]
+    print(f"profile: DELG {sum(delg.values()):.3f} s, plain {sum(plain.values()):.3f} s of op time")
+    extra = sorted(set(delg) | set(plain), key=lambda op: plain.get(op, 0) - delg.get(op, 0))
+    for op in extra[:top]:
+        print(
+            f"  {op}: +{delg.get(op, 0) - plain.get(op, 0):.3f} s ({delg.get(op, 0):.3f} vs "
+            f"{plain.get(op, 0):.3f})"
+        )
+
+
 def main():
     args = parse_args()
     make_config(args)
@@ -210,6 +235,8 @@ def main():
     if not on_gpu:
         cpu_ratio = statistics.median(cpu_times["delg"]) / statistics.median(cpu_times["plain"])
         print(f"ratio of median CPU times of this process: {cpu_ratio:.3f}")
+    if args.profile:
+        profile_difference(steps, images, labels)
     print(describe_machine(device))
     print(f"ratio: {medians['delg'] / medians['plain']:.3f}")
 
