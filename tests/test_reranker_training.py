@@ -3,7 +3,6 @@ exact k-NN, training pairs, exact resume on the one training loop, held-out sele
 checkpoint and of lambda / gamma, and a mismatched label file refused."""
 
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from core.data import seeded_rngs
 from datasets.features import open_store
 from modeling.reranker_weights import load_reranker
 from tests.pair_world import make_pair_store
+from tests.tiny import signal_at_step
 from tools.reranker.mining import held_out_landmarks, held_out_set, mine, store_labels
 from tools.reranker.pairs import PairDataset, collate_pairs
 from tools.reranker.task import RERANKER_TASK, build_selection
@@ -107,20 +107,8 @@ def final_weights(out_dir):
 
 def test_training_resumes_exactly_and_keeps_the_selected_model(world, tmp_path):
     assert train(options(world, tmp_path / "straight")) == 0
-    real_step = trainer.train_step
-    steps = {"count": 0}
-
-    def step_then_signal(*args, **kwargs):
-        steps["count"] += 1
-        if steps["count"] == STOP_AT:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real_step(*args, **kwargs)
-
-    trainer.train_step = step_then_signal
-    try:
+    with signal_at_step(STOP_AT):
         assert train(options(world, tmp_path / "resumed")) == 0
-    finally:
-        trainer.train_step = real_step
     assert list_checkpoints(str(tmp_path / "resumed"))[-1][0] == STOP_AT
     assert train(options(world, tmp_path / "resumed", "TRAIN.AUTO_RESUME", "True")) == 0
     position, weights = final_weights(tmp_path / "resumed")

@@ -2,9 +2,7 @@
 fallback to the checkpoint before a corrupt newest one, which must replay to the very same
 weights."""
 
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from core import trainer
 from core.checkpoint import list_checkpoints, read_training_checkpoint
 from core.config import load_cfg
-from tests.tiny import TINY_PRESET, generate_tiny_world, tiny_training_options
+from tests.tiny import TINY_PRESET, generate_tiny_world, signal_at_step, tiny_training_options
 
 STOP_AT = 5  # mid-epoch: the tiny set gives 4 iterations per epoch at batch 8
 TOTAL = 2 * STOP_AT
@@ -59,21 +57,8 @@ def runs(tmp_path_factory):
     data_root = generate_tiny_world(base) / "train"
     assert train(tiny_opts(data_root, base / "straight")) == 0
 
-    steps = {"count": 0}
-    real_step = trainer.train_step
-
-    def step_then_signal(*args, **kwargs):
-        steps["count"] += 1
-        if steps["count"] == STOP_AT:
-            # handled between bytecodes: acted on at the iteration boundary
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real_step(*args, **kwargs)
-
-    trainer.train_step = step_then_signal
-    try:
+    with signal_at_step(STOP_AT):
         assert train(tiny_opts(data_root, base / "stopped", "DATA_LOADER.NUM_WORKERS", "2")) == 0
-    finally:
-        trainer.train_step = real_step
     return data_root, base
 
 

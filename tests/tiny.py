@@ -1,8 +1,12 @@
 """The tiny settings the integration tests share: the synthetic CPU preset shrunk until a training
 run or an extraction of the tiny synthetic world takes seconds."""
 
+import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
+from core import trainer
 from core.config import load_cfg
 from datasets.synthetic import generate
 
@@ -108,3 +112,23 @@ def extract_tiny_world(root, *extra):
     exit_code, _ = run_extraction(load_cfg(TINY_PRESET, options))
     assert exit_code == 0, f"the tiny extraction in {root} failed"
     return options
+
+
+@contextmanager
+def signal_at_step(count, signum=signal.SIGUSR1):
+    """Within the block, the training loop's step number `count` sends this process `signum` (a
+    preemption): the handler acts on it at the iteration boundary."""
+    real_step = trainer.train_step
+    steps = {"count": 0}
+
+    def step_then_signal(*args, **kwargs):
+        steps["count"] += 1
+        if steps["count"] == count:
+            os.kill(os.getpid(), signum)
+        return real_step(*args, **kwargs)
+
+    trainer.train_step = step_then_signal
+    try:
+        yield
+    finally:
+        trainer.train_step = real_step
