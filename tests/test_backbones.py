@@ -2,20 +2,17 @@
 trains through the real training step and extracts through the real pyramid; our ResNet's
 analytical geometry equals the one measured from gradients."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 
-from core.distributed import PreemptionFlag
-from core.run import DELG_TASK
 from core.step import train_step
 from modeling import build_loss, build_model
 from modeling.backbone import Backbone, MapSpec
 from modeling.geometry import LocalGeometry, compose_geometry, geometry_probe, measured_geometry
 from modeling.registry import BACKBONES
-from tests.small_models import tiny_cfg
+from tests.small_models import cpu_step_run, tiny_cfg
 from tools.extraction.pyramid import ExtractionSettings, extract_image
 
 
@@ -61,18 +58,7 @@ def toy_backbone():
 def _step(model, loss_fn):
     """One real training step (core.step.train_step) of the model on 4 random 32 px images."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    run = SimpleNamespace(
-        model=model,
-        net=model,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        channels_last=False,
-        task=DELG_TASK,
-        preemption=PreemptionFlag(),
-    )
+    run = cpu_step_run(model, loss_fn, optimizer)
     generator = torch.Generator().manual_seed(0)
     images, labels = torch.randn(4, 3, 32, 32, generator=generator), torch.tensor([0, 1, 2, 3])
     model.train()

@@ -2,20 +2,17 @@
 hand-written sum, and a term registered in this file is summed, logged and trained by the real
 training step."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from core.config import ConfigError
-from core.distributed import PreemptionFlag
-from core.run import DELG_TASK
 from core.step import train_step
 from modeling import build_loss, build_model
 from modeling.losses import DelgLoss, loss_weights, register_loss_term
 from modeling.registry import LOSS_TERMS
-from tests.small_models import tiny_cfg
+from tests.small_models import cpu_step_run, tiny_cfg
 
 WEIGHTS = ("MODEL.LOSSES.GLOBAL_WEIGHT", "0.7", "MODEL.LOSSES.ATTENTION_WEIGHT", "1.3")
 
@@ -71,18 +68,7 @@ def test_the_training_step_trains_a_registered_term(toy_term):
     cfg = tiny_cfg()
     model, _, _ = _outputs(cfg)
     weights = {name: 0.0 for name in loss_weights(cfg)} | {"toy": 1.0}
-    run = SimpleNamespace(
-        model=model,
-        net=model,
-        loss_fn=DelgLoss(weights),
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        channels_last=False,
-        task=DELG_TASK,
-        preemption=PreemptionFlag(),
-    )
+    run = cpu_step_run(model, DelgLoss(weights), torch.optim.SGD(model.parameters(), lr=0.5))
     whiten, margin = model.whiten.weight.detach().clone(), model.margin.weight.detach().clone()
     stats = train_step(run, torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 2, 3]), 0)
     assert stats["loss_toy"] > 0 and stats["loss"] == pytest.approx(stats["loss_toy"], rel=1e-5)
