@@ -289,3 +289,45 @@ def test_private_folders_of_dead_processes_are_removed_by_the_next_publish(tmp_p
         (path / "codes.npy").write_bytes(b"half written")
     publish(folder, {"k": 1}, lambda tmp: np.save(os.path.join(tmp, "codes.npy"), np.zeros(3)))
     assert not abandoned.exists() and alive.exists() and other_host.exists()
+
+
+PUBLISHER = """
+import os, sys, time
+import numpy as np
+from datasets.derived import derived_folder, publish
+
+root, value = sys.argv[1], int(sys.argv[2])
+folder = derived_folder(root, "codes", {"store": "abc"})
+
+def write(tmp):
+    np.save(os.path.join(tmp, "codes.npy"), np.full(4, value, np.int16))
+    open(os.path.join(root, f"inside-{value}"), "w").close()
+    deadline = time.monotonic() + 120
+    while len([n for n in os.listdir(root) if n.startswith("inside-")]) < 2:
+        assert time.monotonic() < deadline, "the other process never wrote"
+        time.sleep(0.01)
+
+print(publish(folder, {"store": "abc"}, write)["codes"].tolist())
+"""
+
+
+def test_two_processes_publishing_one_folder_at_once_agree_on_the_winner(tmp_path):
+    """Two real processes are both inside their write at the same moment; one rename wins, the
+    other process returns the winner's arrays, and one published folder is left."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(tmp_path), str(value)],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for value in (1, 2)
+    ]
+    outputs = [child.communicate(timeout=300)[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    results = {output.strip().splitlines()[-1] for output in outputs}
+    assert results in ({"[1, 1, 1, 1]"}, {"[2, 2, 2, 2]"}), outputs
+    published = [name for name in os.listdir(tmp_path) if name.startswith("codes-")]
+    assert len(published) == 1, os.listdir(tmp_path)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".codes")]
