@@ -355,6 +355,16 @@ def run_steps(options, timer, threads, log):
     )
     trained_cfg = evaluation_config(cfg, trained_dir, cfg.EVAL.METHODS, out)
     trained_cfg = with_rerankers(trained_cfg, rerankers, recipe_of(options))
+    summary = evaluate_and_draw(timer, cfg, trained_cfg, untrained_dir, out, log)
+    summary.update(checkpoint=checkpoint, data_dir=data_dir, seed=options.seed, threads=threads)
+    summary["timing"] = all_runs_timing(out, timer.totals())
+    write_json(os.path.join(out, "summary.json"), summary)
+    return summary
+
+
+def evaluate_and_draw(timer, cfg, trained_cfg, untrained_dir, out, log):
+    """Evaluate the trained and the untrained features, write results.json, draw the pictures;
+    returns the summary's results, paths and title."""
     context, trained = timer.run("evaluate, trained", evaluate_methods, trained_cfg)
     _, untrained = timer.run(
         "evaluate, untrained",
@@ -367,20 +377,13 @@ def run_steps(options, timer, threads, log):
     pictures = timer.run(
         "pictures", draw_pictures, trained_cfg, context, trained, cfg.OUT_DIR, out, log=log
     )
-    summary = {
+    return {
         "results": results,
         "results_path": results_path,
-        "checkpoint": checkpoint,
         "pictures": pictures,
-        "data_dir": data_dir,
-        "seed": options.seed,
         "iterations": cfg.OPTIM.MAX_ITER,
-        "threads": threads,
         "title": context.title,
-        "timing": all_runs_timing(out, timer.totals()),
     }
-    write_json(os.path.join(out, "summary.json"), summary)
-    return summary
 
 
 def report(summary):
