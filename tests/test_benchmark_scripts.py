@@ -4,12 +4,10 @@ with a refactor would otherwise be found only on the GPU machine. The timings th
 checked here."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.tiny import REPO, TINY_HEADS, TINY_R18
+from tests.tiny import REPO, TINY_HEADS, TINY_R18, run_benchmark
 
 SHARED_GND = REPO.parent / "shared" / "data" / "revisitop" / "gnd_roxford5k.pkl"
 HEADLINE = re.compile(r"^ratio: \d+(\.\d+)?$")
@@ -56,9 +54,7 @@ CASES = {
 def test_benchmark_runs_and_prints_its_headline(name, tmp_path):
     if name == "eval" and not SHARED_GND.exists():
         pytest.skip(f"the ROxford ground truth is not at {SHARED_GND}")
-    command = [sys.executable, str(REPO / "tools" / f"benchmark_{name}.py"), *CASES[name]]
-    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    *earlier, last_line = finished.stdout.strip().splitlines()
-    assert HEADLINE.match(last_line), finished.stdout[-2000:]
-    assert any(MACHINE.match(line) for line in earlier), finished.stdout[-2000:]
+    lines = run_benchmark(name, CASES[name], tmp_path)
+    *earlier, last_line = lines
+    assert HEADLINE.match(last_line), lines[-20:]
+    assert any(MACHINE.match(line) for line in earlier), lines[-20:]

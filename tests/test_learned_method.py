@@ -2,9 +2,6 @@
 the global ranking, the shortlists are sv's, the binary path scores sign codes, stores of another
 extraction are refused; compositions and the benchmark script run."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +13,7 @@ from modeling.reranker_inputs import collate_locals, top_locals
 from modeling.reranker_weights import save_reranker
 from tests.eval_helpers import cpu_eval_options
 from tests.test_evaluate import PROVENANCE, make_world
-from tests.tiny import REPO
+from tests.tiny import run_benchmark
 from tools.extraction.provenance import ProvenanceMismatch
 from tools.rerank import learned
 from tools.rerank.compact_codes import binary_codes, float16_codes
@@ -157,20 +154,8 @@ def test_stores_of_another_extraction_than_the_training_features_are_refused(tmp
 
 
 def test_the_benchmark_runs_and_prints_its_headline(tmp_path):
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "benchmark_learned.py"),
-        "--shortlist",
-        "3",
-        "--repeats",
-        "1",
-        *TINY_MODEL,
-        "RERANKER.N_QUERY",
-        "30",
-    ]
-    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    lines = finished.stdout.strip().splitlines()
+    options = ["--shortlist", "3", "--repeats", "1", *TINY_MODEL, "RERANKER.N_QUERY", "30"]
+    lines = run_benchmark("learned", options, tmp_path)
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
     assert any("N_DATABASE  50: float16  12800 B" in line for line in lines)
 

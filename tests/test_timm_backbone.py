@@ -24,6 +24,7 @@ from tests.tiny import (  # noqa: E402
     TINY_HEADS,
     TINY_PRESET,
     generate_tiny_world,
+    run_benchmark,
     tiny_training_options,
 )
 
@@ -245,9 +246,7 @@ def test_onnx_export_works_or_refuses_in_one_line(trained, tmp_path, capsys):
 
 
 def test_the_extraction_benchmark_runs_on_a_timm_model(tmp_path):
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "benchmark_extract.py"),
+    options = [
         "--runs",
         "1",
         *CNN,
@@ -261,8 +260,7 @@ def test_the_extraction_benchmark_runs_on_a_timm_model(tmp_path):
         "EXTRACT.GLOBAL_SCALES",
         "[1.0]",
     ]
-    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "model timm resnet10t, image" in finished.stdout
-    assert "local stride 16" in finished.stdout
-    assert finished.stdout.strip().splitlines()[-1].startswith("ratio: ")
+    lines = run_benchmark("extract", options, tmp_path)
+    assert any("model timm resnet10t, image" in line for line in lines)
+    assert any("local stride 16" in line for line in lines)
+    assert lines[-1].startswith("ratio: ")

@@ -3,6 +3,8 @@ run or an extraction of the tiny synthetic world takes seconds."""
 
 import os
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -132,3 +134,12 @@ def signal_at_step(count, signum=signal.SIGUSR1):
         yield
     finally:
         trainer.train_step = real_step
+
+
+def run_benchmark(name, args, cwd):
+    """Run tools/benchmark_<name>.py with `args` in `cwd`, check that it exited 0, and return its
+    output lines (the headline last)."""
+    command = [sys.executable, str(REPO / "tools" / f"benchmark_{name}.py"), *args]
+    finished = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished.stdout.strip().splitlines()
