@@ -39,7 +39,7 @@ import tempfile
 
 import numpy as np
 
-from core.io import read_json, write_json
+from core.io import make_folder, read_json, write_json
 from datasets.digests import digest_problem, file_digest
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def publish(folder, identity, write, about=None, shapes=None):
     as tmp/<name>.npy; ``about`` adds descriptive keys to meta.json. Returns load_validated's
     arrays."""
     root = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(root, exist_ok=True)
+    make_folder(root)
     remove_abandoned(folder)
     tmp = tempfile.mkdtemp(prefix=_private_prefix(folder), dir=root)
     try:
@@ -237,7 +237,7 @@ class PartialState:
         self._lock = None
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(os.path.abspath(self.folder)), exist_ok=True)
+        make_folder(os.path.dirname(os.path.abspath(self.folder)))
         self._lock = open(f"{self.folder}.lock", "a+")
         fcntl.flock(self._lock, fcntl.LOCK_SH)
         return self

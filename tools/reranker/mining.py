@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.io import read_json, write_json, write_npy
+from core.io import make_folder, read_json, write_json, write_npy
 from datasets.gldv2 import read_gldv2_csv
 from tools.retrieval.global_search import exact_search
 
@@ -113,7 +113,7 @@ def held_out_set(descriptors, labels, val_landmarks, shortlist, max_queries, see
 # --------------------------------------------------------------------------------------- the cache
 def save_mined(folder, key, mined, held_out):
     """Arrays first, the key last: a folder with a key is complete."""
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     for prefix, record in (("train", mined), ("val", held_out)):
         for name, array in vars(record).items():
             write_npy(os.path.join(folder, f"{prefix}_{name}.npy"), np.asarray(array))
