@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.eval_helpers import unit_rows
-from tools.retrieval.global_search import (
+from tools.knn.global_search import (
     exact_search,
     faiss_search,
     order_keys,

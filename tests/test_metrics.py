@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from datasets.revisitop import load_ground_truth
-from tools.retrieval.global_search import order_keys
+from tools.knn.global_search import order_keys
 from tools.revisitop.metrics import (
     RelevantRankCounter,
     compute_ap,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from tools.knn.global_search import first_k
 from tools.rerank import database_augmentation as dba
 from tools.rerank.database_augmentation import augment_blocks, database_augmentation
 from tools.rerank.query_expansion import alpha_query_expansion
 from tools.rerank.superglobal import reranked_order, superglobal_rerank
-from tools.retrieval.global_search import first_k
 
 
 def _unit(rows):

@@ -5,7 +5,7 @@ its k nearest database descriptors, itself included, once and offline.
 
 x is always its own first neighbour (weight 1); x_1..x_{k-1} are the k - 1 most similar other
 database items in the framework's ranking order (score descending, ties at the last place keep the
-lowest database indices: tools/retrieval/global_search.first_k). k = 1 leaves the database as it is.
+lowest database indices: tools/knn/global_search.first_k). k = 1 leaves the database as it is.
 
 The k-NN search of the database against itself runs in square blocks of ``chunk_size`` rows on CPU
 or CUDA and uses the symmetry of the score matrix: the block pair (i, j), j > i, is multiplied
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tools.knn.global_search import TopK, as_float32_rows, first_k, resolve_device
 from tools.rerank.query_expansion import expand, gather_rows
-from tools.retrieval.global_search import TopK, as_float32_rows, first_k, resolve_device
 
 SEGMENT = 64  # scores per segment of the candidate filter (_merge_segments)
 

@@ -4,7 +4,7 @@ database descriptors, to be searched again.
     q' = normalise( q + sum_{i=1..k} w(q . x_i) x_i ),   w(s) = s^alpha
 
 x_1..x_k are the query's first k database items in the framework's ranking order (score descending,
-ties at the k-th place keep the lowest database indices: tools/retrieval/global_search.py); the
+ties at the k-th place keep the lowest database indices: tools/knn/global_search.py); the
 query itself has weight 1 and is not one of the k. Negative similarities (``negative``): "clamp"
 sets them to 0 before the power, "sign" keeps their sign (sign(s) |s|^alpha; for odd alpha this is
 s^alpha itself).
@@ -17,7 +17,7 @@ and of any size: it is scored ``chunk_size`` rows at a time); outputs are float3
 import numpy as np
 import torch
 
-from tools.retrieval.global_search import exact_search, resolve_device
+from tools.knn.global_search import exact_search, resolve_device
 
 NEGATIVE_RULES = ("clamp", "sign")
 

@@ -18,8 +18,8 @@ still adds the best image's similarity, s'_i = x_1 . x_i.
 import numpy as np
 import torch
 
+from tools.knn.global_search import first_k, resolve_device
 from tools.rerank.query_expansion import gather_rows
-from tools.retrieval.global_search import first_k, resolve_device
 
 
 def refine(shortlisted, k, beta):

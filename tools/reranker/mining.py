@@ -1,5 +1,5 @@
 """Mining a training-split store for the re-ranker with the exact blocked k-NN of
-tools/retrieval/global_search.py.
+tools/knn/global_search.py.
 
 Landmarks are split (by a seeded hash) into training and held-out ones. Training: every image of a
 training landmark is searched among the images of the training landmarks; its top-K (itself
@@ -17,7 +17,7 @@ import numpy as np
 
 from core.io import make_folder, read_json, write_json, write_npy
 from datasets.gldv2 import read_gldv2_csv
-from tools.retrieval.global_search import exact_search
+from tools.knn.global_search import exact_search
 
 QUERY_BLOCK = 4096  # queries searched at a time: bounds the score block to 4096 x SEARCH_CHUNK
 

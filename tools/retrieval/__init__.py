@@ -1,1 +1,2 @@
-"""Global-descriptor search: exact chunked inner-product top-k (CPU or GPU) and a faiss option."""
+"""Benchmark-neutral evaluation and search: the method registry and the context interface every
+benchmark offers (methods.py), the benchmark registry (benchmark.py) and one-image search."""

@@ -21,13 +21,13 @@ from core.distributed import resolve_device
 from tools.extraction.on_demand import LocalFeatureAccess
 from tools.extraction.provenance import check_store_pair
 from tools.extraction.stores import GLDV2, features_dir, open_store_pair
-from tools.retrieval.finite import NonFiniteDescriptors
+from tools.knn.finite import NonFiniteDescriptors
+from tools.knn.global_search import search
 from tools.retrieval.gldv2_metric import (
     mean_average_precision_at_k,
     predictions_from_ranks,
     read_retrieval_solution,
 )
-from tools.retrieval.global_search import search
 from tools.retrieval.methods import StoreDescriptors, query_descriptors
 
 logger = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from tools.extraction.on_demand import local_reader
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, LOCAL_ONLY_KEYS, RUN_KEYS, require_same
 from tools.extraction.runner import build_extractor
 from tools.extraction.sources import PathImages
+from tools.knn.global_search import search
 from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification
-from tools.retrieval.global_search import search
 
 
 @dataclasses.dataclass

@@ -23,13 +23,12 @@ from tools.extraction.stores import (
     open_store_pair,
     split_dataset_name,
 )
-from tools.retrieval.finite import NonFiniteDescriptors, check_finite, non_finite_rows
-from tools.retrieval.global_search import TopK, order_keys, score_chunks
+from tools.knn.finite import NonFiniteDescriptors, check_finite, non_finite_rows
+from tools.knn.global_search import TopK, locate, order_keys, score_chunks
 from tools.retrieval.methods import StoreDescriptors, query_descriptors
 from tools.revisitop.metrics import (
     RelevantRankCounter,
     compute_map,
-    locate,
     protocol_results_from_ranks,
     relevant_items,
     summarize,

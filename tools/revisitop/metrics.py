@@ -19,7 +19,7 @@ database index ascending, i.e. exactly like a stable argsort of -scores.
 import numpy as np
 import torch
 
-from tools.retrieval.global_search import order_keys
+from tools.knn.global_search import locate, order_keys
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnds
 
 DEFAULT_BUCKETS = 8192
@@ -275,17 +275,6 @@ class RelevantRanks:
         query."""
         where = np.searchsorted(self.items[query], ids)
         return self.ranks[query][where], self.keys[query][where]
-
-
-def locate(values, wanted):
-    """(index in ``values`` of each wanted item, whether it is there at all) for a 1-D array of
-    distinct values in any order; the index of an absent item is meaningless."""
-    values, wanted = np.asarray(values), np.asarray(wanted)
-    if not len(values):
-        return np.zeros(len(wanted), dtype=np.int64), np.zeros(len(wanted), dtype=bool)
-    order = np.argsort(values, kind="stable")
-    at = order[np.minimum(np.searchsorted(values, wanted, sorter=order), len(values) - 1)]
-    return at, values[at] == wanted
 
 
 # ------------------------------------------------------------------------- protocols from positions

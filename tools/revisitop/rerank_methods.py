@@ -25,10 +25,10 @@ import os
 
 import numpy as np
 
+from tools.knn.global_search import search
 from tools.rerank.dba_cache import cached_augmentation
 from tools.rerank.query_expansion import alpha_query_expansion
 from tools.rerank.superglobal import reranked_order, superglobal_rerank
-from tools.retrieval.global_search import search
 from tools.retrieval.methods import METHODS, register_method
 from tools.revisitop.context import RevisitopContext, global_pass
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from core.distributed import resolve_device
-from tools.retrieval.finite import check_finite, check_scores
+from tools.knn.finite import check_finite, check_scores
 
 _LOW_BITS = 0xFFFFFFFF
 
@@ -41,6 +41,17 @@ def torch_order_keys(scores, indices):
     bits = (scores.float() + 0.0).contiguous().view(torch.int32)  # + 0.0 folds -0.0 into +0.0
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
     return (ordered << 32) | (_LOW_BITS - indices.to(torch.int64))
+
+
+def locate(values, wanted):
+    """(index in ``values`` of each wanted item, whether it is there at all) for a 1-D array of
+    distinct values in any order; the index of an absent item is meaningless."""
+    values, wanted = np.asarray(values), np.asarray(wanted)
+    if not len(values):
+        return np.zeros(len(wanted), dtype=np.int64), np.zeros(len(wanted), dtype=bool)
+    order = np.argsort(values, kind="stable")
+    at = order[np.minimum(np.searchsorted(values, wanted, sorter=order), len(values) - 1)]
+    return at, values[at] == wanted
 
 
 def first_k(scores, indices, k):
@@ -73,7 +84,7 @@ def as_float32_rows(array, start, stop, device):
 
 def score_chunks(queries, database, chunk_size=65536, device="cpu"):
     """Yield (offset, scores [n_queries, rows] float32 tensor on device) over consecutive database
-    chunks; a NaN or infinite descriptor raises NonFiniteDescriptors (tools/retrieval/finite.py)."""
+    chunks; a NaN or infinite descriptor raises NonFiniteDescriptors (tools/knn/finite.py)."""
     device = torch.device(resolve_device(device))
     queries = torch.from_numpy(np.array(queries, dtype=np.float32)).to(device)
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
