@@ -19,9 +19,9 @@ from core.config import load_cfg
 from tests.eval_helpers import cpu_eval_options
 from tests.test_asmk_search import _build, _dataset
 from tests.test_evaluate import make_world
+from tools.evaluation.run import evaluate
 from tools.rerank import dba_cache
 from tools.rerank.database_augmentation import database_augmentation
-from tools.revisitop.evaluation import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,12 +7,12 @@ from core.config import load_cfg
 from core.io import read_json
 from datasets.features import write_store
 from tests.eval_helpers import cpu_eval_options, random_local, unit_rows
+from tools.evaluation.benchmarks import open_store_pair
+from tools.evaluation.run import evaluate
 from tools.extraction.provenance import ProvenanceMismatch
-from tools.extraction.stores import open_store_pair
 from tools.retrieval.methods import METHODS, format_table, register_method
 from tools.revisitop.context import RevisitopContext, global_pass
 from tools.revisitop.evaluate import main
-from tools.revisitop.evaluation import evaluate
 from tools.revisitop.metrics import compute_map
 from tools.revisitop.protocols import protocol_gnds
 

@@ -10,10 +10,10 @@ import pytest
 from core.config import ConfigError, load_cfg
 from datasets.features import FeatureStoreError, write_store
 from tests.eval_helpers import cpu_eval_options, unit_rows
+from tools.evaluation.run import evaluate
 from tools.knn.finite import NonFiniteDescriptors
 from tools.knn.global_search import exact_search
 from tools.revisitop.evaluate import main as evaluate_main
-from tools.revisitop.evaluation import evaluate
 
 
 @pytest.mark.parametrize(

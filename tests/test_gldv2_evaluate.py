@@ -8,15 +8,15 @@ from core.config import load_cfg
 from core.io import read_json
 from datasets.features import open_store, write_store
 from tests.eval_helpers import cpu_eval_options, random_local, unit_rows
-from tools.rerank.asmk_search import index_from_cfg, local_descriptors_of
-from tools.retrieval.gldv2_metric import (
+from tools.evaluation.methods import asmk as asmk_methods
+from tools.evaluation.run import evaluate
+from tools.gldv2.metric import (
     mean_average_precision_at_k,
     predictions_from_ranks,
     read_retrieval_solution,
 )
-from tools.revisitop import asmk_methods
+from tools.rerank.asmk_search import index_from_cfg, local_descriptors_of
 from tools.revisitop.evaluate import main
-from tools.revisitop.evaluation import evaluate
 
 PROVENANCE = {
     "config": {"EXTRACT": {"MAX_FEATURES": 100}},

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from datasets.list_dataset import ParseError
-from tools.retrieval.gldv2_metric import (
+from tools.gldv2.metric import (
     average_precision_at_k,
     mean_average_precision_at_k,
     predictions_from_ranks,

@@ -13,10 +13,11 @@ from core.config import load_cfg
 from datasets.features import LOCAL_FIELDS, open_store
 from tests.tiny import TINY_PRESET, extract_tiny_world
 from tools import import_official_features
+from tools.evaluation.run import evaluate
 from tools.extraction.shards import FAILURES_FILE
 from tools.interop.store_export import EXPORT_INFO, export_features
 from tools.interop.store_import import IMPORTED, import_official
-from tools.revisitop.evaluation import METHODS, evaluate
+from tools.retrieval.methods import METHODS
 
 # every registered method that needs no trained model: global, sv, asmk, asmk_rerank and the
 # training-free re-ranking methods (the learned re-ranker's need RERANKER.WEIGHTS:

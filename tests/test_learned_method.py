@@ -1,4 +1,4 @@
-"""The learned re-ranker's evaluation methods (tools/revisitop/learned_methods.py): lambda = 1 is
+"""The learned re-ranker's evaluation methods (tools/evaluation/methods/learned.py): lambda = 1 is
 the global ranking, the shortlists are sv's, the binary path scores sign codes, stores of another
 extraction are refused; compositions and the benchmark script run."""
 
@@ -14,13 +14,13 @@ from modeling.reranker_weights import save_reranker
 from tests.eval_helpers import cpu_eval_options
 from tests.test_evaluate import PROVENANCE, make_world
 from tests.tiny import run_benchmark
+from tools.evaluation.methods import learned as learned_methods
+from tools.evaluation.methods.learned import coder
+from tools.evaluation.run import build_context, evaluate
 from tools.extraction.provenance import ProvenanceMismatch
 from tools.rerank import learned
 from tools.rerank.compact_codes import binary_codes, float16_codes
 from tools.retrieval import methods as retrieval_methods
-from tools.revisitop import learned_methods
-from tools.revisitop.evaluation import build_context, evaluate
-from tools.revisitop.learned_methods import coder
 
 TINY_MODEL = [
     *("RERANKER.DIM", "16", "RERANKER.DEPTH", "1", "RERANKER.HEADS", "2"),

@@ -13,9 +13,9 @@ from core.config import load_cfg
 from datasets.features import open_store
 from datasets.revisitop import load_ground_truth
 from tests.tiny import TINY_EXTRACTION, TINY_PRESET, generate_tiny_world
+from tools.evaluation.run import evaluate
 from tools.extraction.provenance import ProvenanceMismatch
 from tools.extraction.runner import run_extraction
-from tools.revisitop.evaluation import evaluate
 from tools.revisitop.protocols import protocol_gnds
 
 SHORTLIST = 4

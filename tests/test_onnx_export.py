@@ -11,10 +11,10 @@ from core.config import load_cfg
 from datasets.features import open_store
 from tests.tiny import TINY_EXTRACTION, TINY_PRESET, extract_tiny_world
 from tools import export_onnx as export_onnx_script
+from tools.evaluation.run import evaluate
 from tools.extraction import runner
 from tools.extraction.runner import build_extraction_model, run_extraction
 from tools.interop.onnx_export import OnnxExtractionModel, export_onnx, open_session, parity
-from tools.revisitop.evaluation import evaluate
 
 pytest.importorskip("onnx", reason="onnx (requirements-interop.txt)")
 pytest.importorskip("onnxruntime", reason="onnxruntime (requirements-interop.txt)")

@@ -15,12 +15,12 @@ from tests.test_evaluate import make_world
 from tests.test_gldv2_evaluate import _options as gldv2_options
 from tests.test_gldv2_evaluate import make_gldv2
 from tests.test_rerank_functions import reference_dba, reference_qe, reference_superglobal
+from tools.evaluation.methods.expansion import superglobal_shortlists
+from tools.evaluation.run import build_context, evaluate
 from tools.rerank import dba_cache
 from tools.rerank.database_augmentation import database_augmentation
-from tools.revisitop.evaluation import build_context, evaluate
 from tools.revisitop.metrics import compute_map
 from tools.revisitop.protocols import protocol_gnds
-from tools.revisitop.rerank_methods import superglobal_shortlists
 
 DISTRACTORS = 20
 SG = {"M": 25, "K": 3, "beta": 0.15}

@@ -21,7 +21,7 @@ from core.config import load_cfg
 from datasets.features import open_store
 from datasets.revisitop import load_ground_truth
 from tests.tiny import REPO, TINY_PRESET, extract_tiny_world
-from tools.extraction.stores import database_store_folder
+from tools.evaluation.benchmarks import database_store_folder
 from tools.retrieval.one_image import extract_query
 from tools.search import main
 

@@ -20,7 +20,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.hardware import describe_machine  # noqa: E402
-from tools.revisitop.evaluation import load_gnd  # noqa: E402
+from tools.revisitop.context import load_gnd  # noqa: E402
 from tools.revisitop.metrics import protocol_results_from_scores  # noqa: E402
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnds  # noqa: E402
 

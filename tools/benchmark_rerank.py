@@ -41,7 +41,7 @@ from tools.rerank.spatial_verification import (  # noqa: E402
     rerank_with_spatial_verification,
     verify_pairs,
 )
-from tools.revisitop.evaluation import load_gnd  # noqa: E402
+from tools.revisitop.context import load_gnd  # noqa: E402
 from tools.revisitop.protocols import protocol_gnds  # noqa: E402
 
 FEATURES, DIM = 1000, 128

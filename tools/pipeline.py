@@ -263,8 +263,8 @@ def evaluation_config(cfg, features_dir, methods, out_dir):
 def evaluate_methods(cfg):
     """(evaluation context, {method: raw results}) of cfg.EVAL.METHODS on the stores in
     EVAL.FEATURES_DIR."""
+    from tools.evaluation.run import build_context  # imports every method module
     from tools.retrieval.methods import raw_results
-    from tools.revisitop.evaluation import build_context  # imports every method module
 
     # a codebook of an earlier demo's features must not be reused
     shutil.rmtree(cfg.ASMK.CACHE_DIR, ignore_errors=True)

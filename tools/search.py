@@ -22,7 +22,7 @@ from core.cli import run_reporting_errors  # noqa: E402
 from core.config import load_cfg  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
 from datasets.features import open_store  # noqa: E402
-from tools.extraction.stores import database_store_folder  # noqa: E402
+from tools.evaluation.benchmarks import database_store_folder  # noqa: E402
 from tools.retrieval.one_image import extract_query, format_result, search_store  # noqa: E402
 from tools.vis.search_result import draw_result  # noqa: E402
 

@@ -1,23 +1,19 @@
-"""Where feature stores live and what they are called: the one place the naming is written.
+"""Where feature stores live and what the extractor calls them: the one place the naming is written.
 
     output_dir(cfg)      # where the extractor writes: EXTRACT.OUTPUT_DIR, else OUT_DIR/features
     features_dir(cfg)    # where evaluation and search read: EVAL.FEATURES_DIR, else output_dir(cfg)
-    query, database = open_store_pair(features_dir(cfg), cfg.EVAL.DATASET)
+    query, database = open_first_pair(folder, (("x_query", "x_database"), ...))
 
-A revisitop-format dataset X is extracted into ``X_query`` and ``X_database``; ``X+1m`` (X with the
-revisitop1m distractors) reads ``X+1m_*`` stores when they exist, else those of X. GLDv2 reads
-``gldv2_test`` / ``gldv2_index`` (extract test.csv and index.csv under those EXTRACT.DATASET
-names), or ``gldv2_query`` / ``gldv2_database``. Other formats (folder, list, gldv2 CSV) give one
-store named EXTRACT.DATASET.
+A query/database dataset X (revisitop format) is extracted into ``X_query`` and ``X_database``;
+other formats (folder, list, gldv2 CSV) give one store named EXTRACT.DATASET. Which stores a
+benchmark reads (EVAL.DATASET) its context class says (tools/retrieval/benchmark.py,
+tools/evaluation/benchmarks.py: ``open_store_pair(folder, dataset)``).
 """
 
 import os
 
 from datasets.features import open_store
 
-DISTRACTOR_SUFFIX = "+1m"
-GLDV2 = "gldv2"  # the EVAL.DATASET name of Google Landmarks v2 retrieval
-GLDV2_STORE_NAMES = (("gldv2_test", "gldv2_index"), ("gldv2_query", "gldv2_database"))
 PARTS = ("query", "database")
 
 
@@ -29,13 +25,6 @@ def output_dir(cfg):
 def features_dir(cfg):
     """The folder evaluation, search and pictures read stores from."""
     return cfg.EVAL.FEATURES_DIR or output_dir(cfg)
-
-
-def split_dataset_name(name):
-    """'roxford5k+1m' -> ('roxford5k', True); 'rparis6k' -> ('rparis6k', False)."""
-    if name.endswith(DISTRACTOR_SUFFIX):
-        return name[: -len(DISTRACTOR_SUFFIX)], True
-    return name, False
 
 
 def part_store_names(dataset):
@@ -51,44 +40,11 @@ def dataset_of_store(store_name):
     return store_name
 
 
-def store_pair_names(dataset):
-    """The (query, database) store names EVAL.DATASET may be read from, in order of preference."""
-    if dataset == GLDV2:
-        return GLDV2_STORE_NAMES
-    base, _ = split_dataset_name(dataset)
-    return tuple(part_store_names(name) for name in dict.fromkeys([dataset, base]))
-
-
-def _missing_pair(folder, dataset):
-    if dataset == GLDV2:
-        expected = " or ".join(f"{query} + {index}" for query, index in GLDV2_STORE_NAMES)
-        return FileNotFoundError(
-            f"no GLDv2 feature stores {expected} under {folder} (EVAL.FEATURES_DIR; extract "
-            f"test.csv and index.csv with EXTRACT.FORMAT gldv2 and those EXTRACT.DATASET names)"
-        )
-    return FileNotFoundError(
-        f"no feature stores {dataset}_query / {dataset}_database under {folder} "
-        f"(EVAL.FEATURES_DIR; run tools/extractor.py first)"
-    )
-
-
-def open_store_pair(folder, dataset):
-    """(query store, database store) of EVAL.DATASET under folder (see the module docstring)."""
-    for query_name, database_name in store_pair_names(dataset):
+def open_first_pair(folder, pairs):
+    """(query store, database store) of the first (query name, database name) of pairs whose two
+    folders are under folder; (None, None) when none is."""
+    for query_name, database_name in pairs:
         query, database = os.path.join(folder, query_name), os.path.join(folder, database_name)
         if os.path.isdir(query) and os.path.isdir(database):
             return open_store(query), open_store(database)
-    raise _missing_pair(folder, dataset)
-
-
-def database_store_folder(cfg):
-    """The EVAL.DATASET database store under features_dir(cfg) (what tools/search.py searches)."""
-    folder = features_dir(cfg)
-    candidates = [database for _, database in store_pair_names(cfg.EVAL.DATASET)]
-    for name in candidates:
-        if os.path.isdir(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    raise FileNotFoundError(
-        f"no store {' or '.join(candidates)} under {folder} (EVAL.DATASET, EVAL.FEATURES_DIR); "
-        f"name one with --store"
-    )
+    return None, None

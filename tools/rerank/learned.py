@@ -5,7 +5,7 @@ local features of the query and the compact codes of each shortlisted database i
     logits = pair_logits(model, queries, codes, pairs, batch_size, device, coded)
     reranked = rerank_shortlists(shortlists, global_scores, logits, lam, gamma)
 
-No config inside: tools/revisitop/learned_methods.py reads RERANKER.* and calls these. Each (query,
+No config inside: tools/evaluation/methods/learned.py reads RERANKER.* and calls these. Each (query,
 database image) pair is scored once, however many protocols' shortlists hold it; pairs are scored
 in batches of ``batch_size`` on ``device``. The final score is the model's combination
 lam * global + (1 - lam) * sigmoid(gamma * logit) (modeling.reranker.combine_scores); lam = 1 gives

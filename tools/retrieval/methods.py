@@ -5,15 +5,15 @@ the results table.
     results = run_methods(context, ["global", "sv", "my_rerank"])  # {method: {protocol: {metric}}}
     print(format_table(results, context.title))
 
-A method is a function of a context (``EvaluationContext`` below: revisitop's context lives in
-tools/revisitop/context.py, GLDv2's in tools/retrieval/gldv2_evaluation.py) that returns the
-benchmark's raw results, typically through ``context.global_results()``,
-``context.results_with_reranked(shortlists)`` or ``context.results_from_ranking(ranks)``;
-``context.summarize`` turns them into percentages. Built in here: ``global`` and ``sv`` (spatial
-verification of the global shortlist; local features of a global-only database are extracted on
-demand). tools/revisitop/asmk_methods.py adds ``asmk`` and ``asmk_rerank``. A new method is one
-module that calls ``register_method`` and one import of it in tools/revisitop/evaluation.py (the
-evaluation entry point, which imports every method module).
+A method is a function of a context (``EvaluationContext`` below; each benchmark's context class is
+registered in its own module: tools/retrieval/benchmark.py) that returns the benchmark's raw
+results, typically through ``context.global_results()``, ``context.results_with_reranked(
+shortlists)``, ``context.results_from_ranking(ranks)`` or, after new descriptors,
+``context.search_again(queries, database).global_results()``; ``context.summarize`` turns them into
+percentages. Built in here: ``global`` and ``sv`` (spatial verification of the global shortlist;
+local features of a global-only database are extracted on demand). The others live in
+tools/evaluation/methods/, one module per family; a new method is one module there that calls
+``register_method`` (the package imports every module in itself).
 """
 
 import logging
@@ -62,22 +62,10 @@ class EvaluationContext(Protocol):
     def summarize(self, results: dict) -> dict:
         """{protocol: {metric: percent}} of raw results."""
 
-
-class StoreDescriptors:
-    """The context's global descriptors, read from its stores (both contexts inherit this)."""
-
-    @property
-    def query_descriptors(self):
-        return query_descriptors(self.query_store, self.query_rows)
-
-    @property
-    def database_descriptors(self):
-        return self.database_store.global_descriptors()
-
-
-def query_descriptors(store, rows):
-    """[len(rows), D] float32 global descriptors of these rows of a store."""
-    return np.asarray(store.global_descriptors(), dtype=np.float32)[rows]
+    def search_again(self, queries: np.ndarray, database: np.ndarray) -> "EvaluationContext":
+        """A context like this one whose global ranking is that of ``queries`` [n_queries, D] in
+        ``database`` [N, D] (expanded queries, an augmented database), as deep; local features
+        shared, its own cache."""
 
 
 METHODS = {}

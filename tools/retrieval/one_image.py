@@ -2,7 +2,7 @@
 
     # the extractor's code and EXTRACT.* settings
     query = extract_query(cfg, "photo.jpg", with_local=True)
-    # tools.extraction.stores.database_store_folder, or any store with global descriptors
+    # tools.evaluation.benchmarks.database_store_folder, or any store with global descriptors
     store = open_store(database_store_folder(cfg))
     result = search_store(cfg, query, store, topk=10, verify=True)
     print(format_result(result, store))

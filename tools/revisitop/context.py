@@ -17,15 +17,10 @@ from datasets.features import FeatureStoreError
 from datasets.revisitop import gnd_path, load_ground_truth
 from tools.extraction.on_demand import LocalFeatureAccess
 from tools.extraction.provenance import check_store_pair
-from tools.extraction.stores import (
-    DISTRACTOR_SUFFIX,
-    features_dir,
-    open_store_pair,
-    split_dataset_name,
-)
+from tools.extraction.stores import features_dir, part_store_names
 from tools.knn.finite import NonFiniteDescriptors, check_finite, non_finite_rows
 from tools.knn.global_search import TopK, locate, order_keys, score_chunks
-from tools.retrieval.methods import StoreDescriptors, query_descriptors
+from tools.retrieval.benchmark import BenchmarkContext, query_descriptors, register_benchmark
 from tools.revisitop.metrics import (
     RelevantRankCounter,
     compute_map,
@@ -36,6 +31,15 @@ from tools.revisitop.metrics import (
 from tools.revisitop.protocols import protocol_gnd, protocol_gnds
 
 logger = logging.getLogger(__name__)
+
+DISTRACTOR_SUFFIX = "+1m"  # EVAL.DATASET X+1m: X with the revisitop 1M distractors
+
+
+def split_dataset_name(name):
+    """'roxford5k+1m' -> ('roxford5k', True); 'rparis6k' -> ('rparis6k', False)."""
+    if name.endswith(DISTRACTOR_SUFFIX):
+        return name[: -len(DISTRACTOR_SUFFIX)], True
+    return name, False
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -107,12 +111,29 @@ def global_pass(query_descriptors, database_descriptors, gnd_raw, topk, chunk_si
     return counter.result(), top_scores, top_indices
 
 
-class RevisitopContext(StoreDescriptors):
+@register_benchmark("revisitop")
+class RevisitopContext(BenchmarkContext):
     """What every method may use on revisitop (tools.retrieval.methods.EvaluationContext): the
     aligned ground truth, the stores, the global pass, local features (``local``:
-    LocalFeatureAccess), a cache shared between methods, and the config."""
+    LocalFeatureAccess), a cache shared between methods, and the config. The benchmark of every
+    EVAL.DATASET another benchmark does not take: X reads EVAL.DATA_ROOT/gnd_X.pkl and the stores
+    X_query / X_database; X+1m reads the X+1m_* stores when they exist, else those of X."""
 
     ranking_depth = None  # results_from_ranking needs whole rankings
+    any_name = True
+
+    @classmethod
+    def accepts(cls, dataset):
+        return True
+
+    @classmethod
+    def store_pairs(cls, dataset):
+        base, _ = split_dataset_name(dataset)
+        return tuple(part_store_names(name) for name in dict.fromkeys([dataset, base]))
+
+    @classmethod
+    def build(cls, cfg):
+        return build_revisitop_context(cfg)
 
     def __init__(
         self, cfg, gnd, query_store, database_store, query_rows, relevant, top_scores, top_indices
@@ -180,13 +201,27 @@ class RevisitopContext(StoreDescriptors):
     def summarize(self, results):
         return summarize(results, self.kappas)
 
+    def search_again(self, queries, database):
+        """A context whose global ranking is that of ``queries`` in ``database``: the exact ranks
+        of every relevant image over the whole database again, the top images as deep."""
+        cfg, derived = self.cfg, self.derived()
+        derived.relevant, derived.top_scores, derived.top_indices = global_pass(
+            queries,
+            database,
+            self.gnd,
+            self.top_indices.shape[1],
+            cfg.EVAL.CHUNK_SIZE,
+            cfg.EVAL.DEVICE,
+        )
+        return derived
+
 
 def build_revisitop_context(cfg):
     """The RevisitopContext of EVAL.DATASET (a revisitop-format set, '+1m' for distractors)."""
     base, with_distractors = split_dataset_name(cfg.EVAL.DATASET)
     gnd_file = gnd_path(cfg.EVAL.DATA_ROOT, base)
     ground_truth = load_gnd(gnd_file)
-    query_store, database_store = open_store_pair(features_dir(cfg), cfg.EVAL.DATASET)
+    query_store, database_store = RevisitopContext.open_stores(features_dir(cfg), cfg.EVAL.DATASET)
     check_store_pair(query_store, database_store)
     query_rows, gnd = align_ground_truth(
         ground_truth, query_store, database_store, with_distractors, gnd_file

@@ -10,7 +10,7 @@ gldv2_test and gldv2_index and EVAL.SOLUTION_FILE, mAP@100. EVAL.METHODS: global
 of a global-only database are extracted on demand for the shortlisted images), asmk, asmk_rerank,
 the global-only re-rankings qe, dba, dba_qe, superglobal and their combinations such as dba_qe+sv
 (docs/reranking.md). Writes OUT_DIR/results.json, merged per method with an earlier one (its other
-methods are kept; a printed line says which were replaced: tools/revisitop/results_file.py). Exit
+methods are kept; a printed line says which were replaced: tools/evaluation/results_file.py). Exit
 codes: 2 for a mistake in the arguments or inputs (one line names it; an OUT_DIR that cannot be
 written and a results.json that is not an evaluation's are found before the work), 5 when the
 results did not fit on the disk.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # reposito
 
 from core.cli import load_cfg_or_exit, parse_args, run_reporting_errors  # noqa: E402
 from core.logging import setup_logging  # noqa: E402
-from tools.revisitop.evaluation import evaluate  # noqa: E402
+from tools.evaluation.run import evaluate  # noqa: E402
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ from datasets.revisitop import RevisitopDataset, gnd_path
 from datasets.transforms import build_normalizer
 from tools.extraction.pyramid import ExtractionSettings, extract_image
 from tools.extraction.sources import PreparedImages, RevisitopPart, item_loader
-from tools.extraction.stores import GLDV2
+from tools.revisitop.context import split_dataset_name
 from tools.revisitop.metrics import protocol_results_from_scores, summarize
 
 
@@ -108,15 +108,16 @@ def check_retrieval_inputs(cfg):
     if not cfg.TRAIN.RETRIEVAL_EVAL:
         return
     name = cfg.EVAL.DATASET
-    if name == GLDV2 or "+" in name:
+    if split_dataset_name(name)[1]:
         raise ValueError(
             f"TRAIN.RETRIEVAL_EVAL needs a revisitop-format EVAL.DATASET without distractors "
             f"(roxford5k, rparis6k, synth), got {name!r}"
         )
-    if not os.path.isfile(gnd_path(cfg.EVAL.DATA_ROOT, name)):
+    if not os.path.isfile(gnd_path(cfg.EVAL.DATA_ROOT, name)):  # also a set of another benchmark
         raise FileNotFoundError(
-            f"TRAIN.RETRIEVAL_EVAL: no ground truth {gnd_path(cfg.EVAL.DATA_ROOT, name)} "
-            f"(set EVAL.DATASET and EVAL.DATA_ROOT, or TRAIN.RETRIEVAL_EVAL False)"
+            f"TRAIN.RETRIEVAL_EVAL: no ground truth {gnd_path(cfg.EVAL.DATA_ROOT, name)} (it needs "
+            f"a revisitop-format EVAL.DATASET such as roxford5k, rparis6k, synth: set EVAL.DATASET "
+            f"and EVAL.DATA_ROOT, or TRAIN.RETRIEVAL_EVAL False)"
         )
 
 

@@ -23,9 +23,11 @@ from core.cli import load_cfg_or_exit, run_reporting_errors  # noqa: E402
 from core.io import write_png  # noqa: E402
 from datasets.image_io import read_image  # noqa: E402
 from datasets.revisitop import RevisitopDataset  # noqa: E402
-from tools.extraction.stores import features_dir, open_store_pair, split_dataset_name  # noqa: E402
+from tools.evaluation.benchmarks import open_store_pair  # noqa: E402
+from tools.extraction.stores import features_dir  # noqa: E402
 from tools.rerank.matching import putative_matches  # noqa: E402
 from tools.rerank.spatial_verification import inlier_mask, options_from_cfg  # noqa: E402
+from tools.revisitop.context import split_dataset_name  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
 
 INLIER_COLOUR = (40, 200, 40)  # RGB

@@ -1,14 +1,14 @@
-"""Google Landmarks v2 retrieval in the evaluation pipeline: mAP@100 of the solution file's test
-queries.
+"""Google Landmarks v2 retrieval in the evaluation pipeline (EVAL.DATASET gldv2): mAP@100 of the
+solution file's test queries.
 
 The stores come from two extractor runs with ``EXTRACT.FORMAT gldv2``: ``EXTRACT.DATASET
 gldv2_test`` over ``test.csv`` (queries) and ``EXTRACT.DATASET gldv2_index`` over ``index.csv``;
-``gldv2_query`` / ``gldv2_database`` are accepted as well (tools/extraction/stores.py).
-``Gldv2Context`` offers the evaluation methods the interface of tools.retrieval.methods, like the
-revisitop context; ``build_gldv2_context(cfg)`` builds it. Its single
-"protocol" is ``gldv2`` and its metric ``mAP@100`` (in percent, like every number of results.json).
-The metric is the Kaggle one (tools.retrieval.gldv2_metric): the mean is over the queries of the
-solution, so a solution query missing from the query store counts 0.
+``gldv2_query`` / ``gldv2_database`` are accepted as well. ``Gldv2Context`` is the benchmark
+(tools/retrieval/benchmark.py): it offers the evaluation methods the interface of
+tools.retrieval.methods, like the revisitop context. Its single "protocol" is ``gldv2`` and its
+metric ``mAP@100`` (in percent, like every number of results.json). The metric is the Kaggle one
+(tools.gldv2.metric): the mean is over the queries of the solution, so a solution query missing from
+the query store counts 0.
 """
 
 import logging
@@ -20,18 +20,20 @@ import torch
 from core.distributed import resolve_device
 from tools.extraction.on_demand import LocalFeatureAccess
 from tools.extraction.provenance import check_store_pair
-from tools.extraction.stores import GLDV2, features_dir, open_store_pair
-from tools.knn.finite import NonFiniteDescriptors
-from tools.knn.global_search import search
-from tools.retrieval.gldv2_metric import (
+from tools.extraction.stores import features_dir
+from tools.gldv2.metric import (
     mean_average_precision_at_k,
     predictions_from_ranks,
     read_retrieval_solution,
 )
-from tools.retrieval.methods import StoreDescriptors, query_descriptors
+from tools.knn.finite import NonFiniteDescriptors
+from tools.knn.global_search import search
+from tools.retrieval.benchmark import BenchmarkContext, query_descriptors, register_benchmark
 
 logger = logging.getLogger(__name__)
 
+GLDV2 = "gldv2"  # the EVAL.DATASET name, and the one "protocol" of the results
+STORE_PAIRS = (("gldv2_test", "gldv2_index"), ("gldv2_query", "gldv2_database"))
 METRIC = "mAP@100"
 K = 100
 
@@ -59,11 +61,32 @@ def solution_queries(solution, query_store, source):
     )
 
 
-class Gldv2Context(StoreDescriptors):
+@register_benchmark(GLDV2)
+class Gldv2Context(BenchmarkContext):
     """What the methods use on GLDv2: stores, the global top-k per query, local features, the
     metric."""
 
     ranking_depth = K  # the metric looks at the first K predictions only
+
+    @classmethod
+    def accepts(cls, dataset):
+        return dataset == GLDV2
+
+    @classmethod
+    def store_pairs(cls, dataset):
+        return STORE_PAIRS
+
+    @classmethod
+    def missing_stores(cls, folder, dataset):
+        expected = " or ".join(f"{query} + {index}" for query, index in STORE_PAIRS)
+        return (
+            f"no GLDv2 feature stores {expected} under {folder} (EVAL.FEATURES_DIR; extract "
+            f"test.csv and index.csv with EXTRACT.FORMAT gldv2 and those EXTRACT.DATASET names)"
+        )
+
+    @classmethod
+    def build(cls, cfg):
+        return build_gldv2_context(cfg)
 
     def __init__(
         self,
@@ -118,6 +141,19 @@ class Gldv2Context(StoreDescriptors):
     def summarize(self, results):
         return {GLDV2: {METRIC: 100.0 * float(results[GLDV2])}}
 
+    def search_again(self, queries, database):
+        """A context whose global top-k is that of ``queries`` in ``database``, as deep."""
+        cfg, derived = self.cfg, self.derived()
+        derived.top_scores, derived.top_indices = search(
+            queries,
+            database,
+            self.top_indices.shape[1],
+            cfg.EVAL.CHUNK_SIZE,
+            cfg.EVAL.DEVICE,
+            cfg.EVAL.USE_FAISS,
+        )
+        return derived
+
 
 def build_gldv2_context(cfg):
     """The Gldv2Context of the stores under features_dir(cfg) and EVAL.SOLUTION_FILE."""
@@ -127,7 +163,7 @@ def build_gldv2_context(cfg):
             f"needs the solution file, retrieval_solution_v2.1.csv)"
         )
     solution = read_retrieval_solution(cfg.EVAL.SOLUTION_FILE)
-    query_store, database_store = open_store_pair(features_dir(cfg), GLDV2)
+    query_store, database_store = Gldv2Context.open_stores(features_dir(cfg), GLDV2)
     check_store_pair(query_store, database_store)
     query_ids, query_rows = solution_queries(solution, query_store, cfg.EVAL.SOLUTION_FILE)
     queries = query_descriptors(query_store, query_rows)

@@ -12,25 +12,22 @@
 
 The rule for compositions is the one above: an expansion first, then one shortlist re-ranker;
 EVAL.METHODS refuses other names and lists the valid ones. An expansion's methods share one
-expanded ranking (context.cache): dba_qe and dba_qe+sv search once. The expanded ranking is a
-copy of the evaluation context with the new global pass (revisitop: the exact ranks of every
+expanded ranking (context.cache): dba_qe and dba_qe+sv search once. The expanded ranking is the
+benchmark's ``context.search_again(queries, database)`` (revisitop: the exact ranks of every
 relevant image over the whole database, +1M distractors included; GLDv2: the new top-k), so sv and
 asmk_rerank run on it unchanged. Each method records the settings it used in
 ``context.cache["runs"][name]["settings"]``; results.json holds them under "runs" with the timings.
 """
 
-import copy
 import logging
 import os
 
 import numpy as np
 
-from tools.knn.global_search import search
 from tools.rerank.dba_cache import cached_augmentation
 from tools.rerank.query_expansion import alpha_query_expansion
 from tools.rerank.superglobal import reranked_order, superglobal_rerank
 from tools.retrieval.methods import METHODS, register_method
-from tools.revisitop.context import RevisitopContext, global_pass
 
 logger = logging.getLogger(__name__)
 
@@ -78,23 +75,6 @@ def expanded_queries(context, database):
     )
 
 
-def searched_again(context, queries, database):
-    """A copy of the context whose global ranking is that of ``queries`` in ``database``, as deep
-    as the original one; local features are shared, the method cache is its own."""
-    cfg, depth = context.cfg, context.top_indices.shape[1]
-    derived = copy.copy(context)
-    derived.cache = {}
-    if isinstance(context, RevisitopContext):
-        derived.relevant, derived.top_scores, derived.top_indices = global_pass(
-            queries, database, context.gnd, depth, cfg.EVAL.CHUNK_SIZE, cfg.EVAL.DEVICE
-        )
-    else:
-        derived.top_scores, derived.top_indices = search(
-            queries, database, depth, cfg.EVAL.CHUNK_SIZE, cfg.EVAL.DEVICE, cfg.EVAL.USE_FAISS
-        )
-    return derived
-
-
 def expansion_settings(cfg, expansion):
     settings = {"negative": cfg.RERANK.NEGATIVE}
     if expansion in ("qe", "dba_qe"):
@@ -117,7 +97,7 @@ def expanded_context(context, expansion):
             if expansion == "dba_qe":
                 queries = expanded_queries(context, database)
         logger.info("%s: searching the database again with the expanded descriptors", expansion)
-        context.cache[key] = searched_again(context, queries, database)
+        context.cache[key] = context.search_again(queries, database)
     return context.cache[key]
 
 

@@ -23,6 +23,7 @@ import torch
 
 from core.distributed import resolve_device
 from modeling.reranker_weights import load_reranker
+from tools.evaluation.methods.expansion import EXPANSIONS, expansion_method, record_settings
 from tools.extraction.provenance import GLOBAL_ONLY_KEYS, LOCAL_ONLY_KEYS, RUN_KEYS, require_same
 from tools.knn.global_search import locate
 from tools.rerank.compact_codes import (
@@ -33,7 +34,6 @@ from tools.rerank.compact_codes import (
 )
 from tools.rerank.learned import pair_logits, query_batches, rerank_shortlists, shortlist_pairs
 from tools.retrieval.methods import register_method
-from tools.revisitop.rerank_methods import EXPANSIONS, expansion_method, record_settings
 
 logger = logging.getLogger(__name__)
 

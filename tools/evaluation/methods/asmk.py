@@ -10,7 +10,7 @@ One AsmkIndex per evaluation serves both: whichever runs first builds it from th
 local features and the ASMK.* keys (codebook and inverted file read from ASMK.CACHE_DIR when an
 earlier run left them), scores the queries against the database once, in batches of queries, and
 leaves both results in ``context.cache``. The methods register themselves
-(tools/revisitop/evaluation.py imports this module) and need only the context interface of
+(the package tools/evaluation/methods imports this module) and need only the context interface of
 tools.retrieval.methods (cfg, database_store, query_rows, local, shortlists, ranking_depth,
 results_from_ranking, results_with_reranked, cache).
 """
