@@ -203,6 +203,9 @@ _C.EXTRACT.MIN_SIZE = 0
 # stored (x, y): pixel_centres (ours: a cell's receptive-field centre mapped through each resize by
 # pixel centres) or official (stride * cell index / scale / MAX_IMAGE_SIZE resize factor)
 _C.EXTRACT.LOCATIONS = "pixel_centres"
+# the local feature selection rule (tools/extraction/selection_rules.py): official (attention
+# threshold, top MAX_FEATURES across scales, optional NMS); a rule reads the keys it declares
+_C.EXTRACT.SELECTION = "official"
 _C.EXTRACT.ATTENTION_THRESHOLD = 454.6  # keep local features scoring above this (R50 GLDv2-clean)
 _C.EXTRACT.MAX_FEATURES = 1000  # top-K local features by attention across all scales
 _C.EXTRACT.NMS_IOU = 1.0  # IoU of receptive-field boxes for NMS; 1.0 disables (official)

@@ -37,7 +37,6 @@ RULES = {
     "RERANK.DBA_K": _at_least(1),  # the image itself is counted
     "EVAL.SEARCH_TOPK": _at_least(1),
     "EVAL.KAPPAS": _all_at_least(1),
-    "EXTRACT.MAX_FEATURES": _at_least(0),
     "ASMK.MULTIPLE_ASSIGNMENT_DB": _at_least(1),
     "ASMK.MULTIPLE_ASSIGNMENT_QUERY": _at_least(1),
     # powers and weights

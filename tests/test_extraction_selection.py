@@ -1,7 +1,8 @@
 import torch
 import torchvision
 
-from tools.extraction.selection import level_candidates, select_local_features, top_after_nms
+from tools.extraction.selection import level_candidates
+from tools.extraction.selection_official import select_local_features, top_after_nms
 
 GEOMETRY = (7, 4, 3)  # receptive field, stride, padding: the centre of cell (r, c) is (4c, 4r)
 

@@ -5,9 +5,11 @@ a store and a query extracted now) are comparable.
     difference(a, b, ignoring=RUN_KEYS)  # (dotted key, a's value, b's value) or None
     require_same(a, b, "the queries", "the database", ignoring=RUN_KEYS + LOCAL_ONLY_KEYS)
 
-The key lists say what makes two stores comparable: RUN_KEYS differ legitimately between stores of
-one run; GLOBAL_ONLY_KEYS decide only global descriptors and LOCAL_ONLY_KEYS only local features, so
-a comparison of local features ignores the first and one of global descriptors the second.
+The record holds every MODEL key (less those that only shape training, when a checkpoint is given)
+and every EXTRACT key but EXTRACT_RUN_KEYS. The key lists say what makes two stores comparable:
+RUN_KEYS differ legitimately between stores of one run; GLOBAL_ONLY_KEYS decide only global
+descriptors and LOCAL_ONLY_KEYS only local features (the selection rule and every rule's keys among
+them), so a comparison of local features ignores the first and one of global descriptors the second.
 """
 
 import hashlib
@@ -15,41 +17,42 @@ import os
 
 from core.nested import flatten
 from datasets.features import FORMAT_VERSION
+from tools.extraction.selection_rules import DEFAULT_RULE, rule_keys
 
 INITIAL_WEIGHTS = "initial-weights"
 NOT_RECORDED = "(not recorded: a store of another version)"
 # provenance paths that differ legitimately between stores of one run (dotted; a prefix covers its
 # sub-keys)
 RUN_KEYS = ("signature", "dataset", "checkpoint", "num_failures", "failures", "shard", "num_shards")
+
+# Every EXTRACT key is recorded (as config.EXTRACT.<key>) except the run-only ones, and each
+# recorded key is in one class below (tests/test_selection_rules.py checks both for every key).
+# run-only: where the images are, where the stores go and how the work is cut
+EXTRACT_RUN_KEYS = (
+    "DATASET",
+    "DATA_ROOT",
+    "FORMAT",
+    "SPLIT",
+    "OUTPUT_DIR",
+    "DISTRACTORS",
+    "DISTRACTOR_ROOT",
+    "SHARD_SIZE",
+)
+EXTRACT_GLOBAL_ONLY = ("GLOBAL", "GLOBAL_SCALES")
+# with every selection rule's keys (tools/extraction/selection_rules.py)
+EXTRACT_LOCAL_ONLY = ("LOCAL", "LOCAL_SCALES", "FLOAT16", "LOCATIONS", "SELECTION", *rule_keys())
+EXTRACT_BOTH = ("MAX_IMAGE_SIZE", "MIN_SIZE", "RESIZE", "SIZE_ROUNDING", "CROP_QUERIES")
 # recorded settings that only decide global descriptors, and those that only decide local features
-GLOBAL_ONLY_KEYS = ("config.EXTRACT.GLOBAL", "config.EXTRACT.GLOBAL_SCALES", "global_scales")
+GLOBAL_ONLY_KEYS = (*(f"config.EXTRACT.{key}" for key in EXTRACT_GLOBAL_ONLY), "global_scales")
 LOCAL_ONLY_KEYS = (
-    "config.EXTRACT.LOCAL",
-    "config.EXTRACT.LOCAL_SCALES",
-    "config.EXTRACT.ATTENTION_THRESHOLD",
-    "config.EXTRACT.MAX_FEATURES",
-    "config.EXTRACT.NMS_IOU",
-    "config.EXTRACT.FLOAT16",
-    "config.EXTRACT.LOCATIONS",
+    *(f"config.EXTRACT.{key}" for key in EXTRACT_LOCAL_ONLY),
     "local_scales",
     "float16",
 )
-_FEATURE_KEYS = (
-    "GLOBAL",
-    "LOCAL",
-    "GLOBAL_SCALES",
-    "LOCAL_SCALES",
-    "MAX_IMAGE_SIZE",
-    "ATTENTION_THRESHOLD",
-    "MAX_FEATURES",
-    "NMS_IOU",
-    "FLOAT16",
-    "CROP_QUERIES",
-    "RESIZE",
-    "SIZE_ROUNDING",
-    "MIN_SIZE",
-    "LOCATIONS",
-)
+# Settings recorded since a later version, with the value every store written before them had: a
+# record holding that value leaves them out (official-rule stores keep their records, run
+# signatures and on-demand cache keys) and a record without them reads as that value.
+IMPLIED_VALUES = {"config.EXTRACT.SELECTION": DEFAULT_RULE}
 # MODEL keys that only shape training (class count, losses, the margin head, frozen parts): stores
 # extracted from one checkpoint with configs that differ only there hold the same features, so the
 # provenance leaves them out.
@@ -90,7 +93,7 @@ def build_provenance(cfg, checkpoint, geometry, settings):
             for key, value in config["MODEL"]["HEADS"].items()
             if key not in _TRAINING_ONLY_HEAD_KEYS
         }
-    config["EXTRACT"] = {key: _plain(cfg.EXTRACT[key]) for key in _FEATURE_KEYS}
+    config["EXTRACT"] = recorded_extract_keys(cfg.EXTRACT)
     return {
         "format_version": FORMAT_VERSION,
         "config": config,
@@ -101,6 +104,17 @@ def build_provenance(cfg, checkpoint, geometry, settings):
         "local_scales": list(settings.local_scales),
         "local_geometry": list(geometry),
         "float16": bool(cfg.EXTRACT.FLOAT16),
+    }
+
+
+def recorded_extract_keys(extract):
+    """{key: value} of the EXTRACT section as recorded: every key but EXTRACT_RUN_KEYS, less the
+    IMPLIED_VALUES it holds."""
+    implied = {path.rsplit(".", 1)[1]: value for path, value in IMPLIED_VALUES.items()}
+    return {
+        key: _plain(value)
+        for key, value in extract.items()
+        if key not in EXTRACT_RUN_KEYS and not (key in implied and value == implied[key])
     }
 
 
@@ -115,10 +129,19 @@ def _ignored(path, ignoring):
     return any(path == key or path.startswith(key + ".") for key in ignoring)
 
 
+def _with_implied(flat):
+    """A flattened record with the IMPLIED_VALUES of its recorded sections filled in."""
+    for path, value in IMPLIED_VALUES.items():
+        section = path.rsplit(".", 1)[0] + "."
+        if path not in flat and any(key.startswith(section) for key in flat):
+            flat[path] = value
+    return flat
+
+
 def difference(left, right, ignoring=RUN_KEYS):
     """The first recorded setting (dotted path, left value, right value) on which two provenances
     differ, or None. A setting only one side records reads NOT_RECORDED on the other."""
-    left, right = flatten(left or {}), flatten(right or {})
+    left, right = _with_implied(flatten(left or {})), _with_implied(flatten(right or {}))
     for path in sorted(set(left) | set(right)):
         if _ignored(path, ignoring):
             continue

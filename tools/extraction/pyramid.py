@@ -7,8 +7,8 @@ block4 from the block3 it computed). Level sizes and the resize come from tools.
 (EXTRACT.SIZE_ROUNDING, EXTRACT.RESIZE).
 
 Global descriptor (official DELG): each scale's embedding L2-normalised, summed over the scales,
-normalised again. Local features: every cell of every local level is a candidate;
-tools.extraction.selection keeps the best.
+normalised again. Local features: every cell of every local level is a candidate; the selection
+rule EXTRACT.SELECTION keeps the best (tools.extraction.selection_rules).
 
 Small images (official rules, EXTRACT.MIN_SIZE > 0): an image with a side under ``min_size`` gives
 no features at all (a zero global descriptor, no local features); a level so small that the network
@@ -24,9 +24,25 @@ import torch.nn.functional as F
 
 from tools.extraction.geometry import LOCATION_MODES
 from tools.extraction.resize import RESIZE_MODES, ROUNDINGS, pyramid_size, resize_image
-from tools.extraction.selection import level_candidates, select_local_features
+from tools.extraction.selection import level_candidates
+from tools.extraction.selection_rules import DEFAULT_RULE, selection_rule
 
-__all__ = ["ExtractionSettings", "extract_image", "pyramid_size", "resize_image", "run_pyramid"]
+__all__ = [
+    "SETTINGS_FIELDS",
+    "ExtractionSettings",
+    "extract_image",
+    "pyramid_size",
+    "resize_image",
+    "run_pyramid",
+]
+
+
+# the selection keys ExtractionSettings holds as fields (EXTRACT key -> field)
+SETTINGS_FIELDS = {
+    "ATTENTION_THRESHOLD": "attention_threshold",
+    "MAX_FEATURES": "max_features",
+    "NMS_IOU": "nms_iou",
+}
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,10 @@ class ExtractionSettings:
     """What to extract from each image; an empty scale list switches that descriptor off.
 
     resize, size_rounding, min_size and locations: EXTRACT.RESIZE, SIZE_ROUNDING, MIN_SIZE and
-    LOCATIONS (defaults: ours; the official values reproduce the official extractor).
+    LOCATIONS (defaults: ours; the official values reproduce the official extractor). selection:
+    the rule EXTRACT.SELECTION; attention_threshold, max_features and nms_iou: EXTRACT.ATTENTION_
+    THRESHOLD, MAX_FEATURES and NMS_IOU, which the rule may read; selection_options: ((key, value),
+    ...) of the rule's other keys. The rule checks the values of its keys.
     """
 
     global_scales: tuple = (0.7071, 1.0, 1.4142)
@@ -46,6 +65,13 @@ class ExtractionSettings:
     size_rounding: str = "half_up"
     min_size: int = 0
     locations: str = "pixel_centres"
+    selection: str = DEFAULT_RULE
+    selection_options: tuple = ()
+
+    def selection_values(self):
+        """{EXTRACT key: value} of the selection keys (what the rule reads from)."""
+        fields = {key: getattr(self, field) for key, field in SETTINGS_FIELDS.items()}
+        return {**fields, **dict(self.selection_options)}
 
     def __post_init__(self):
         for scale in (*self.global_scales, *self.local_scales):
@@ -53,10 +79,11 @@ class ExtractionSettings:
                 raise ValueError(f"pyramid scales must be positive, got {scale}")
         if not self.global_scales and not self.local_scales:
             raise ValueError("nothing to extract: no global and no local scales")
-        if self.max_features < 1:
-            raise ValueError(
-                f"the number of local features must be at least 1, got {self.max_features}"
-            )
+        rule, values = selection_rule(self.selection), self.selection_values()
+        missing = [key for key in rule.keys if key not in values]
+        if missing:
+            raise ValueError(f"selection rule {self.selection!r} reads EXTRACT.{missing[0]}")
+        rule.check({key: values[key] for key in rule.keys})
         for name, value, allowed in (
             ("resize", self.resize, RESIZE_MODES),
             ("size_rounding", self.size_rounding, ROUNDINGS),
@@ -127,9 +154,7 @@ def select_from_levels(levels, image_size, geometry, settings):
     ]
     if not candidates:
         return None
-    return select_local_features(
-        candidates, settings.attention_threshold, settings.max_features, settings.nms_iou
-    )
+    return selection_rule(settings.selection).select(candidates, settings.selection_values())
 
 
 def no_local_features(descriptor_dim):

@@ -34,8 +34,9 @@ from modeling import build_inference_model
 from tools.extraction import shards as shard_io
 from tools.extraction.geometry import LOCATION_MODES
 from tools.extraction.provenance import build_provenance, checkpoint_digest
-from tools.extraction.pyramid import ExtractionSettings, extract_image
+from tools.extraction.pyramid import SETTINGS_FIELDS, ExtractionSettings, extract_image
 from tools.extraction.resize import RESIZE_MODES, ROUNDINGS
+from tools.extraction.selection_rules import selection_rule
 from tools.extraction.sources import PreparedImages, build_sources, item_loader
 from tools.extraction.stores import output_dir
 
@@ -49,7 +50,8 @@ BARRIER_TIMEOUT = datetime.timedelta(hours=24)
 
 # ----------------------------------------------------------------------------------------- builders
 def build_settings(cfg):
-    """ExtractionSettings from EXTRACT.*; a ConfigError names the key of a bad value."""
+    """ExtractionSettings from EXTRACT.*; a ConfigError names the key of a bad value (the selection
+    rule checks its own keys)."""
     extract = cfg.EXTRACT
     if not extract.GLOBAL and not extract.LOCAL:
         raise ConfigError("EXTRACT.GLOBAL and EXTRACT.LOCAL are both False: nothing to extract")
@@ -59,17 +61,12 @@ def build_settings(cfg):
                 f"EXTRACT.{key} must be a non-empty list of positive scales, got {extract[key]}"
             )
     checks = {
-        "MAX_FEATURES": extract.MAX_FEATURES >= 1,
-        "MAX_IMAGE_SIZE": extract.MAX_IMAGE_SIZE >= 32,
-        "SHARD_SIZE": extract.SHARD_SIZE >= 1,
-        "NMS_IOU": 0 < extract.NMS_IOU <= 1,
-        "MIN_SIZE": extract.MIN_SIZE >= 0,
+        "MAX_IMAGE_SIZE": (extract.MAX_IMAGE_SIZE >= 32, "at least 32"),
+        "SHARD_SIZE": (extract.SHARD_SIZE >= 1, "at least 1"),
+        "MIN_SIZE": (extract.MIN_SIZE >= 0, "at least 0"),
     }
-    for key, valid in checks.items():
+    for key, (valid, expected) in checks.items():
         if not valid:
-            expected = {"NMS_IOU": "in (0, 1]", "MAX_IMAGE_SIZE": "at least 32"}.get(
-                key, "at least 0" if key == "MIN_SIZE" else "at least 1"
-            )
             raise ConfigError(f"EXTRACT.{key} must be {expected}, got {extract[key]}")
     choices = {"RESIZE": RESIZE_MODES, "SIZE_ROUNDING": ROUNDINGS, "LOCATIONS": LOCATION_MODES}
     for key, allowed in choices.items():
@@ -77,16 +74,19 @@ def build_settings(cfg):
             raise ConfigError(
                 f"EXTRACT.{key} must be one of {', '.join(allowed)}, got {extract[key]!r}"
             )
+    rule = selection_rule(extract.SELECTION)
     return ExtractionSettings(
         global_scales=tuple(extract.GLOBAL_SCALES) if extract.GLOBAL else (),
         local_scales=tuple(extract.LOCAL_SCALES) if extract.LOCAL else (),
-        attention_threshold=extract.ATTENTION_THRESHOLD,
-        max_features=extract.MAX_FEATURES,
-        nms_iou=extract.NMS_IOU,
+        **{field: extract[key] for key, field in SETTINGS_FIELDS.items()},
         resize=extract.RESIZE,
         size_rounding=extract.SIZE_ROUNDING,
         min_size=extract.MIN_SIZE,
         locations=extract.LOCATIONS,
+        selection=extract.SELECTION,
+        selection_options=tuple(
+            (key, extract[key]) for key in rule.keys if key not in SETTINGS_FIELDS
+        ),
     )
 
 
@@ -299,19 +299,10 @@ def run_extraction(cfg):
         for job in jobs:
             shard_io.remove_partial_shards(job.folder)
     barrier(device)  # every process has listed the pending shards before any writes one
-
     summary = {}
     for job, shards in zip(jobs, pending):
         mine = shards[place.rank :: place.world_size]
-        logger.info(
-            "%s: %d images in %d shards, %d to extract (%d on this process of %d)",
-            job.name,
-            len(job.source),
-            len(job.ranges),
-            len(shards),
-            len(mine),
-            place.world_size,
-        )
+        _log_plan(job, shards, mine, place.world_size)
         processed = extractor.run(job, mine)
         summary[job.name] = {
             "folder": job.folder,
@@ -321,21 +312,38 @@ def run_extraction(cfg):
     barrier(device)
     if place.rank == 0:
         for job in jobs:
-            count, failures = shard_io.finish_store(job.folder, job.signature)
-            bytes_per_image = open_store(job.folder).bytes_per_image()
-            logger.info(
-                "%s: %d images in %s, %.0f bytes per image, %d failed%s",
-                job.name,
-                count,
-                job.folder,
-                bytes_per_image,
-                len(failures),
-                f" (see {shard_io.FAILURES_FILE})" if failures else "",
-            )
-            summary[job.name].update(num_images=count, bytes_per_image=bytes_per_image)
+            summary[job.name].update(_finish_store(job))
     barrier(device)
     for job in jobs:
         summary[job.name]["failures"] = len(shard_io.read_failures(job.folder))
     if joins_group and dist.is_initialized():
         dist.destroy_process_group()
     return (1 if any(entry["failures"] for entry in summary.values()) else 0), summary
+
+
+def _log_plan(job, shards, mine, world_size):
+    logger.info(
+        "%s: %d images in %d shards, %d to extract (%d on this process of %d)",
+        job.name,
+        len(job.source),
+        len(job.ranges),
+        len(shards),
+        len(mine),
+        world_size,
+    )
+
+
+def _finish_store(job):
+    """Merge a job's shards into its store (rank 0); return its summary fields."""
+    count, failures = shard_io.finish_store(job.folder, job.signature)
+    bytes_per_image = open_store(job.folder).bytes_per_image()
+    logger.info(
+        "%s: %d images in %s, %.0f bytes per image, %d failed%s",
+        job.name,
+        count,
+        job.folder,
+        bytes_per_image,
+        len(failures),
+        f" (see {shard_io.FAILURES_FILE})" if failures else "",
+    )
+    return {"num_images": count, "bytes_per_image": bytes_per_image}

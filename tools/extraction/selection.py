@@ -1,18 +1,23 @@
-"""Local feature selection: every cell of every local pyramid level is a candidate; keep the best.
+"""Local feature selection: every cell of every local pyramid level is a candidate; a selection
+rule keeps the best.
 
-Official DELG: candidates scoring at least the attention threshold, then the top K by score across
-all scales, with optional NMS on the receptive-field boxes (mapped to the image as read, so boxes
-from different scales compete). An NMS IoU of 1.0 disables NMS (nothing overlaps more than fully),
-as in the official configuration.
+A rule (``EXTRACT.SELECTION``) is a SelectionRule subclass in its own module, registered with
+``@SELECTION_RULES.register("name")`` and imported by tools/extraction/selection_rules.py. It
+declares the EXTRACT keys it reads (``keys``: recorded in every store's provenance and compared
+only between local features), checks their values (``checks``) and selects from the candidates
+(``select``). The official rule: tools/extraction/selection_official.py.
 """
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
+from core.config import ConfigError
+from modeling.registry import Registry
 from tools.extraction.geometry import cell_locations, official_cell_locations
 
 CANDIDATE_FIELDS = ("locations", "boxes", "scales", "scores", "descriptors")
+SELECTED_FIELDS = ("locations", "scales", "scores", "descriptors")
+SELECTION_RULES = Registry("selection rule", "EXTRACT.SELECTION")
 
 
 def level_candidates(
@@ -53,43 +58,42 @@ def level_candidates(
     }
 
 
-def top_after_nms(boxes, scores, iou, count):
-    """The first ``count`` boxes greedy NMS keeps, for boxes sorted by decreasing score (indices
-    into them).
-
-    Greedy NMS decides each box from the higher-scoring boxes alone, so NMS over the best m boxes
-    keeps exactly what NMS over all would keep among them: grow m until it yields count boxes. This
-    avoids the quadratic cost of NMS over all ~25,000 candidates of a 1024 px image when nearly
-    nothing overlaps enough (IoU 0.98: seconds).
-    """
-    prefix = min(len(scores), 2 * count)
-    while True:
-        kept = torchvision.ops.nms(boxes[:prefix], scores[:prefix], iou)
-        if len(kept) >= count or prefix == len(scores):
-            return kept[:count]
-        prefix = min(len(scores), 4 * prefix)
+def merge_candidates(candidates):
+    """One dict of CANDIDATE_FIELDS tensors from a list of level_candidates dicts."""
+    return {field: torch.cat([level[field] for level in candidates]) for field in CANDIDATE_FIELDS}
 
 
-def select_local_features(candidates, threshold, max_features, nms_iou=1.0):
-    """Select features from a list of level_candidates dicts.
-
-    Returns locations [n, 2] (x, y), scales [n], scores [n] and L2-normalised descriptors [n, d],
-    sorted by decreasing score, n <= max_features.
-    """
-    merged = {
-        field: torch.cat([level[field] for level in candidates]) for field in CANDIDATE_FIELDS
-    }
+def by_score(merged, threshold):
+    """Indices of the merged candidates scoring at least threshold, by decreasing score; a stable
+    sort makes ties resolve by position, so every process selects the same features."""
     keep = torch.nonzero(merged["scores"] >= threshold).squeeze(1)
-    # A stable sort makes ties resolve by position, so every process selects the same features.
-    keep = keep[torch.sort(merged["scores"][keep], descending=True, stable=True).indices]
-    if nms_iou < 1.0:
-        keep = keep[
-            top_after_nms(merged["boxes"][keep], merged["scores"][keep], nms_iou, max_features)
-        ]
-    keep = keep[:max_features]
-    return {
-        "locations": merged["locations"][keep],
-        "scales": merged["scales"][keep],
-        "scores": merged["scores"][keep],
-        "descriptors": F.normalize(merged["descriptors"][keep], dim=1),
-    }
+    return keep[torch.sort(merged["scores"][keep], descending=True, stable=True).indices]
+
+
+def selected_rows(merged, keep):
+    """The selected features: locations [n, 2] (x, y), scales [n], scores [n] and L2-normalised
+    descriptors [n, d] of the merged candidates at indices keep, in that order."""
+    selected = {field: merged[field][keep] for field in SELECTED_FIELDS}
+    selected["descriptors"] = F.normalize(selected["descriptors"], dim=1)
+    return selected
+
+
+class SelectionRule:
+    """What a selection rule declares and does (subclass it; one module per rule).
+
+    keys: the EXTRACT keys the rule reads; checks: {key: (test(value) -> bool, what is expected)};
+    select(candidates, values): the selected features (see selected_rows) from a non-empty list of
+    level_candidates dicts, values {key: value} of its keys.
+    """
+
+    keys = ()
+    checks = {}
+
+    def check(self, values):
+        """Raise ConfigError naming the first key whose value breaks its check."""
+        for key, (test, expected) in self.checks.items():
+            if not test(values[key]):
+                raise ConfigError(f"EXTRACT.{key} must be {expected}, got {values[key]!r}")
+
+    def select(self, candidates, values):
+        raise NotImplementedError
