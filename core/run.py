@@ -1,7 +1,9 @@
 """The run: everything the training loop works with, built once from the global cfg.
 
 setup_process() sets logging, the device, the seeds and cuDNN; build_run() builds data, model,
-loss, optimiser, scaler, schedule, loaders, evaluators and the log sinks into one ``Run``;
+loss, optimiser, scaler, schedule, loaders, evaluators and the log sinks into one frozen ``Run`` of
+small frozen parts (``Learner``: what a step uses, ``Placement``, ``Plan``, the task's
+``TrainingData``); ``LoopState`` is the little the loop changes (position, fault counters);
 training_threads() fixes the CPU threads of a run (TRAIN.CPU_THREADS). core/trainer.py is the loop
 that uses it.
 """
@@ -9,7 +11,7 @@ that uses it.
 import contextlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,12 +19,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core import distributed as dist
+from core.checkpoint import Position
 from core.config import cfg
-from core.data import make_train_loader
 from core.logging import JsonLog, get_logger, setup_logging
 from core.meters import top1_errors
 from core.optimizer import build_lr_schedule, build_optimizer
-from core.task import TrainingData, TrainingTask
+from core.task import TrainingData, TrainingTask, to_device
 from core.tensorboard import build_log_sinks
 from core.validation import build_evaluators
 from datasets.loader import (
@@ -32,6 +34,7 @@ from datasets.loader import (
     build_val_dataset,
     build_val_loader,
     collate_skip_failures,
+    make_train_loader,
 )
 from modeling import build_loss, build_model
 from modeling.complexity import count_parameters, format_parameters
@@ -98,33 +101,76 @@ DELG_TASK = TrainingTask(
 )
 
 
-@dataclass
-class Run:
-    """Everything the loop works with, built once by build_run()."""
+@dataclass(frozen=True)
+class Placement:
+    """Where the model runs and in which precision: the device, the autocast dtype (torch.bfloat16,
+    torch.float16 or None) and the channels-last layout (both GPU options)."""
+
+    device: torch.device
+    amp_dtype: object = None
+    channels_last: bool = False
+
+    def autocast(self):
+        enabled = self.amp_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
+
+    def move(self, inputs):
+        """The task's inputs on the device (core.task.to_device)."""
+        return to_device(inputs, self.device, self.channels_last)
+
+
+@dataclass(frozen=True)
+class Learner:
+    """What one step (core/step.py) works with."""
 
     model: nn.Module  # the bare model: state dicts and validation
     net: nn.Module  # what the step calls: the DDP wrapper, or the model itself in a single process
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    schedule: object
-    loader: torch.utils.data.DataLoader
-    val_loader: object
-    evaluators: list  # the caller's evaluators (core.validation.run_evaluators)
-    device: torch.device
-    amp_dtype: object  # torch.bfloat16, torch.float16 or None
-    channels_last: bool
-    class_ids: list
+    task: TrainingTask  # its forward and batch statistics (core/task.py)
+    placement: Placement
+    preemption: dist.PreemptionFlag  # read by the step, agreed by every process
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long the run is: iterations per epoch and in all; the learning rate per iteration."""
+
     epoch_iters: int
     total_iters: int
-    max_epoch: int
+    schedule: object  # schedule(global_iter) -> learning rate
+
+    @property
+    def max_epoch(self):
+        return math.ceil(self.total_iters / self.epoch_iters)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the loop works with and never replaces, built once by build_run()."""
+
+    learner: Learner
+    data: TrainingData  # loaders, class ids, failure budget (core/task.py)
+    plan: Plan
+    evaluators: tuple  # the caller's evaluators (core.validation.run_evaluators)
     json_log: JsonLog
-    preemption: dist.PreemptionFlag
+
+
+@dataclass
+class LoopState:
+    """What the loop changes as it goes, besides weights and optimiser: the position, the fault
+    counters a checkpoint keeps, the loss parts of the last measured step (the log's columns)."""
+
+    position: Position
     bad_images: FailureBudget
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
-    loss_parts: tuple = ()  # the loss_<part> statistics of the last measured step
-    task: TrainingTask = DELG_TASK  # what is trained (core/task.py)
+    loss_parts: tuple = ()
+
+    def counters(self):
+        """What a checkpoint keeps of the state besides the position."""
+        return {"nonfinite_total": self.nonfinite_total, "bad_images": self.bad_images.state_dict()}
 
 
 @contextlib.contextmanager
@@ -166,72 +212,62 @@ def setup_process():
 
 
 def build_run(device, evaluator_factories=(), task=DELG_TASK):
-    """Data, model, loss, optimiser, scaler, schedule, loaders and evaluators, from cfg; the task
-    (core/task.py, default DELG) supplies the data, model, loss and statistics."""
-    for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
-        if cfg.TRAIN[key] < 1:
-            raise ValueError(
-                f"TRAIN.{key} {cfg.TRAIN[key]}: expected a number of epochs, at least 1"
-            )
-    rank, world = dist.get_rank(), dist.get_world_size()
+    """The task's data, model and loss (core/task.py, default DELG); optimiser, scaler, schedule,
+    evaluators and log sinks, from cfg."""
+    check_periods()
     pin = cfg.DATA_LOADER.PIN_MEMORY and device.type == "cuda"
-    data = task.build_data(cfg, rank, world, pin)
-    loader = data.loader
+    data = task.build_data(cfg, dist.get_rank(), dist.get_world_size(), pin)
     evaluators = build_evaluators(cfg, evaluator_factories)
     if cfg.TRAIN.RETRIEVAL_EVAL and not evaluators:
         logger.warning(
             "TRAIN.RETRIEVAL_EVAL True but no evaluator was handed to the trainer: run "
             "train_delg.py (or pass tools.revisitop.validation.build_retrieval_validator)"
         )
+    learner = build_learner(task, device)
+    plan = build_plan(data.loader.sampler.batches_per_epoch)
+    main = dist.is_main_process()
+    json_log = JsonLog(cfg.OUT_DIR, main, build_log_sinks(cfg, main))
+    return Run(learner, data, plan, tuple(evaluators), json_log)
 
+
+def check_periods():
+    for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
+        if cfg.TRAIN[key] < 1:
+            raise ValueError(
+                f"TRAIN.{key} {cfg.TRAIN[key]}: expected a number of epochs, at least 1"
+            )
+
+
+def build_learner(task, device):
+    """The task's model on the device (channels-last, SyncBatchNorm as configured), the optimiser,
+    the scaler and the task's loss; the net is the model itself until wrap_for_distributed."""
+    on_gpu = device.type == "cuda"
     model = task.build_model(cfg).to(device)
     logger.info("model: %s", format_parameters(count_parameters(model)))
-    channels_last = cfg.TRAIN.CHANNELS_LAST and device.type == "cuda"
+    channels_last = cfg.TRAIN.CHANNELS_LAST and on_gpu
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.BN.SYNC and world > 1:
-        if device.type == "cuda":
+    if cfg.BN.SYNC and dist.get_world_size() > 1:
+        if on_gpu:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             logger.info("BN.SYNC ignored: SyncBatchNorm needs GPUs")
-    amp_dtype = amp_dtype_of(cfg.TRAIN.AMP) if device.type == "cuda" else None
+    placement = Placement(device, amp_dtype_of(cfg.TRAIN.AMP) if on_gpu else None, channels_last)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=placement.amp_dtype == torch.float16)
+    loss_fn = task.build_loss(cfg)
+    return Learner(model, model, loss_fn, optimizer, scaler, task, placement, dist.PreemptionFlag())
 
-    epoch_iters = loader.sampler.batches_per_epoch
-    total_iters = (
-        cfg.OPTIM.MAX_ITER if cfg.OPTIM.MAX_ITER > 0 else cfg.OPTIM.MAX_EPOCH * epoch_iters
-    )
+
+def build_plan(epoch_iters):
+    """OPTIM.MAX_ITER iterations, or OPTIM.MAX_EPOCH epochs when it is 0, and the LR schedule."""
+    optim = cfg.OPTIM
+    total_iters = optim.MAX_ITER if optim.MAX_ITER > 0 else optim.MAX_EPOCH * epoch_iters
     logger.info(
         "%d iterations of %d images per epoch, %d iterations in all",
-        epoch_iters,
-        cfg.TRAIN.BATCH_SIZE,
-        total_iters,
-    )
-    return Run(
-        model=model,
-        net=model,
-        loss_fn=task.build_loss(cfg),
-        optimizer=optimizer,
-        scaler=scaler,
-        schedule=build_lr_schedule(cfg, epoch_iters, total_iters),
-        loader=loader,
-        val_loader=data.val_loader,
-        evaluators=evaluators,
-        device=device,
-        amp_dtype=amp_dtype,
-        channels_last=channels_last,
-        class_ids=data.class_ids,
-        epoch_iters=epoch_iters,
-        total_iters=total_iters,
-        max_epoch=math.ceil(total_iters / epoch_iters),
-        json_log=JsonLog(
-            cfg.OUT_DIR, dist.is_main_process(), build_log_sinks(cfg, dist.is_main_process())
-        ),
-        preemption=dist.PreemptionFlag(),
-        bad_images=data.bad_items,
-        task=task,
-    )
+        epoch_iters, cfg.TRAIN.BATCH_SIZE, total_iters,
+    )  # fmt: skip
+    return Plan(epoch_iters, total_iters, build_lr_schedule(cfg, epoch_iters, total_iters))
 
 
 def set_num_classes(num_classes):
@@ -259,8 +295,13 @@ def amp_dtype_of(name):
     return dtypes[name]
 
 
-def wrap_for_distributed(model, device):
+def wrap_for_distributed(run):
+    """The run whose learner steps through the DDP wrapper (the model itself in one process)."""
     if dist.get_world_size() == 1:
-        return model
+        return run
+    device = run.learner.placement.device
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    net = DistributedDataParallel(
+        run.learner.model, device_ids=device_ids, gradient_as_bucket_view=True
+    )
+    return replace(run, learner=replace(run.learner, net=net))

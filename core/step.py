@@ -11,71 +11,80 @@ import torch
 from torch import nn
 
 from core import distributed as dist
-from core.task import to_device
 from datasets.loader import TooManyBadImagesError
 
 CONTROL = ("preempt", "images", "failed", "nonfinite")  # step outputs that are not statistics
 
 
-def train_step(run, images, labels, num_failed, clip_grad_norm=0.0):
+def train_step(learner, images, labels, num_failed, clip_grad_norm=0.0):
     """One forward, one backward, and (unless some process saw a non-finite loss) one optimiser
-    step. Returns the batch statistics averaged over all processes, and the agreed flags."""
+    step of the learner (core.run.Learner). Returns the batch statistics averaged over all
+    processes, and the agreed flags."""
     if labels.numel() == 0:
-        # Every image of the batch failed to decode: a single process skips it, but under DDP the
-        # others are already waiting in the backward's all-reduce, so the run cannot skip
-        # consistently.
-        if dist.get_world_size() > 1:
-            raise TooManyBadImagesError(
-                f"all {num_failed} images of a batch on process {dist.get_rank()} failed"
-            )
-        return {
-            "nonfinite": 0.0,
-            "preempt": float(run.preemption.requested),
-            "images": 0.0,
-            "failed": num_failed,
-        }
-    images = to_device(images, run.device, run.channels_last)  # the task's inputs
-    labels = labels.to(run.device, non_blocking=True)
-    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        outputs = run.task.forward(run.net, images, labels)
-        loss, parts = run.loss_fn(outputs, labels)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)
+        return empty_batch(learner, num_failed)
+    placement = learner.placement
+    images = placement.move(images)  # the task's inputs
+    labels = labels.to(placement.device, non_blocking=True)
+    with placement.autocast():
+        outputs = learner.task.forward(learner.net, images, labels)
+        loss, parts = learner.loss_fn(outputs, labels)
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scaler.scale(loss).backward()
+    learner.scaler.unscale_(learner.optimizer)
     max_norm = clip_grad_norm if clip_grad_norm > 0 else float("inf")
-    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
+    grad_norm = nn.utils.clip_grad_norm_(learner.model.parameters(), max_norm)
 
     nonfinite = ~torch.isfinite(loss.detach())
     # fp16 overflows are the scaler's business; otherwise a NaN gradient is ours
-    if not run.scaler.is_enabled():
+    if not learner.scaler.is_enabled():
         nonfinite |= ~torch.isfinite(grad_norm)
-    summed = dist.all_reduce_dict(
-        batch_sums(run, labels, num_failed, nonfinite, loss, parts, outputs, grad_norm),
-        run.device,
-    )
-    if summed["nonfinite"] > 0:
-        run.optimizer.zero_grad(set_to_none=True)
-        if run.scaler.is_enabled():
-            run.scaler.update()
-    else:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+    sums = {
+        **control_sums(learner, labels, num_failed, nonfinite),
+        **loss_sums(loss, parts, float(labels.numel()), placement.device),
+        **learner.task.batch_statistics(outputs, labels),
+        "grad_norm": grad_norm.detach().float(),
+    }
+    summed = dist.all_reduce_dict(sums, placement.device)
+    step_unless_nonfinite(learner, summed["nonfinite"] > 0)
     return averages(summed, dist.get_world_size())
 
 
-def batch_sums(run, labels, num_failed, nonfinite, loss, parts, outputs, grad_norm):
-    """The named scalars of one process's batch, each to be summed over the processes."""
-    batch = float(labels.numel())
+def empty_batch(learner, num_failed):
+    """Every image of the batch failed to decode: a single process skips it, but under DDP the
+    others are already waiting in the backward's all-reduce, so the run cannot skip consistently."""
+    if dist.get_world_size() > 1:
+        raise TooManyBadImagesError(
+            f"all {num_failed} images of a batch on process {dist.get_rank()} failed"
+        )
+    preempt = float(learner.preemption.requested)
+    return {"nonfinite": 0.0, "preempt": preempt, "images": 0.0, "failed": num_failed}
+
+
+def control_sums(learner, labels, num_failed, nonfinite):
+    """The control values of one process's batch (CONTROL), to be summed over the processes."""
     return {
-        "preempt": float(run.preemption.requested),
-        "images": batch,
+        "preempt": float(learner.preemption.requested),
+        "images": float(labels.numel()),
         "failed": float(num_failed),
         "nonfinite": nonfinite.float(),
-        "loss": loss.detach().float() * batch,
-        **{f"loss_{name}": _tensor(value, run.device) * batch for name, value in parts.items()},
-        **run.task.batch_statistics(outputs, labels),
-        "grad_norm": grad_norm.detach().float(),
     }
+
+
+def loss_sums(loss, parts, batch, device):
+    """The loss and its parts (``loss_<part>``), summed over the batch."""
+    summed = {f"loss_{name}": _tensor(value, device) * batch for name, value in parts.items()}
+    return {"loss": loss.detach().float() * batch, **summed}
+
+
+def step_unless_nonfinite(learner, nonfinite):
+    """The optimiser step, or (some process saw a non-finite loss) none: gradients dropped."""
+    if nonfinite:
+        learner.optimizer.zero_grad(set_to_none=True)
+        if learner.scaler.is_enabled():
+            learner.scaler.update()
+    else:
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
 
 
 def averages(summed, world_size):

@@ -41,7 +41,14 @@ from core.io import EXIT_DISK_FULL, DiskFullError
 from core.logging import get_logger, peak_memory_mb, train_line
 from core.meters import TrainMeter
 from core.optimizer import set_lr
-from core.run import DELG_TASK, build_run, setup_process, training_threads, wrap_for_distributed
+from core.run import (
+    DELG_TASK,
+    LoopState,
+    build_run,
+    setup_process,
+    training_threads,
+    wrap_for_distributed,
+)
 from core.step import CONTROL, train_step
 from core.validation import run_evaluators, validate
 from core.weights import load_weights
@@ -107,22 +114,22 @@ def train_model(evaluator_factories=(), task=DELG_TASK):
     checkpoint."""
     device = setup_process()
     run = build_run(device, evaluator_factories, task)
-    position = resume_or_initialise(run)
+    state = resume_or_initialise(run)
     if dist.is_main_process():
         dump_cfg(cfg, cfg.OUT_DIR)
-    run.net = wrap_for_distributed(run.model, device)
-    with run.preemption.installed(), training_threads(device):
-        return train(run, position)
+    run = wrap_for_distributed(run)
+    with run.learner.preemption.installed(), training_threads(device):
+        return train(run, state)
 
 
 # ------------------------------------------------------------------------------------------- resume
 def resume_or_initialise(run):
     """Continue from the newest readable checkpoint (TRAIN.AUTO_RESUME), else load TRAIN.WEIGHTS;
-    return the position to start from."""
+    return the loop's state to start from."""
     if cfg.TRAIN.AUTO_RESUME:
-        path, state = newest_readable_checkpoint(cfg.OUT_DIR, report=logger.warning)
-        if state is not None:
-            return resume_from(run, path, state)
+        path, checkpoint = newest_readable_checkpoint(cfg.OUT_DIR, report=logger.warning)
+        if checkpoint is not None:
+            return resume_from(run, path, checkpoint)
         logger.info(
             "TRAIN.AUTO_RESUME: no readable checkpoint in %s, starting from the beginning",
             cfg.OUT_DIR,
@@ -137,45 +144,39 @@ def resume_or_initialise(run):
             f"OUT_DIR (or remove {os.path.join(cfg.OUT_DIR, 'checkpoints')}) to start afresh"
         )
     if cfg.TRAIN.WEIGHTS:
-        load_weights(run.model, cfg.TRAIN.WEIGHTS, log=logger.info)
+        load_weights(run.learner.model, cfg.TRAIN.WEIGHTS, log=logger.info)
         logger.info("initial weights from %s", cfg.TRAIN.WEIGHTS)
-    return Position(0, 0, 0)
+    return LoopState(Position(0, 0, 0), run.data.bad_items)
 
 
-def resume_from(run, path, state):
-    for key, saved, current in config_differences(state["config"], cfg.dump()):
+def resume_from(run, path, checkpoint):
+    for key, saved, current in config_differences(checkpoint["config"], cfg.dump()):
         logger.info("config changed since the checkpoint: %s %s -> %s", key, saved, current)
-    position = restore_training_state(
-        state, run.model, run.optimizer, run.scaler, run.class_ids, run.epoch_iters, path
-    )
-    restore_process_rng(state["rng"], dist.get_rank(), dist.get_world_size(), logger.warning)
-    counters = state.get("counters", {})
-    run.nonfinite_total = int(counters.get("nonfinite_total", 0))
-    run.bad_images.load_state_dict(counters.get("bad_images", {"seen": 0, "failed": 0}))
+    learner = run.learner
+    position = restore_training_state(checkpoint, learner.model, learner.optimizer, learner.scaler,
+                                      run.data.class_ids, run.plan.epoch_iters, path)  # fmt: skip
+    restore_process_rng(checkpoint["rng"], dist.get_rank(), dist.get_world_size(), logger.warning)
+    counters = checkpoint.get("counters", {})
+    run.data.bad_items.load_state_dict(counters.get("bad_images", {"seen": 0, "failed": 0}))
+    state = LoopState(position, run.data.bad_items, 0, int(counters.get("nonfinite_total", 0)))
     logger.info(
         "resumed from %s: epoch %d, iteration %d of it, global iteration %d",
-        path,
-        position.epoch + 1,
-        position.iter_in_epoch,
-        position.global_iter,
-    )
-    return position
+        path, position.epoch + 1, position.iter_in_epoch, position.global_iter,
+    )  # fmt: skip
+    return state
 
 
-def write_checkpoint(run, position):
+def write_checkpoint(run, state):
     """Collective: every process hands in its RNG state; the main process writes. Returns the path
     (main) or None."""
     rng_states = dist.all_gather_objects(capture_rng_state())
     path = None
     if dist.is_main_process():
-        state = training_state(
-            run.model, run.optimizer, run.scaler, position, rng_states, run.class_ids, cfg.dump()
-        )
-        state["counters"] = {
-            "nonfinite_total": run.nonfinite_total,
-            "bad_images": run.bad_images.state_dict(),
-        }
-        path = save_checkpoint(cfg.OUT_DIR, state, cfg.TRAIN.KEEP_CHECKPOINTS, logger.warning)
+        model, optimizer, scaler = run.learner.model, run.learner.optimizer, run.learner.scaler
+        checkpoint = training_state(model, optimizer, scaler, state.position, rng_states,
+                                    run.data.class_ids, cfg.dump())  # fmt: skip
+        checkpoint["counters"] = state.counters()
+        path = save_checkpoint(cfg.OUT_DIR, checkpoint, cfg.TRAIN.KEEP_CHECKPOINTS, logger.warning)
         logger.info("checkpoint %s", path)
     dist.barrier()
     return path
@@ -207,74 +208,86 @@ def due_at(position, total_iters, checkpoint_iters, checkpoint_period, eval_peri
     )
 
 
-def train(run, position):
-    if position.global_iter >= run.total_iters:
-        logger.info("nothing to do: the run already finished its %d iterations", run.total_iters)
+def train(run, state):
+    plan = run.plan
+    if state.position.global_iter >= plan.total_iters:
+        logger.info("nothing to do: the run already finished its %d iterations", plan.total_iters)
         return 0
     clock = EtaClock(cfg.TRAIN.ETA_EXTRA_S)
-    for epoch in range(position.epoch, run.max_epoch):
-        start = position.iter_in_epoch if epoch == position.epoch else 0
-        position, outcome = train_epoch(run, epoch, start, clock)
+    for epoch in range(state.position.epoch, plan.max_epoch):
+        start = state.position.iter_in_epoch if epoch == state.position.epoch else 0
+        state.position = Position(epoch, start, epoch * plan.epoch_iters + start)
+        outcome = train_epoch(run, state, clock)
         if outcome == "preempted":
-            write_checkpoint(run, position)
+            write_checkpoint(run, state)
             how = "the same command" if cfg.TRAIN.AUTO_RESUME else "with TRAIN.AUTO_RESUME True"
             logger.info(
                 "preempted: stopped at global iteration %d after a checkpoint; run again %s to "
                 "continue",
-                position.global_iter,
+                state.position.global_iter,
                 how,
             )
             return 0
         if outcome == "finished":
             break
-    logger.info("training finished after %d iterations", run.total_iters)
+    logger.info("training finished after %d iterations", plan.total_iters)
     return 0
 
 
-def train_epoch(run, epoch, start_batch, clock):
-    """Train from batch start_batch of the epoch; return (position after the last step, outcome:
-    "done", "finished" or "preempted"). clock: the run's EtaClock (core/eta.py)."""
-    run.loader.sampler.set_epoch(epoch, start_batch)
-    run.net.train()
+def train_epoch(run, state, clock):
+    """Train the rest of the epoch state.position is in; return the outcome: "done", "finished" or
+    "preempted". clock: the run's EtaClock (core/eta.py)."""
+    epoch, plan, learner = state.position.epoch, run.plan, run.learner
+    run.data.loader.sampler.set_epoch(epoch, state.position.iter_in_epoch)
+    learner.net.train()
     meter = TrainMeter(window=max(cfg.LOG_PERIOD, 1))
     meter.start()
-    position = Position(epoch, start_batch, epoch * run.epoch_iters + start_batch)
-    for images, labels, num_failed in run.loader:
-        lr = run.schedule(position.global_iter)
-        set_lr(run.optimizer, lr)
-        stats = train_step(run, images, labels, num_failed, cfg.OPTIM.CLIP_GRAD_NORM)
-        position = advance(position, run.epoch_iters)
-        count_faults(run, stats, position.global_iter)
-        clock.tick(position.global_iter)
+    for images, labels, num_failed in run.data.loader:
+        lr = plan.schedule(state.position.global_iter)
+        set_lr(learner.optimizer, lr)
+        stats = train_step(learner, images, labels, num_failed, cfg.OPTIM.CLIP_GRAD_NORM)
+        state.position = advance(state.position, plan.epoch_iters)
+        count_faults(run, state, stats)
+        clock.tick(state.position.global_iter)
         if not stats["nonfinite"]:
-            meter.update(
-                {"lr": lr, **{k: v for k, v in stats.items() if k not in CONTROL}}, stats["images"]
-            )
-        if position.global_iter % max(cfg.LOG_PERIOD, 1) == 0 or position.global_iter == 1:
-            log_iteration(run, meter, epoch, position, clock)  # iteration 1 too: a sign of life
-        stop_after_nonfinite_run(run)
+            meter.update({"lr": lr, **without_control(stats)}, stats["images"])
+        iteration = state.position.global_iter
+        if iteration % max(cfg.LOG_PERIOD, 1) == 0 or iteration == 1:
+            log_iteration(run, state, meter, clock, epoch)  # iteration 1 too: a sign of life
+        stop_after_nonfinite_run(state)
         if stats["preempt"]:
-            return position, "preempted"
-        due = due_at(
-            position,
-            run.total_iters,
-            cfg.TRAIN.CHECKPOINT_ITERS,
-            cfg.TRAIN.CHECKPOINT_PERIOD,
-            cfg.TRAIN.EVAL_PERIOD,
-        )
+            return "preempted"
+        due = due_now(run, state.position)
         if due.epoch_end or due.finished:
-            record = {"type": "train_epoch", "epoch": epoch, "iter": position.global_iter}
+            record = {"type": "train_epoch", "epoch": epoch, "iter": state.position.global_iter}
             run.json_log.write(record | meter.means())
-        if due.checkpoint:
-            with clock.pausing():
-                write_checkpoint(run, position)
-        if due.validate:
-            with clock.validating():
-                validate(run, epoch, position.global_iter)
-                run_evaluators(run, epoch, position.global_iter)
+        checkpoint_and_validate(run, state, due, clock, epoch)
         if due.finished:
-            return position, "finished"
-    return position, "done"
+            return "finished"
+    return "done"
+
+
+def due_now(run, position):
+    train = cfg.TRAIN
+    return due_at(position, run.plan.total_iters, train.CHECKPOINT_ITERS,
+                  train.CHECKPOINT_PERIOD, train.EVAL_PERIOD)  # fmt: skip
+
+
+def checkpoint_and_validate(run, state, due, clock, epoch):
+    """What the position calls for besides the epoch's record: a checkpoint, validation (the clock
+    pauses for both)."""
+    if due.checkpoint:
+        with clock.pausing():
+            write_checkpoint(run, state)
+    if due.validate:
+        with clock.validating():
+            validate(run, epoch, state.position.global_iter)
+            run_evaluators(run, epoch, state.position.global_iter)
+
+
+def without_control(stats):
+    """The step's statistics without its control values (core.step.CONTROL)."""
+    return {name: value for name, value in stats.items() if name not in CONTROL}
 
 
 def advance(position, epoch_iters):
@@ -284,70 +297,65 @@ def advance(position, epoch_iters):
     return Position(position.epoch, position.iter_in_epoch + 1, position.global_iter + 1)
 
 
-def count_faults(run, stats, iteration):
+def count_faults(run, state, stats):
     """Count decoding failures (stopping when they pass TRAIN.MAX_BAD_IMAGE_FRACTION) and non-finite
     losses."""
-    run.bad_images.update(stats["images"] + stats["failed"], stats["failed"])
+    state.bad_images.update(stats["images"] + stats["failed"], stats["failed"])
     if not stats["nonfinite"]:
-        run.nonfinite_in_row = 0
+        state.nonfinite_in_row = 0
         return
-    run.nonfinite_in_row += 1
-    run.nonfinite_total += 1
-    logger.warning(
-        "non-finite loss: step skipped (%d in a row, %d in all)",
-        run.nonfinite_in_row,
-        run.nonfinite_total,
-    )
-    run.json_log.write(
-        {
-            "type": "nonfinite",
-            "iter": iteration,
-            "count_in_row": run.nonfinite_in_row,
-            "total": run.nonfinite_total,
-        }
-    )
+    state.nonfinite_in_row += 1
+    state.nonfinite_total += 1
+    in_row, total = state.nonfinite_in_row, state.nonfinite_total
+    logger.warning("non-finite loss: step skipped (%d in a row, %d in all)", in_row, total)
+    run.json_log.write({"type": "nonfinite", "iter": state.position.global_iter,
+                        "count_in_row": in_row, "total": total})  # fmt: skip
 
 
-def stop_after_nonfinite_run(run):
+def stop_after_nonfinite_run(state):
     limit = max(cfg.TRAIN.MAX_NONFINITE_STEPS, 1)
-    if run.nonfinite_in_row >= limit:
+    if state.nonfinite_in_row >= limit:
         raise TrainingStopped(
-            f"stopping: {run.nonfinite_in_row} non-finite losses in a row "
+            f"stopping: {state.nonfinite_in_row} non-finite losses in a row "
             f"(TRAIN.MAX_NONFINITE_STEPS = {limit}); the weights of the last checkpoint are "
             "finite: lower OPTIM.BASE_LR, raise OPTIM.WARMUP_EPOCHS or check the data, then "
             "resume with TRAIN.AUTO_RESUME True"
         )
 
 
-def log_iteration(run, meter, epoch, position, clock):
+def log_iteration(run, state, meter, clock, epoch):
+    """The iteration's line and JSON record: the meter's medians (NaN before any measured step)."""
     medians = meter.medians()
-    run.loss_parts = tuple(name for name in medians if name.startswith("loss_")) or run.loss_parts
-    logged = _LOGGED + run.loss_parts + tuple(run.task.log_fields.values())
-    stats = {name: math.nan for name in logged} | medians
+    measured_parts = tuple(name for name in medians if name.startswith("loss_"))
+    state.loss_parts = measured_parts or state.loss_parts
+    fields = run.learner.task.log_fields
+    stats = {name: math.nan for name in (*_LOGGED, *state.loss_parts, *fields.values())} | medians
+    plan, position = run.plan, state.position
     record = {
         "type": "train_iter",
         "epoch": epoch,
-        "max_epoch": run.max_epoch,
-        "iter_in_epoch": position.iter_in_epoch or run.epoch_iters,
-        "epoch_iters": run.epoch_iters,
+        "max_epoch": plan.max_epoch,
+        "iter_in_epoch": position.iter_in_epoch or plan.epoch_iters,
+        "epoch_iters": plan.epoch_iters,
         "iter": position.global_iter,
-        "max_iter": run.total_iters,
+        "max_iter": plan.total_iters,
         "loss": stats["loss"],
-        **{name: stats[name] for name in run.loss_parts},
-        **{field: stats[name] for field, name in run.task.log_fields.items()},
+        **{name: stats[name] for name in state.loss_parts},
+        **{field: stats[name] for field, name in fields.items()},
         "grad_norm": stats["grad_norm"],
         "lr": stats["lr"],
         "images_per_sec": meter.images_per_second(),
-        "eta_seconds": clock.eta(
-            position.global_iter,
-            run.total_iters,
-            validations_left(
-                position.global_iter, run.total_iters, run.epoch_iters, cfg.TRAIN.EVAL_PERIOD
-            ),
-        ),
-        "peak_mem_mb": peak_memory_mb(run.device),
-        "nonfinite_steps": run.nonfinite_total,
-        "bad_images": run.bad_images.failed,
+        "eta_seconds": eta_seconds(plan, position.global_iter, clock),
+        "peak_mem_mb": peak_memory_mb(run.learner.placement.device),
+        "nonfinite_steps": state.nonfinite_total,
+        "bad_images": state.bad_images.failed,
     }
     logger.info("%s", train_line(record))
     run.json_log.write(record)
+
+
+def eta_seconds(plan, iteration, clock):
+    """The ETA of the run's end, the validations still to come included (core/eta.py)."""
+    total = plan.total_iters
+    left = validations_left(iteration, total, plan.epoch_iters, cfg.TRAIN.EVAL_PERIOD)
+    return clock.eta(iteration, total, left)

@@ -21,13 +21,14 @@ logger = get_logger(__name__)
 def validate(run, epoch, global_iter):
     """Top-1 error of the global (margin) and the attention classifier on the validation set, all
     processes."""
-    if run.val_loader is None:
+    model, placement, val_loader = run.learner.model, run.learner.placement, run.data.val_loader
+    if val_loader is None:
         return None
-    run.model.eval()
-    counter = ErrorCounter(["global", "attention"], device=run.device)
+    model.eval()
+    counter = ErrorCounter(["global", "attention"], device=placement.device)
     batches = track(
-        run.val_loader,
-        len(run.val_loader),
+        val_loader,
+        len(val_loader),
         f"validation after epoch {epoch + 1}",
         "batch",
         enabled=dist.is_main_process(),
@@ -35,19 +36,15 @@ def validate(run, epoch, global_iter):
     for images, labels, _ in batches:
         if labels.numel() == 0:
             continue
-        images = images.to(run.device, non_blocking=True)
-        labels = labels.to(run.device, non_blocking=True)
-        if run.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None
-        ):
-            outputs = run.model(images)  # no labels: plain cosine logits, no margin
+        images = placement.move(images)
+        labels = labels.to(placement.device, non_blocking=True)
+        with placement.autocast():
+            outputs = model(images)  # no labels: plain cosine logits, no margin
         counter.add(
             {"global": outputs["global_logits"], "attention": outputs["attention_logits"]}, labels
         )
     errors = counter.errors_percent(dist.all_reduce_sum(counter.counts))
-    run.model.train()
+    model.train()
     logger.info(
         "validation after epoch %d: top1_err global=%.2f%% attention=%.2f%%",
         epoch + 1,
@@ -81,7 +78,8 @@ def run_evaluators(run, epoch, global_iter):
     for evaluator in run.evaluators:
         record = None
         if dist.is_main_process():
-            record = evaluator(run.model, run.device, epoch, global_iter)
+            model, device = run.learner.model, run.learner.placement.device
+            record = evaluator(model, device, epoch, global_iter)
             logger.info(
                 "%s after epoch %d %s", record["type"], epoch + 1, evaluator.describe(record)
             )

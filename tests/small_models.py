@@ -1,13 +1,11 @@
 """Small model configs the model and weight tests share: few classes and a short embedding, and a
 half-width ResNet-18 on top of that for behaviour that does not depend on depth."""
 
-from types import SimpleNamespace
-
 import torch
 
 from core.config import load_cfg
 from core.distributed import PreemptionFlag
-from core.run import DELG_TASK
+from core.run import DELG_TASK, Learner, Placement
 
 
 def small_cfg(*overrides):
@@ -34,16 +32,8 @@ def tiny_cfg(*overrides):
 
 
 def cpu_step_run(model, loss_fn, optimizer):
-    """What core.step.train_step needs of a run, for one float32 DELG step of `model` on the CPU."""
-    return SimpleNamespace(
-        model=model,
-        net=model,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        channels_last=False,
-        task=DELG_TASK,
-        preemption=PreemptionFlag(),
-    )
+    """The Learner (core/run.py) of one float32 DELG step of `model` on the CPU
+    (core.step.train_step)."""
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    placement = Placement(torch.device("cpu"))
+    return Learner(model, model, loss_fn, optimizer, scaler, DELG_TASK, placement, PreemptionFlag())

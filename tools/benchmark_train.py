@@ -27,7 +27,7 @@ from core.config import cfg, load_global_cfg  # noqa: E402
 from core.distributed import PreemptionFlag  # noqa: E402
 from core.hardware import describe_machine  # noqa: E402
 from core.optimizer import build_optimizer  # noqa: E402
-from core.run import Run, amp_dtype_of  # noqa: E402
+from core.run import DELG_TASK, Learner, Placement, amp_dtype_of  # noqa: E402
 from core.step import train_step  # noqa: E402
 from modeling import build_backbone, build_loss, build_model  # noqa: E402
 
@@ -72,76 +72,46 @@ def parse_args():
 
 
 def make_config(args):
-    block = "bottleneck_transform" if args.depth >= 50 else "basic_transform"
-    return load_global_cfg(
-        opts=[
-            "MODEL.DEPTH",
-            str(args.depth),
-            "RESNET.TRANS_FUN",
-            block,
-            "MODEL.LOCAL_STRIDE",
-            str(args.stride),
-            "MODEL.NUM_CLASSES",
-            str(args.classes),
-            "TRAIN.BATCH_SIZE",
-            str(args.batch),
-            "TRAIN.IM_SIZE",
-            str(args.size),
-            "TRAIN.AMP",
-            args.amp,
-            "TRAIN.CHANNELS_LAST",
-            str(args.channels_last),
-            "DEVICE",
-            args.device,
-        ]
-    )
+    values = {
+        "MODEL.DEPTH": args.depth,
+        "RESNET.TRANS_FUN": "bottleneck_transform" if args.depth >= 50 else "basic_transform",
+        "MODEL.LOCAL_STRIDE": args.stride,
+        "MODEL.NUM_CLASSES": args.classes,
+        "TRAIN.BATCH_SIZE": args.batch,
+        "TRAIN.IM_SIZE": args.size,
+        "TRAIN.AMP": args.amp,
+        "TRAIN.CHANNELS_LAST": args.channels_last,
+        "DEVICE": args.device,
+    }
+    return load_global_cfg(opts=[str(item) for pair in values.items() for item in pair])
 
 
-def delg_step_runner(device, amp_dtype, channels_last):
-    """A closure running core.step.train_step on a Run holding just what the step uses."""
-    model = build_model(cfg).to(device)
-    if channels_last:
+def delg_step_runner(placement):
+    """A closure running core.step.train_step on a Learner (core/run.py) of the configured DELG."""
+    model = build_model(cfg).to(placement.device)
+    if placement.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run = Run(
-        model=model,
-        net=model,
-        loss_fn=build_loss(cfg),
-        optimizer=build_optimizer(model, cfg),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-        schedule=None,
-        loader=None,
-        val_loader=None,
-        evaluators=[],
-        device=device,
-        amp_dtype=amp_dtype,
-        channels_last=channels_last,
-        class_ids=[],
-        epoch_iters=1,
-        total_iters=1,
-        max_epoch=1,
-        json_log=None,
-        preemption=PreemptionFlag(),
-        bad_images=None,
-    )
+    optimizer, loss_fn = build_optimizer(model, cfg), build_loss(cfg)
+    scaler = torch.amp.GradScaler(placement.device.type, enabled=fp16(placement))
+    learner = Learner(model, model, loss_fn, optimizer, scaler, DELG_TASK, placement,
+                      PreemptionFlag())  # fmt: skip
     model.train()
     clip = cfg.OPTIM.CLIP_GRAD_NORM
-    return lambda images, labels: train_step(run, images, labels, 0, clip)
+    return lambda images, labels: train_step(learner, images, labels, 0, clip)
 
 
-def plain_step_runner(device, amp_dtype, channels_last):
-    model = PlainClassifier(build_backbone(cfg), cfg.MODEL.NUM_CLASSES).to(device)
-    if channels_last:
+def plain_step_runner(placement):
+    model = PlainClassifier(build_backbone(cfg), cfg.MODEL.NUM_CLASSES).to(placement.device)
+    if placement.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(placement.device.type, enabled=fp16(placement))
     model.train()
 
     def step(images, labels):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        images = placement.move(images)
+        labels = labels.to(placement.device, non_blocking=True)
+        with placement.autocast():
             loss = nn.functional.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -152,6 +122,10 @@ def plain_step_runner(device, amp_dtype, channels_last):
         return loss.item()
 
     return step
+
+
+def fp16(placement):
+    return placement.amp_dtype == torch.float16
 
 
 def timed(step, images, labels, device):
@@ -188,42 +162,24 @@ def profile_difference(steps, images, labels, top=8):
 def main():
     args = parse_args()
     make_config(args)
-    device = torch.device(args.device)
-    on_gpu = device.type == "cuda"
-    amp_dtype = amp_dtype_of(args.amp) if on_gpu else None
-    channels_last = args.channels_last and on_gpu
-    if not on_gpu and (args.amp != "off" or args.channels_last):
-        print("--amp and --channels-last are GPU options; ignored on CPU")
+    placement = make_placement(args)
     torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size)
     labels = torch.randint(0, args.classes, (args.batch,))
-    steps = {
-        "delg": delg_step_runner(device, amp_dtype, channels_last),
-        "plain": plain_step_runner(device, amp_dtype, channels_last),
-    }
-    for step in steps.values():
-        for _ in range(args.warmup):
-            timed(step, images, labels, device)
-    times = {name: [] for name in steps}
-    cpu_times = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            wall, cpu = timed(step, images, labels, device)
-            times[name].append(wall)
-            cpu_times[name].append(cpu)
-
+    steps = {"delg": delg_step_runner(placement), "plain": plain_step_runner(placement)}
+    times, cpu_times = measure(steps, images, labels, args, placement.device)
+    on_gpu = placement.device.type == "cuda"
     print(
         f"ResNet-{args.depth}, stride {args.stride}, {args.classes} classes, batch {args.batch}, "
-        f"{args.size} px, "
-        f"{device}, amp {args.amp if on_gpu else 'off'}, channels-last {channels_last}, "
-        f"{torch.get_num_threads()} threads, {args.steps} timed steps each"
+        f"{args.size} px, {placement.device}, amp {args.amp if on_gpu else 'off'}, "
+        f"channels-last {placement.channels_last}, {torch.get_num_threads()} threads, "
+        f"{args.steps} timed steps each"
     )
-    medians = {}
+    medians = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
-        medians[name] = statistics.median(values)
         listed = " ".join(f"{v:.3f}" for v in values)
         print(
             f"{name:>5}: median {medians[name]:.3f} s/step, {args.batch / medians[name]:.1f} "
@@ -237,8 +193,34 @@ def main():
         print(f"ratio of median CPU times of this process: {cpu_ratio:.3f}")
     if args.profile:
         profile_difference(steps, images, labels)
-    print(describe_machine(device))
+    print(describe_machine(placement.device))
     print(f"ratio: {medians['delg'] / medians['plain']:.3f}")
+
+
+def make_placement(args):
+    """--device, and on a GPU --amp and --channels-last (GPU options)."""
+    device = torch.device(args.device)
+    if device.type != "cuda":
+        if args.amp != "off" or args.channels_last:
+            print("--amp and --channels-last are GPU options; ignored on CPU")
+        return Placement(device)
+    return Placement(device, amp_dtype_of(args.amp), args.channels_last)
+
+
+def measure(steps, images, labels, args, device):
+    """({name: wall seconds per timed step}, {name: CPU seconds}) after args.warmup untimed steps
+    of each; timed steps alternate between the kinds."""
+    for step in steps.values():
+        for _ in range(args.warmup):
+            timed(step, images, labels, device)
+    times = {name: [] for name in steps}
+    cpu_times = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            wall, cpu = timed(step, images, labels, device)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
+    return times, cpu_times
 
 
 if __name__ == "__main__":
