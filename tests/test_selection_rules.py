@@ -114,6 +114,10 @@ def test_every_extract_key_is_run_only_or_recorded_in_exactly_one_class():
     recorded = recorded_extract_keys(extract)
     assert not set(recorded) & set(EXTRACT_RUN_KEYS)
     assert set(recorded) | set(EXTRACT_RUN_KEYS) == set(extract) - {"SELECTION"}
+    # stores of one run: other images, folders and shards, the same record
+    elsewhere = ["EXTRACT.DATASET", "rparis6k", "EXTRACT.DATA_ROOT", "/data", "EXTRACT.OUTPUT_DIR"]
+    elsewhere += ["/out", "EXTRACT.SHARD_SIZE", "7", "EXTRACT.DISTRACTORS", "1m.txt"]
+    assert recorded_extract_keys(load_cfg("", elsewhere).EXTRACT) == recorded
 
 
 def test_official_records_stay_those_of_older_stores_and_other_rules_are_told_apart():

@@ -110,7 +110,12 @@ def build_provenance(cfg, checkpoint, geometry, settings):
 def recorded_extract_keys(extract):
     """{key: value} of the EXTRACT section as recorded: every key but EXTRACT_RUN_KEYS, less the
     IMPLIED_VALUES it holds."""
-    implied = {path.rsplit(".", 1)[1]: value for path, value in IMPLIED_VALUES.items()}
+    section = "config.EXTRACT."
+    implied = {
+        path[len(section) :]: value
+        for path, value in IMPLIED_VALUES.items()
+        if path.startswith(section)
+    }
     return {
         key: _plain(value)
         for key, value in extract.items()
