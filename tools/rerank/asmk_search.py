@@ -138,14 +138,8 @@ def index_from_cfg(cfg, store):
     """The AsmkIndex of a database store with the ``ASMK.*`` keys (codebook and inverted file read
     from the cache when they are there)."""
     descriptors, image_ids, num_images = local_descriptors_of(store)
-    return AsmkIndex.build(
-        descriptors,
-        image_ids,
-        params_from_cfg(cfg),
-        cache_dir=cache_dir_from_cfg(cfg),
-        seed=cfg.ASMK.SEED,
-        num_images=num_images,
-    )
+    params, cache_dir = params_from_cfg(cfg), cache_dir_from_cfg(cfg)
+    return AsmkIndex.build(descriptors, image_ids, params, cache_dir, cfg.ASMK.SEED, num_images)
 
 
 class AsmkIndex:
@@ -164,15 +158,8 @@ class AsmkIndex:
         self.ivf_built = ivf_built
 
     @classmethod
-    def build(
-        cls,
-        database_descriptors,
-        database_image_ids,
-        params,
-        cache_dir=None,
-        seed=0,
-        num_images=None,
-    ):
+    def build(cls, database_descriptors, database_image_ids, params, cache_dir=None, seed=0,
+              num_images=None):  # fmt: skip
         """Train the codebook (on at most ``params.train_features`` sampled descriptors) and build
         the inverted file.
 
@@ -188,54 +175,33 @@ class AsmkIndex:
                 f"ASMK.CODEBOOK_SIZE={params.codebook_size} needs at least as many database local "
                 f"descriptors to train on; the database has {len(descriptors)}"
             )
-        codebook_identity = {
-            "format": CACHE_FORMAT,
-            "features": _features_hash(descriptors, image_ids, num_images),
-            "size": params.codebook_size,
-            "train_rows": min(len(descriptors), params.train_features),
-            "seed": seed,
-        }
-        ivf_identity = {
-            "codebook": codebook_identity,
-            "binary": params.binary,
-            "use_idf": params.use_idf,
-            "multiple_assignment": params.multiple_assignment_db,
-            "num_images": num_images,
-        }
+        identities = _cache_identities(descriptors, image_ids, num_images, params, seed)
         codebook_folder, ivf_folder = (
             derived_folder(cache_dir, name, identity) if cache_dir else None
-            for name, identity in (("codebook", codebook_identity), ("ivf", ivf_identity))
+            for name, identity in identities.items()
         )
-        centroids = _load_centroids(
-            codebook_folder, codebook_identity, params, descriptors.shape[1]
-        )
+        centroids = _load_centroids(codebook_folder, identities["codebook"], params,
+                                    descriptors.shape[1])  # fmt: skip
         codebook_trained = centroids is None
         if codebook_trained:
-            centroids = _train_codebook(descriptors, params, seed).centroids
-            if codebook_folder:
-                centroids = publish(
-                    codebook_folder,
-                    codebook_identity,
-                    lambda tmp: write_npy(os.path.join(tmp, "centroids.npy"), centroids),
-                )["centroids"]
-                centroids = np.array(centroids)
+            centroids = _trained_centroids(descriptors, params, seed, codebook_folder,
+                                           identities["codebook"])  # fmt: skip
         codebook = _codebook(centroids, params)
         kernel = asmk_kernel.ASMKKernel(codebook, binary=params.binary)
-        arrays = load_ivf_arrays(ivf_folder, ivf_identity, params, num_images)
+        arrays = load_ivf_arrays(ivf_folder, identities["ivf"], params, num_images)
         ivf_built = arrays is None
         if ivf_built:
             arrays = build_ivf_arrays(codebook, kernel, descriptors, image_ids, num_images, params)
             if ivf_folder:
                 about = {"codebook": os.path.basename(codebook_folder)}
-                arrays = save_ivf_arrays(ivf_folder, ivf_identity, arrays, about)
+                arrays = save_ivf_arrays(ivf_folder, identities["ivf"], arrays, about)
         ivf = ivf_from_arrays(arrays, num_images, params.use_idf)
         logger.info(
             "ASMK: codebook %s, inverted file %s (%d images, %d entries)",
             "trained" if codebook_trained else f"read from {codebook_folder}",
             "built" if ivf_built else f"read from {ivf_folder}",
-            num_images,
-            int(ivf.counts.sum()),
-        )
+            num_images, int(ivf.counts.sum()),
+        )  # fmt: skip
         method = ASMKMethod(
             params.package_params(), {}, codebook=codebook, kernel=kernel, inverted_file=ivf
         )
@@ -349,6 +315,37 @@ def _load_centroids(folder, identity, params, dim):
     shapes = {"centroids": ((params.codebook_size, dim), np.float32)}
     arrays = load_validated(folder, identity, shapes)
     return None if arrays is None else np.array(arrays["centroids"])  # in memory, not mapped
+
+
+def _cache_identities(descriptors, image_ids, num_images, params, seed):
+    """{"codebook": what names the codebook's cache folder, "ivf": the inverted file's}."""
+    codebook = {
+        "format": CACHE_FORMAT,
+        "features": _features_hash(descriptors, image_ids, num_images),
+        "size": params.codebook_size,
+        "train_rows": min(len(descriptors), params.train_features),
+        "seed": seed,
+    }
+    ivf = {
+        "codebook": codebook,
+        "binary": params.binary,
+        "use_idf": params.use_idf,
+        "multiple_assignment": params.multiple_assignment_db,
+        "num_images": num_images,
+    }
+    return {"codebook": codebook, "ivf": ivf}
+
+
+def _trained_centroids(descriptors, params, seed, folder, identity):
+    """A codebook trained now, published in folder when there is one (the published copy wins)."""
+    centroids = _train_codebook(descriptors, params, seed).centroids
+    if not folder:
+        return centroids
+
+    def write(tmp):
+        write_npy(os.path.join(tmp, "centroids.npy"), centroids)
+
+    return np.array(publish(folder, identity, write)["centroids"])
 
 
 def _codebook(centroids, params):
