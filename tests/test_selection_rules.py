@@ -4,6 +4,7 @@ run-only ones, and a store of another rule is refused naming the key."""
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.config import ConfigError, load_cfg
@@ -30,6 +31,7 @@ from tools.extraction.selection import (
     merge_candidates,
     selected_rows,
 )
+from tools.extraction.selection_rules import selection_rule
 
 
 class EveryOther(SelectionRule):
@@ -152,3 +154,39 @@ def test_a_rule_checks_its_own_keys_in_one_place(every_other):
     assert settings("EXTRACT.SELECTION", "every_other", "EXTRACT.NMS_IOU", "5.0").nms_iou == 5.0
     with pytest.raises(ConfigError, match="EXTRACT.MAX_FEATURES must be at least 1"):
         settings("EXTRACT.SELECTION", "every_other", "EXTRACT.MAX_FEATURES", "0")
+
+
+class EveryNth(SelectionRule):
+    """A toy rule with a key of its own: every EXTRACT.EVERY-th candidate by decreasing score."""
+
+    keys = ("EVERY",)
+    checks = {"EVERY": (lambda value: value >= 1, "at least 1")}
+
+    def select(self, candidates, values):
+        merged = merge_candidates(candidates)
+        return selected_rows(merged, by_score(merged, 0.0)[:: values["EVERY"]])
+
+
+def test_a_rule_with_a_key_of_its_own_gets_it_checked_recorded_and_passed_to_it():
+    SELECTION_RULES.register("every_nth")(EveryNth)
+    try:
+        cfg = load_cfg("", ["EXTRACT.SELECTION", "every_nth"])
+        cfg.EXTRACT.EVERY = 3  # a new rule's key would have its default in core/config.py
+        settings = build_settings(cfg)
+        assert recorded_extract_keys(cfg.EXTRACT)["EVERY"] == 3
+        level = {
+            "locations": torch.zeros(7, 2),
+            "boxes": torch.zeros(7, 4),
+            "scales": torch.ones(7),
+            "scores": torch.arange(7.0),
+            "descriptors": torch.ones(7, 4),
+        }
+        selected = selection_rule("every_nth").select([level], settings.selection_values())
+        assert selected["scores"].tolist() == [6.0, 3.0, 0.0]
+        cfg.EXTRACT.EVERY = 0
+        with pytest.raises(ConfigError, match="EXTRACT.EVERY must be at least 1, got 0"):
+            build_settings(cfg)
+        with pytest.raises(ValueError, match="reads EXTRACT.EVERY"):
+            ExtractionSettings(selection="every_nth")
+    finally:
+        SELECTION_RULES.remove("every_nth")

@@ -82,7 +82,10 @@ class ExtractionSettings:
         rule, values = selection_rule(self.selection), self.selection_values()
         missing = [key for key in rule.keys if key not in values]
         if missing:
-            raise ValueError(f"selection rule {self.selection!r} reads EXTRACT.{missing[0]}")
+            raise ValueError(
+                f"selection rule {self.selection!r} reads EXTRACT.{missing[0]}: give it in "
+                "selection_options"
+            )
         rule.check({key: values[key] for key in rule.keys})
         for name, value, allowed in (
             ("resize", self.resize, RESIZE_MODES),
