@@ -66,9 +66,9 @@ def test_the_candidate_pass_drops_most_rows_in_each_precision(monkeypatch):
     for precision in ("float32", "bfloat16", "int8"):
         seen = []
 
-        def counting(query, norms, rows, *rest, seen=seen):
+        def counting(query, rows, *rest, seen=seen):
             seen.append(len(rows))
-            return original(query, norms, rows, *rest)
+            return original(query, rows, *rest)
 
         with monkeypatch.context() as patch:
             patch.setattr(matching, "_match_image", counting)

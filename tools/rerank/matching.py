@@ -26,6 +26,8 @@ optionally when it passes Lowe's ratio test (d1 < ratio * d2) and when it is a m
 neighbour.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -166,26 +168,75 @@ def _bfloat16_best(query_bf16, query_norms, augmented, counts, dim):
     return best, _bfloat16_error(query_norms, largest, shift)
 
 
-def _match_image(query, query_norms, rows, index, dim, max_distance, ratio_test, mutual):
+@dataclass(frozen=True)
+class _Rule:
+    """When a nearest neighbour is a match: closer than max_distance, Lowe's ratio test (0: off),
+    mutual nearest neighbours."""
+
+    max_distance: float
+    ratio_test: float
+    mutual: bool
+
+
+@dataclass(frozen=True)
+class _Query:
+    """The query's augmented rows [m, width] (float32, on the device), their squared norms [m]
+    (of the first dim columns), dim, and its operand of the candidate product (_candidate_query)."""
+
+    rows: torch.Tensor
+    norms: np.ndarray
+    dim: int
+    candidate: tuple
+
+
+def _prepared_query(query_descriptors, dim, device, precision):
+    query = np.zeros((len(query_descriptors), _width(dim)), dtype=np.float32)
+    query[:, :dim] = query_descriptors
+    query[:, dim] = 1.0
+    norms = np.einsum("ij,ij->i", query[:, :dim], query[:, :dim])
+    query = torch.from_numpy(query).to(device)
+    return _Query(query, norms, dim, _candidate_query(precision, query, dim))
+
+
+def _no_matches():
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
+def _match_batch(query, batch, rule, device):
+    """(query rows, index rows) of each image of the batch: candidates first (stage 1), then exact
+    float32 matching of the candidate rows (stage 2)."""
+    counts = [len(descriptors) for descriptors in batch]
+    augmented = _augmented_index(batch, query.dim)
+    candidates = _candidate_rows(query.candidate, query.norms, augmented, counts, query.dim,
+                                 rule.max_distance)  # fmt: skip
+    index = torch.from_numpy(augmented).to(device)
+    matches = []
+    for image, count in enumerate(counts):
+        rows = np.flatnonzero(candidates[:, image])
+        found = count and len(rows)
+        matches.append(_match_image(query, rows, index[image, :count], rule) if found else
+                       _no_matches())  # fmt: skip
+    return matches
+
+
+def _match_image(query, rows, index, rule):
     """Exact float32 matching of query rows `rows` against one image's augmented descriptors
     [n, width]."""
+    dim, norms = query.dim, query.norms
     # [r, n], no alignment zeros
-    affinity = torch.mm(query[rows, : dim + 1], index[:, : dim + 1].T).cpu().numpy()
+    affinity = torch.mm(query.rows[rows, : dim + 1], index[:, : dim + 1].T).cpu().numpy()
     nearest = affinity.argmax(axis=1)
     best = affinity[np.arange(len(rows)), nearest]
-    distance_sq = query_norms[rows] - 2.0 * best
-    keep = distance_sq < max_distance**2
-    if ratio_test > 0 and affinity.shape[1] > 1:
+    distance_sq = norms[rows] - 2.0 * best
+    keep = distance_sq < rule.max_distance**2
+    if rule.ratio_test > 0 and affinity.shape[1] > 1:
         affinity[np.arange(len(rows)), nearest] = -np.inf
-        keep &= distance_sq < ratio_test**2 * (query_norms[rows] - 2.0 * affinity.max(axis=1))
+        keep &= distance_sq < rule.ratio_test**2 * (norms[rows] - 2.0 * affinity.max(axis=1))
     rows, nearest = rows[keep], nearest[keep]
     # nearest query descriptor of each matched index descriptor: argmax_q q.x - ||q||^2/2
-    if mutual and len(rows):
-        backward = (
-            torch.mm(query[:, :dim], index[nearest, :dim].T).cpu().numpy()
-            - 0.5 * query_norms[:, None]
-        )
-        is_mutual = backward.argmax(axis=0) == rows
+    if rule.mutual and len(rows):
+        backward = torch.mm(query.rows[:, :dim], index[nearest, :dim].T).cpu().numpy()
+        is_mutual = (backward - 0.5 * norms[:, None]).argmax(axis=0) == rows
         rows, nearest = rows[is_mutual], nearest[is_mutual]
     return rows, nearest.astype(np.int64)
 
@@ -204,15 +255,8 @@ def _batches(descriptor_list, num_query):
         start = stop
 
 
-def putative_matches(
-    query_descriptors,
-    index_descriptor_list,
-    max_distance=1.0,
-    ratio_test=0.0,
-    mutual=False,
-    device="cpu",
-    precision="auto",
-):
+def putative_matches(query_descriptors, index_descriptor_list, max_distance=1.0, ratio_test=0.0,
+                     mutual=False, device="cpu", precision="auto"):  # fmt: skip
     """For each index image, (query rows, index rows) of its putative matches, ordered by query row.
 
     query_descriptors [m, d]; index_descriptor_list: one [n_i, d] array per index image (float16 or
@@ -222,46 +266,18 @@ def putative_matches(
     device = torch.device(device)
     precision = matmul_precision(device, precision)
     dim = np.shape(query_descriptors)[1] if np.ndim(query_descriptors) == 2 else 0
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if len(query_descriptors) == 0 or dim == 0:
-        return [empty for _ in index_descriptor_list]
+        return [_no_matches() for _ in index_descriptor_list]
     for position, descriptors in enumerate(index_descriptor_list):
         if len(descriptors) and np.shape(descriptors)[1] != dim:
             raise ValueError(
                 f"index image {position}: descriptor dimension {np.shape(descriptors)[1]} differs "
                 f"from the query's {dim}"
             )
-    query = np.zeros((len(query_descriptors), _width(dim)), dtype=np.float32)
-    query[:, :dim] = query_descriptors
-    query[:, dim] = 1.0
-    query_norms = np.einsum("ij,ij->i", query[:, :dim], query[:, :dim])
-    query = torch.from_numpy(query).to(device)
-    query_candidate = _candidate_query(precision, query, dim)
+    query = _prepared_query(query_descriptors, dim, device, precision)
+    rule = _Rule(max_distance, ratio_test, mutual)
     matches = []
     with torch.no_grad():
-        for start, stop in _batches(index_descriptor_list, len(query)):
-            batch = index_descriptor_list[start:stop]
-            counts = [len(descriptors) for descriptors in batch]
-            augmented = _augmented_index(batch, dim)
-            candidates = _candidate_rows(
-                query_candidate, query_norms, augmented, counts, dim, max_distance
-            )
-            index = torch.from_numpy(augmented).to(device)
-            for image, count in enumerate(counts):
-                rows = np.flatnonzero(candidates[:, image])
-                if count == 0 or len(rows) == 0:
-                    matches.append(empty)
-                    continue
-                matches.append(
-                    _match_image(
-                        query,
-                        query_norms,
-                        rows,
-                        index[image, :count],
-                        dim,
-                        max_distance,
-                        ratio_test,
-                        mutual,
-                    )
-                )
+        for start, stop in _batches(index_descriptor_list, len(query.rows)):
+            matches += _match_batch(query, index_descriptor_list[start:stop], rule, device)
     return matches
