@@ -28,11 +28,7 @@ from tools.evaluation.benchmarks import open_store_pair  # noqa: E402
 from tools.extraction.stores import features_dir  # noqa: E402
 from tools.knn.global_search import exact_search  # noqa: E402
 from tools.rerank.spatial_verification import options_from_cfg, rerank_with_spatial_verification  # noqa: E402
-from tools.revisitop.context import (  # noqa: E402
-    align_ground_truth,
-    load_gnd,
-    split_dataset_name,  # noqa: E402
-)
+from tools.revisitop.context import align_ground_truth, load_gnd, split_dataset_name  # noqa: E402
 from tools.revisitop.protocols import protocol_gnd  # noqa: E402
 from tools.vis.matches import load_image_and_features  # noqa: E402
 from tools.vis.text import put_caption  # noqa: E402
