@@ -23,6 +23,7 @@ Fewer than 4 putative matches count 0; a fit that fails or degenerates counts 0 
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 
@@ -215,15 +216,8 @@ def _correspondences(query_features, index_features, options, device):
     ]
 
 
-def verify_pairs(
-    pairs_by_query,
-    query_local,
-    index_local,
-    options=VerificationOptions(),
-    num_workers=0,
-    device="cpu",
-    progress=True,
-):
+def verify_pairs(pairs_by_query, query_local, index_local, options=VerificationOptions(),
+                 num_workers=0, device="cpu", progress=True):  # fmt: skip
     """Inlier counts {(query, index): inliers} for every pair; each query's matches come from one
     batched product.
 
@@ -232,10 +226,31 @@ def verify_pairs(
     processes while matching goes on.
     """
     total = sum(len(indices) for indices in pairs_by_query.values())
-    inliers = {}
+    inliers, pending = {}, {}
     bar = progress_bar(
         total, f"spatial verification ({options.method})", "pair", progress, mininterval=1.0
     )
+    with contextlib.closing(bar), _fitting_pool(num_workers, device) as executor:
+        for query, indices in pairs_by_query.items():
+            indices = [int(index) for index in indices]
+            if not indices:
+                continue
+            index_features = [index_local(index) for index in indices]
+            found = _correspondences(query_local(query), index_features, options, device)
+            for keys, task in _tasks(query, indices, found):
+                if executor is None:
+                    _record(inliers, bar, keys, _fit_task(task, options))
+                else:
+                    pending[executor.submit(_fit_task, task, options)] = keys
+            pending = _collect(pending, inliers, bar, wait=len(pending) > 8 * max(num_workers, 1))
+        _collect(pending, inliers, bar, wait=True, everything=True)
+    return inliers
+
+
+@contextlib.contextmanager
+def _fitting_pool(num_workers, device):
+    """The processes that fit the geometry (None: this one fits it), and meanwhile one thread for
+    the products on a CPU; the thread count is restored afterwards."""
     executor, threads = None, torch.get_num_threads()
     if num_workers > 0:
         executor = concurrent.futures.ProcessPoolExecutor(
@@ -246,30 +261,19 @@ def verify_pairs(
         # with a busy core, every multi-threaded op waits a scheduler slice at its barrier (4x
         # slower on 2 shared cores).
         torch.set_num_threads(1)
-    pending = {}
     try:
-        for query, indices in pairs_by_query.items():
-            indices = [int(index) for index in indices]
-            if not indices:
-                continue
-            found = _correspondences(
-                query_local(query), [index_local(index) for index in indices], options, device
-            )
-            for start in range(0, len(indices), PAIRS_PER_TASK):
-                keys = [(query, index) for index in indices[start : start + PAIRS_PER_TASK]]
-                task = found[start : start + PAIRS_PER_TASK]
-                if executor is None:
-                    _record(inliers, bar, keys, _fit_task(task, options))
-                else:
-                    pending[executor.submit(_fit_task, task, options)] = keys
-            pending = _collect(pending, inliers, bar, wait=len(pending) > 8 * max(num_workers, 1))
-        _collect(pending, inliers, bar, wait=True, everything=True)
+        yield executor
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
         torch.set_num_threads(threads)
-        bar.close()
-    return inliers
+
+
+def _tasks(query, indices, found):
+    """(pair keys, their correspondences) in groups of PAIRS_PER_TASK pairs."""
+    for start in range(0, len(indices), PAIRS_PER_TASK):
+        stop = start + PAIRS_PER_TASK
+        yield [(query, index) for index in indices[start:stop]], found[start:stop]
 
 
 def _record(inliers, bar, keys, counts):
