@@ -27,6 +27,7 @@ def reranker_section():
     node.BINARY = False  # database locals as BITS-bit codes (erf in training, sign in evaluation)
     node.BITS = 128
     node.BINARY_SHARPNESS = 3.0  # training surrogate of sign: erf(sharpness * projection)
+    node.BINARY_STRAIGHT_THROUGH = True  # train on sign's values, erf's gradient (False: on erf)
     node.N_QUERY = 600  # query locals kept, highest attention first
     node.N_DATABASE = 50  # database locals kept, highest attention first
     # evaluation (method `learned`)

@@ -7,9 +7,10 @@ embedding + scale embedding + side embedding, optionally an (x, y) encoding) and
 cross-attention to the other image and a matching token attending to all tokens; the logit is read
 from the matching token. No positional order is used and padded slots are masked out of every
 attention, so the logit does not depend on the order of the locals or on padding. Query and database
-counts may differ. The binarised variant projects locals to RERANKER.BITS values; the database side
-is erf(sharpness * z) in training and sign(z) in evaluation (128 bits = 16 bytes per local), the
-query side stays real.
+counts may differ. The binarised variant projects locals to RERANKER.BITS values; the database
+side is sign(z) in evaluation (128 bits = 16 bytes per local) and in training sign(z) with the
+gradient of erf(sharpness * z) (RERANKER.BINARY_STRAIGHT_THROUGH; False: erf(sharpness * z)
+itself); the query side stays real.
 
     model = build_reranker(cfg, local_dim, global_dim)
     logits = model(query, database)               # LocalBatch each (modeling/reranker_inputs.py)
@@ -42,9 +43,11 @@ class PairwiseReranker(nn.Module):
         bits=0,
         sharpness=3.0,
         similarity_k=0,
+        straight_through=False,
     ):
         super().__init__()
-        self.binary = BinaryProjection(local_dim, bits, sharpness) if bits else None
+        binary = BinaryProjection(local_dim, bits, sharpness, straight_through) if bits else None
+        self.binary = binary
         self.embed = nn.Linear(bits or local_dim, dim)
         self.scale_embedding = nn.Embedding(num_scales, dim)
         self.side_embedding = nn.Parameter(torch.randn(2, dim) * 0.02)
@@ -161,4 +164,5 @@ def build_reranker(cfg, local_dim, global_dim=0):
         bits=r.BITS if r.BINARY else 0,
         sharpness=r.BINARY_SHARPNESS,
         similarity_k=r.SIMILARITY_K,
+        straight_through=r.BINARY_STRAIGHT_THROUGH,
     )

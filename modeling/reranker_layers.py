@@ -74,11 +74,14 @@ class PairLayer(nn.Module):
 class BinaryProjection(nn.Module):
     """A learned projection of local descriptors to `bits` values, initialised as a random
     (semi-)orthogonal rotation scaled to unit variance per bit (ITQ-like). encode(x, hard):
-    erf(sharpness * z), the differentiable surrogate used in training, or sign(z) (hard)."""
+    erf(sharpness * z), the differentiable surrogate used in training, or sign(z) (hard). With
+    straight_through the training forward is sign(z) too, its gradient erf's (what evaluation
+    computes is what training sees)."""
 
-    def __init__(self, in_dim, bits, sharpness=3.0):
+    def __init__(self, in_dim, bits, sharpness=3.0, straight_through=False):
         super().__init__()
         self.sharpness = sharpness
+        self.straight_through = straight_through
         self.weight = nn.Parameter(torch.empty(bits, in_dim))
         nn.init.orthogonal_(self.weight, gain=math.sqrt(in_dim))
 
@@ -87,4 +90,7 @@ class BinaryProjection(nn.Module):
 
     def encode(self, x, hard):
         z = self(x)
-        return torch.sign(z) if hard else torch.erf(self.sharpness * z)
+        if hard:
+            return torch.sign(z)
+        soft = torch.erf(self.sharpness * z)
+        return soft + (torch.sign(z) - soft).detach() if self.straight_through else soft

@@ -1,6 +1,6 @@
 """The learned re-ranker (modeling/reranker.py): one logit per pair, invariant to the order of the
-locals and to padding, asymmetric counts, the binary path (erf in training, sign in evaluation), a
-gradient for every parameter, and the weights file."""
+locals and to padding, asymmetric counts, the binary path (sign in evaluation; in training erf, or
+sign with erf's gradient), a gradient for every parameter, and the weights file."""
 
 import numpy as np
 import pytest
@@ -122,12 +122,18 @@ def test_top_locals_sorts_by_attention_and_scale_index():
     ]  # fmt: skip
 
 
-def test_binary_path_uses_sign_in_evaluation_and_erf_in_training():
-    model = tiny_model("RERANKER.BINARY", "True", "RERANKER.BITS", "32")
-    rng = np.random.default_rng(3)
+def binary_pairs(seed=3):
+    rng = np.random.default_rng(seed)
     g = [rng.standard_normal(GLOBAL_DIM) for _ in range(2)]
     q = batch_of([random_image(rng, 6), random_image(rng, 6)], g)
     d = batch_of([random_image(rng, 5), random_image(rng, 5)], g)
+    return q, d
+
+
+def test_binary_path_uses_sign_in_evaluation_and_erf_in_training():
+    model = tiny_model("RERANKER.BINARY", "True", "RERANKER.BITS", "32")
+    model.binary.straight_through = False
+    q, d = binary_pairs()
     # the same signs of the projection, other magnitudes: z -> 1.5 z
     scaled = d._replace(descriptors=d.descriptors * 1.5)
     with torch.no_grad():
@@ -142,6 +148,25 @@ def test_binary_path_uses_sign_in_evaluation_and_erf_in_training():
         assert not torch.allclose(model(q, scaled), trained)  # erf sees the magnitudes
         expected = torch.erf(model.binary.sharpness * model.binary(d.descriptors))
         assert torch.equal(model.binary.encode(d.descriptors, hard=False), expected)
+
+
+def test_straight_through_trains_on_signs_with_the_gradient_of_erf():
+    model = tiny_model("RERANKER.BINARY", "True", "RERANKER.BITS", "32")
+    assert model.binary.straight_through  # RERANKER.BINARY_STRAIGHT_THROUGH defaults to True
+    q, d = binary_pairs()
+    with torch.no_grad():
+        evaluated = model(q, d)
+    model.train()
+    torch.testing.assert_close(model(q, d), evaluated, rtol=0, atol=1e-6)  # training sees signs
+    weight, x = model.binary.weight, d.descriptors
+    probe = torch.randn(*x.shape[:-1], weight.shape[0])
+    hard = model.binary.encode(x, hard=False)
+    assert set(hard.detach().unique().tolist()) <= {-1.0, 1.0}
+    (straight,) = torch.autograd.grad((hard * probe).sum(), weight)
+    soft = torch.erf(model.binary.sharpness * model.binary(x))
+    (surrogate,) = torch.autograd.grad((soft * probe).sum(), weight)
+    torch.testing.assert_close(straight, surrogate)
+    assert straight.abs().sum() > 0
 
 
 def test_codes_pack_to_bytes_and_back():
