@@ -24,13 +24,8 @@ from tools.revisitop.context import load_gnd  # noqa: E402
 from tools.revisitop.metrics import protocol_results_from_scores  # noqa: E402
 from tools.revisitop.protocols import PROTOCOLS, protocol_gnds  # noqa: E402
 
-DEFAULT_GND = (
-    pathlib.Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "revisitop"
-    / "gnd_roxford5k.pkl"
-)
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_GND = REPOSITORY.parent / "shared" / "data" / "revisitop" / "gnd_roxford5k.pkl"
 
 
 def synthetic_scores(gnd_raw, rows, seed=0):
@@ -73,19 +68,7 @@ def benchmark_loop_map(ranks, gnd, kappas):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--rows", type=int, default=1005000, help="database size (ROxford + distractors)"
-    )
-    parser.add_argument("--gnd", default=str(DEFAULT_GND), help="gnd_roxford5k.pkl")
-    args = parser.parse_args()
-    ground_truth = load_gnd(args.gnd)
-    gnd_raw = ground_truth["gnd"]
-    if args.rows < len(ground_truth["imlist"]):
-        parser.error(
-            f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} "
-            f"database images of {args.gnd}"
-        )
+    args, gnd_raw = parse_args()
     kappas = (1, 5, 10)
     scores = synthetic_scores(gnd_raw, args.rows)
     print(f"score matrix {scores.shape[0]:,} x {scores.shape[1]} float32")
@@ -107,18 +90,7 @@ def main():
     baseline_time = time.perf_counter() - start
     print(f"baseline (stable argsort {sort_time:.2f} s + per-query loop): {baseline_time:.2f} s")
 
-    worst = 0.0
-    for protocol in PROTOCOLS:
-        mean_ap, mean_pr = baseline[protocol]
-        worst = max(
-            worst,
-            abs(mean_ap - ours[protocol][0]),
-            float(np.max(np.abs(mean_pr - ours[protocol][2]))),
-        )
-        print(
-            f"{protocol}: mAP {100 * ours[protocol][0]:.4f} (baseline {100 * mean_ap:.4f}), mP@k "
-            + " ".join(f"{100 * value:.2f}" for value in ours[protocol][2])
-        )
+    worst = largest_difference(ours, baseline)
     print(f"largest difference to the baseline: {worst:.3g}")
     if worst > 1e-9:
         raise SystemExit("the fast path and the baseline disagree")
@@ -132,6 +104,37 @@ def main():
     )
     print(describe_machine())
     print(f"ratio: {baseline_time / our_time:.2f}")
+
+
+def parse_args():
+    """(the arguments, the ground truth's gnd list)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rows", type=int, default=1005000, help="database size (ROxford + distractors)"
+    )
+    parser.add_argument("--gnd", default=str(DEFAULT_GND), help="gnd_roxford5k.pkl")
+    args = parser.parse_args()
+    ground_truth = load_gnd(args.gnd)
+    if args.rows < len(ground_truth["imlist"]):
+        parser.error(
+            f"--rows {args.rows}: at least the {len(ground_truth['imlist'])} "
+            f"database images of {args.gnd}"
+        )
+    return args, ground_truth["gnd"]
+
+
+def largest_difference(ours, baseline):
+    """The largest difference of mAP and mP@k between the two, each protocol printed."""
+    worst = 0.0
+    for protocol in PROTOCOLS:
+        mean_ap, mean_pr = baseline[protocol]
+        pr_difference = float(np.max(np.abs(mean_pr - ours[protocol][2])))
+        worst = max(worst, abs(mean_ap - ours[protocol][0]), pr_difference)
+        print(
+            f"{protocol}: mAP {100 * ours[protocol][0]:.4f} (baseline {100 * mean_ap:.4f}), mP@k "
+            + " ".join(f"{100 * value:.2f}" for value in ours[protocol][2])
+        )
+    return worst
 
 
 if __name__ == "__main__":
