@@ -73,7 +73,7 @@ def peak_memory_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: kilobytes
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=512)
@@ -82,43 +82,26 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-memory-gb", type=float, default=4.0)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="of the ratio")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     database = random_database(args.rows, args.dim)
     print(
         f"database: {args.rows} x {args.dim} float32, k = {args.k}, alpha = {ALPHA}, "
         f"{torch.get_num_threads()} CPU threads",
         flush=True,
     )
-    ours, ours_s = timed(
-        "ours ",
-        database_augmentation,
-        database,
-        args.k,
-        ALPHA,
-        "clamp",
-        args.chunk,
-        args.device,
-        rows=args.rows,
-    )
+
+    def ours_of(database):
+        return database_augmentation(database, args.k, ALPHA, "clamp", args.chunk, args.device)
+
+    ours, ours_s = timed("ours ", ours_of, database, rows=args.rows)
     (baseline, neighbours, gaps), baseline_s = timed(
         "faiss", faiss_baseline, database, args.k, ALPHA, rows=args.rows
     )
-
-    row_difference = np.abs(ours - baseline).max(axis=1)
-    # a row may differ where the k-th and the next neighbour are closer than float32 rounding of
-    # two differently computed products: there the two exact searches may choose differently
-    near_tie = gaps < NEAR_TIE
-    difference = float(row_difference[~near_tie].max(initial=0.0))
-    print(
-        f"near-ties at the k-th place: {int(near_tie.sum())} rows, of which "
-        f"{int((row_difference[near_tie] > TOLERANCE).sum())} differ"
-    )
-    self_first = float(np.mean(neighbours[:, 0] == np.arange(args.rows)))
-    print(
-        f"largest difference: {difference:.2e}; faiss ranks the image itself first for "
-        f"{100 * self_first:.2f}% of the rows"
-    )
+    difference = largest_difference(ours, baseline, neighbours, gaps)
     memory = peak_memory_gb()
     print(f"peak memory: {memory:.2f} GB (limit {args.max_memory_gb} GB)")
     if difference > TOLERANCE:
@@ -133,6 +116,26 @@ def main(argv=None):
     print(describe_machine(args.device))
     print(f"ratio: {(wall_ratio, cpu_ratio)[clock]:.2f}")
     return 0
+
+
+def largest_difference(ours, baseline, neighbours, gaps):
+    """The largest difference of a row away from a near-tie at the k-th place, printed with the
+    near-ties and how often faiss ranks the image itself first."""
+    row_difference = np.abs(ours - baseline).max(axis=1)
+    # a row may differ where the k-th and the next neighbour are closer than float32 rounding of
+    # two differently computed products: there the two exact searches may choose differently
+    near_tie = gaps < NEAR_TIE
+    difference = float(row_difference[~near_tie].max(initial=0.0))
+    print(
+        f"near-ties at the k-th place: {int(near_tie.sum())} rows, of which "
+        f"{int((row_difference[near_tie] > TOLERANCE).sum())} differ"
+    )
+    self_first = float(np.mean(neighbours[:, 0] == np.arange(len(neighbours))))
+    print(
+        f"largest difference: {difference:.2e}; faiss ranks the image itself first for "
+        f"{100 * self_first:.2f}% of the rows"
+    )
+    return difference
 
 
 if __name__ == "__main__":
