@@ -39,44 +39,27 @@ from tools.extraction.pyramid import extract_image, pyramid_size, resize_image, 
 from tools.extraction.runner import build_extraction_model, build_settings, init_distributed  # noqa: E402
 from tools.extraction.sources import prepare_image  # noqa: E402
 
-BENCHMARK_DEFAULTS = [
-    "MODEL.DEPTH",
-    "50",
-    "RESNET.TRANS_FUN",
-    "bottleneck_transform",
-    "RESNET.WIDTH_PER_GROUP",
-    "64",
-    "RESNET.NUM_GROUPS",
-    "1",
-    "MODEL.LOCAL_STRIDE",
-    "16",
-    "MODEL.HEADS.REDUCTION_DIM",
-    "2048",
-    "MODEL.LOCAL.TYPE",
-    "autoencoder",
-    "MODEL.LOCAL.ATTENTION_DIM",
-    "512",
-    "MODEL.LOCAL.DESCRIPTOR_DIM",
-    "128",
-    "EXTRACT.GLOBAL_SCALES",
-    "[0.7071, 1.0, 1.4142]",
-    "EXTRACT.LOCAL_SCALES",
-    "[0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]",
-    "EXTRACT.MAX_IMAGE_SIZE",
-    "1024",
-    "EXTRACT.MAX_FEATURES",
-    "1000",
-    "EXTRACT.ATTENTION_THRESHOLD",
-    "0.0",
-    "EXTRACT.NMS_IOU",
-    "1.0",
-    "EXTRACT.FLOAT16",
-    "True",
-    "EXTRACT.GLOBAL",
-    "True",
-    "EXTRACT.LOCAL",
-    "True",
-]
+_DEFAULTS = {
+    "MODEL.DEPTH": "50",
+    "RESNET.TRANS_FUN": "bottleneck_transform",
+    "RESNET.WIDTH_PER_GROUP": "64",
+    "RESNET.NUM_GROUPS": "1",
+    "MODEL.LOCAL_STRIDE": "16",
+    "MODEL.HEADS.REDUCTION_DIM": "2048",
+    "MODEL.LOCAL.TYPE": "autoencoder",
+    "MODEL.LOCAL.ATTENTION_DIM": "512",
+    "MODEL.LOCAL.DESCRIPTOR_DIM": "128",
+    "EXTRACT.GLOBAL_SCALES": "[0.7071, 1.0, 1.4142]",
+    "EXTRACT.LOCAL_SCALES": "[0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]",
+    "EXTRACT.MAX_IMAGE_SIZE": "1024",
+    "EXTRACT.MAX_FEATURES": "1000",
+    "EXTRACT.ATTENTION_THRESHOLD": "0.0",
+    "EXTRACT.NMS_IOU": "1.0",
+    "EXTRACT.FLOAT16": "True",
+    "EXTRACT.GLOBAL": "True",
+    "EXTRACT.LOCAL": "True",
+}
+BENCHMARK_DEFAULTS = [item for pair in _DEFAULTS.items() for item in pair]  # KEY VALUE ...
 
 
 def synthetic_image(height=768, width=1024, seed=0):
@@ -174,14 +157,7 @@ def benchmark(cfg, image, runs):
     model = build_extraction_model(cfg, device)
     settings = build_settings(cfg)
     geometry = tuple(model.local_geometry)
-    prepared = to_chw_tensor(prepare_image(image, cfg.EXTRACT.MAX_IMAGE_SIZE)).to(device)
-    normalised = build_normalizer(cfg)(prepared)[None]
-    height, width = normalised.shape[-2:]
-    with torch.inference_mode():
-        inputs = {
-            scale: resize_image(normalised, pyramid_size(height, width, scale))
-            for scale in sorted(set(settings.local_scales) | set(settings.global_scales))
-        }
+    normalised, inputs = pyramid_inputs(cfg, image, settings, device)
 
     def full():
         return extract_image(model, normalised, image.shape[:2], geometry, settings)
@@ -189,28 +165,8 @@ def benchmark(cfg, image, runs):
     def bare():
         return bare_backbone(model.backbone, inputs, set(settings.global_scales))
 
-    full(), bare()  # warm-up: first calls allocate and pick kernels
-    full_times, bare_times = [], []
-    for run in range(runs):  # interleaved, so that a change of machine load hits both alike
-        *full_time, features = _timed(full, device)
-        *bare_time, _ = _timed(bare, device)
-        full_times.append(full_time)
-        bare_times.append(bare_time)
-        print(
-            f"run {run + 1}: full {full_time[0]:.3f} s (CPU {full_time[1]:.3f} s), bare "
-            f"{bare_time[0]:.3f} s (CPU {bare_time[1]:.3f} s)",
-            flush=True,
-        )
+    full_times, bare_times, features = interleaved_runs(full, bare, device, runs)
     parts = added_work(model, normalised, inputs, image.shape[:2], geometry, settings, device, runs)
-    with tempfile.TemporaryDirectory() as folder:
-        write_store(
-            folder,
-            ["image"],
-            features["global"][None],
-            [features["local"]],
-            float16=cfg.EXTRACT.FLOAT16,
-        )
-        bytes_per_image = open_store(folder).bytes_per_image()
     return {
         "full": statistics.median(t[0] for t in full_times),
         "bare": statistics.median(t[0] for t in bare_times),
@@ -222,13 +178,52 @@ def benchmark(cfg, image, runs):
         "device": str(device),
         "num_local": len(features["local"]["scores"]),
         "global_dim": len(features["global"]),
-        "input_size": (height, width),
+        "input_size": tuple(normalised.shape[-2:]),
         "local_stride": geometry[1],
-        "bytes_per_image": bytes_per_image,
+        "bytes_per_image": store_bytes_per_image(features, cfg.EXTRACT.FLOAT16),
     }
 
 
-def main(argv=None):
+def pyramid_inputs(cfg, image, settings, device):
+    """(the normalised image [1, 3, h, w], {scale: its resized copy} for every scale)."""
+    prepared = to_chw_tensor(prepare_image(image, cfg.EXTRACT.MAX_IMAGE_SIZE)).to(device)
+    normalised = build_normalizer(cfg)(prepared)[None]
+    height, width = normalised.shape[-2:]
+    with torch.inference_mode():
+        inputs = {
+            scale: resize_image(normalised, pyramid_size(height, width, scale))
+            for scale in sorted(set(settings.local_scales) | set(settings.global_scales))
+        }
+    return normalised, inputs
+
+
+def interleaved_runs(full, bare, device, runs):
+    """([(wall, CPU seconds)] of full, of bare, the features of full) after one warm-up each; the
+    runs alternate, so that a change of machine load hits both alike."""
+    full(), bare()  # warm-up: first calls allocate and pick kernels
+    full_times, bare_times = [], []
+    for run in range(runs):
+        *full_time, features = _timed(full, device)
+        *bare_time, _ = _timed(bare, device)
+        full_times.append(full_time)
+        bare_times.append(bare_time)
+        print(
+            f"run {run + 1}: full {full_time[0]:.3f} s (CPU {full_time[1]:.3f} s), bare "
+            f"{bare_time[0]:.3f} s (CPU {bare_time[1]:.3f} s)",
+            flush=True,
+        )
+    return full_times, bare_times, features
+
+
+def store_bytes_per_image(features, float16):
+    """The bytes of a feature store holding this one image's features."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_store(folder, ["image"], features["global"][None], [features["local"]],
+                    float16=float16)  # fmt: skip
+        return open_store(folder).bytes_per_image()
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--cfg", dest="cfg_file", default="", help="YAML config file (the defaults override it)"
@@ -240,7 +235,11 @@ def main(argv=None):
         "--runs", type=int, default=3, help="timed runs of each (the median is reported)"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     cfg = load_cfg_or_exit(args.cfg_file, [*BENCHMARK_DEFAULTS, *args.opts])
     image = read_image(args.image) if args.image else synthetic_image()
     torch.set_grad_enabled(False)
@@ -252,13 +251,18 @@ def main(argv=None):
         flush=True,
     )
     result = benchmark(cfg, image, args.runs)
+    report(result, args.runs, cfg.EXTRACT.FLOAT16)
+    return 0
+
+
+def report(result, runs, float16):
     print(
         f"device: {result['device']}, network input {result['input_size'][1]} x "
         f"{result['input_size'][0]}, local stride {result['local_stride']}"
     )
     for label, key in (("(a) full extraction:", "full"), ("(b) bare backbone:  ", "bare")):
         print(
-            f"{label} {result[key]:.3f} s per image (median of {args.runs}; min "
+            f"{label} {result[key]:.3f} s per image (median of {runs}; min "
             f"{result[key + '_min']:.3f})"
         )
     added = sum(result["parts"].values())
@@ -270,7 +274,7 @@ def main(argv=None):
     print(
         f"features: {result['num_local']} local, {result['global_dim']}-d global; store "
         f"{result['bytes_per_image']:.0f} bytes per image "
-        f"({'float16' if cfg.EXTRACT.FLOAT16 else 'float32'} descriptors)"
+        f"({'float16' if float16 else 'float32'} descriptors)"
     )
     if result["device"] == "cpu":  # CPU time is what a shared, busy machine distorts least
         print(
@@ -280,7 +284,6 @@ def main(argv=None):
         )
     print(describe_machine(result["device"]))
     print(f"ratio: {result['full'] / result['bare']:.3f}")
-    return 0
 
 
 if __name__ == "__main__":
