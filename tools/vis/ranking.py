@@ -162,7 +162,7 @@ def main(argv=None):
     return run_reporting_errors("ranking", _main, argv)
 
 
-def _main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
     parser.add_argument(
@@ -175,7 +175,11 @@ def _main(argv=None):
     parser.add_argument("--out", default="ranking.png", help="output PNG")
     parser.add_argument("--html", default="", help="also write an HTML page here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _main(argv=None):
+    args = parse_args(argv)
     cfg = load_cfg_or_exit(args.cfg_file, args.opts)
     name, rows, inliers, (query_store, database_store), dataset = query_rankings(
         cfg, args.query, args.protocol, args.topk
@@ -184,41 +188,33 @@ def _main(argv=None):
     grid_rows, html_rows = [], []
     for row_name, ids, labels in rows:
         names = [database_store.names[int(image)] for image in ids]
-        captions = [
-            f"{rank + 1}"
-            + (f" ({inliers[int(image)]} inliers)" if row_name == "sv" else "")
-            + f"\n{image_name}"
-            for rank, (image, image_name) in enumerate(zip(ids, names))
-        ]
-        images = [
-            load_image_and_features(database_store, dataset, image_name)[0] for image_name in names
-        ]
+        captions = row_captions(ids, names, inliers if row_name == "sv" else None)
+        images = [load_image_and_features(database_store, dataset, each)[0] for each in names]
         grid_rows.append((images, labels, captions))
-        html_rows.append(
-            (
-                ROW_TITLES[row_name],
-                [
-                    (
-                        os.path.abspath(dataset.image_path(image_name)),
-                        label,
-                        caption.replace("\n", " "),
-                    )
-                    for image_name, label, caption in zip(names, labels, captions)
-                ],
-            )
-        )
+        paths = [os.path.abspath(dataset.image_path(each)) for each in names]
+        flat_captions = [caption.replace("\n", " ") for caption in captions]
+        html_rows.append((ROW_TITLES[row_name], list(zip(paths, labels, flat_captions))))
     titles = [ROW_TITLES[row_name] for row_name, _, _ in rows]
     write_png(args.out, ranking_grid(query_image, grid_rows, titles=titles))
     if args.html:
         title = f"{cfg.EVAL.DATASET} query {name}, protocol {args.protocol}"
-        write_text(
-            args.html, ranking_html(title, os.path.abspath(dataset.image_path(name)), html_rows)
-        )
+        query_path = os.path.abspath(dataset.image_path(name))
+        write_text(args.html, ranking_html(title, query_path, html_rows))
     print(
         f"{args.out}: query {name}, protocol {args.protocol}, "
         f"top {args.topk} before and after re-ranking"
     )
     return 0
+
+
+def row_captions(ids, names, inliers=None):
+    """'rank (inliers)\nname' of each image of a row (inliers: {image: count} of the sv row)."""
+    return [
+        f"{rank + 1}"
+        + (f" ({inliers[int(image)]} inliers)" if inliers is not None else "")
+        + f"\n{image_name}"
+        for rank, (image, image_name) in enumerate(zip(ids, names))
+    ]
 
 
 if __name__ == "__main__":
