@@ -6,7 +6,9 @@ or GLDv2.
 Revisitop: reads EVAL.DATASET's ground truth (EVAL.DATA_ROOT/gnd_<name>.pkl) and the stores
 <dataset>_query and <dataset>_database under EVAL.FEATURES_DIR (default EXTRACT.OUTPUT_DIR, else
 OUT_DIR/features) and prints mAP and mP@k for Easy / Medium / Hard. EVAL.DATASET gldv2: the stores
-gldv2_test and gldv2_index and EVAL.SOLUTION_FILE, mAP@100. EVAL.METHODS: global, sv (local features
+gldv2_test and gldv2_index and EVAL.SOLUTION_FILE, mAP@100; any other registered benchmark
+(tools/evaluation/benchmarks.py) by its own rules. The script is thin: tools/evaluation/run.py does
+the work. EVAL.METHODS: global, sv (local features
 of a global-only database are extracted on demand for the shortlisted images), asmk, asmk_rerank,
 the global-only re-rankings qe, dba, dba_qe, superglobal and their combinations such as dba_qe+sv
 (docs/reranking.md). Writes OUT_DIR/results.json, merged per method with an earlier one (its other
