@@ -85,28 +85,14 @@ def plot_training(out_dir, png_path=None):
 
     panels = 4 if retrieval else 3
     figure, axes_list = plt.subplots(panels, 1, figsize=(8, 3.3 * panels), sharex=True)
-    loss_axes, error_axes, lr_axes = axes_list[0], axes_list[1], axes_list[-1]
-    for key, label in _LOSSES:
-        loss_axes.plot(*_series(train, key), label=label)
-    loss_axes.set_yscale("log")
-    loss_axes.set_ylabel("loss (total; parts unweighted)")
-    for key, label, color in _ERRORS:
-        note = " (batch, margin logits)" if key == "global_top1_err" else " (batch)"
-        error_axes.plot(*_series(train, key), color=color, alpha=0.6, label=f"train {label}{note}")
-        if val:
-            error_axes.plot(*_series(val, key), "o--", color=color, label=f"validation {label}")
-    error_axes.set_ylabel("top-1 error (%)")
-    error_axes.set_title(MARGIN_NOTE, fontsize="small")
+    _plot_losses(axes_list[0], train)
+    _plot_errors(axes_list[1], train, val)
     if retrieval:
-        for key, label in _RETRIEVAL:
-            axes_list[2].plot(*_series(retrieval, key), "o-", label=label)
-        axes_list[2].set_ylabel(f"retrieval mAP (%), {retrieval[-1].get('dataset', '')}")
-        axes_list[2].legend(fontsize="small")
+        _plot_retrieval(axes_list[2], retrieval)
+    lr_axes = axes_list[-1]
     lr_axes.plot(*_series(train, "lr"))
     lr_axes.set_ylabel("learning rate")
     lr_axes.set_xlabel("iteration")
-    for axes in (loss_axes, error_axes):
-        axes.legend(fontsize="small")
     for axes in axes_list:
         axes.grid(alpha=0.3)
     last = {"iter": max(r.get("iter", 0) for r in records), "max_iter": train[-1].get("max_iter")}
@@ -118,6 +104,32 @@ def plot_training(out_dir, png_path=None):
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
     return png_path
+
+
+def _plot_losses(axes, train):
+    for key, label in _LOSSES:
+        axes.plot(*_series(train, key), label=label)
+    axes.set_yscale("log")
+    axes.set_ylabel("loss (total; parts unweighted)")
+    axes.legend(fontsize="small")
+
+
+def _plot_errors(axes, train, val):
+    for key, label, color in _ERRORS:
+        note = " (batch, margin logits)" if key == "global_top1_err" else " (batch)"
+        axes.plot(*_series(train, key), color=color, alpha=0.6, label=f"train {label}{note}")
+        if val:
+            axes.plot(*_series(val, key), "o--", color=color, label=f"validation {label}")
+    axes.set_ylabel("top-1 error (%)")
+    axes.set_title(MARGIN_NOTE, fontsize="small")
+    axes.legend(fontsize="small")
+
+
+def _plot_retrieval(axes, retrieval):
+    for key, label in _RETRIEVAL:
+        axes.plot(*_series(retrieval, key), "o-", label=label)
+    axes.set_ylabel(f"retrieval mAP (%), {retrieval[-1].get('dataset', '')}")
+    axes.legend(fontsize="small")
 
 
 def main(argv=None):
