@@ -295,18 +295,7 @@ def load_weights(model, path, log=print, strict=False, unused=()):
     target = model.state_dict()
     classifier_keys = set(getattr(model, "classifier_keys", ()))
     report = LoadReport(path=path, source=source, dropped=dropped, total=len(target))
-    mismatched, to_load = [], {}
-    for key, value in converted.items():
-        if key not in target:
-            report.unexpected.append(key)
-        elif value.shape == target[key].shape:
-            to_load[key] = value
-        elif key in classifier_keys and value.shape[1:] == target[key].shape[1:]:
-            report.skipped_classifier.append((key, _shape(value), _shape(target[key])))
-        else:
-            mismatched.append(
-                f"{key}: {_shape(value)} in the file, {_shape(target[key])} in the model"
-            )
+    to_load, mismatched = _sort_tensors(converted, target, classifier_keys, report)
     skipped = {key for key, _, _ in report.skipped_classifier}
     report.missing = [key for key in target if key not in to_load and key not in skipped]
     report.loaded = sorted(to_load)
@@ -322,6 +311,24 @@ def load_weights(model, path, log=print, strict=False, unused=()):
             "them; set RESNET.STRIDE_1X1 False to keep torchvision's layout"
         )
     return report
+
+
+def _sort_tensors(converted, target, classifier_keys, report):
+    """(the tensors that fit the model, 'key: shapes' of those that do not); the file's tensors
+    the model lacks and the classifiers of another class count go to the report."""
+    mismatched, to_load = [], {}
+    for key, value in converted.items():
+        if key not in target:
+            report.unexpected.append(key)
+        elif value.shape == target[key].shape:
+            to_load[key] = value
+        elif key in classifier_keys and value.shape[1:] == target[key].shape[1:]:
+            report.skipped_classifier.append((key, _shape(value), _shape(target[key])))
+        else:
+            mismatched.append(
+                f"{key}: {_shape(value)} in the file, {_shape(target[key])} in the model"
+            )
+    return to_load, mismatched
 
 
 def _check(report, mismatched, path, strict, classifier_keys=()):
