@@ -129,21 +129,9 @@ class ResNet(Backbone):
     stem: torchvision, keras or slim (the padding of conv1 and the max-pool; module docstring).
     """
 
-    def __init__(
-        self,
-        depth=50,
-        block=None,
-        groups=1,
-        width_per_group=64,
-        stride_1x1=False,
-        local_stride=16,
-        bn_eps=1e-5,
-        bn_momentum=0.1,
-        zero_init_final_gamma=False,
-        freeze_bn=False,
-        freeze_stem=False,
-        stem="torchvision",
-    ):
+    def __init__(self, depth=50, block=None, groups=1, width_per_group=64, stride_1x1=False,
+                 local_stride=16, bn_eps=1e-5, bn_momentum=0.1, zero_init_final_gamma=False,
+                 freeze_bn=False, freeze_stem=False, stem="torchvision"):  # fmt: skip
         super().__init__()
         _check_arguments(stem, depth, local_stride)
         block = block or STANDARD_BLOCK[depth]
