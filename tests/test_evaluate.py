@@ -41,40 +41,32 @@ def make_world(
     for query in range(num_queries):
         chosen = rng.choice(num_database, 8, replace=False)
         easy, hard, junk = chosen[:3], chosen[3:6], chosen[6:]
-        gnd.append(
-            {
-                "bbx": [0.0, 0.0, 50.0, 50.0],
-                "easy": easy.tolist(),
-                "hard": hard.tolist(),
-                "junk": junk.tolist(),
-            }
-        )
+        lists = {"easy": easy.tolist(), "hard": hard.tolist(), "junk": junk.tolist()}
+        gnd.append({"bbx": [0.0, 0.0, 50.0, 50.0], **lists})
         database[easy] = unit_rows(queries[query] + 0.3 * rng.standard_normal((3, 16)))
         for slot, image in enumerate(np.concatenate([easy, hard])):
-            rows, source = np.arange(30 * slot, 30 * slot + 30), rng.choice(80, 30, replace=False)
-            features = database_local[image]
-            query_local[query]["descriptors"][rows] = unit_rows(
-                features["descriptors"][source] + 0.02 * rng.standard_normal((30, 32))
-            )
-            points = (
-                np.concatenate([features["locations"][source], np.ones((30, 1))], axis=1)
-                @ np.linalg.inv(HOMOGRAPHY).T
-            )
-            query_local[query]["locations"][rows] = points[:, :2] / points[:, 2:]
+            plant_matches(rng, query_local[query], database_local[image], slot)
     with open(root / "gnd_tiny.pkl", "wb") as handle:
         pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, handle)
     names = imlist + [f"distractor_{i}" for i in range(distractors)]
-    write_store(
-        root / "features" / "tiny_query", qimlist, queries, query_local, provenance=dict(PROVENANCE)
-    )
-    write_store(
-        root / "features" / "tiny_database",
-        names,
-        database,
-        database_local,
-        provenance=dict(database_provenance, signature="differs per store"),
-    )
+    features = root / "features"
+    write_store(features / "tiny_query", qimlist, queries, query_local, provenance=dict(PROVENANCE))
+    database_provenance = dict(database_provenance, signature="differs per store")
+    write_store(features / "tiny_database", names, database, database_local,
+                provenance=database_provenance)  # fmt: skip
     return queries, database, gnd
+
+
+def plant_matches(rng, query_features, database_features, slot):
+    """30 query features of rows slot*30.. become noisy copies of 30 of the database image's,
+    their locations mapped by HOMOGRAPHY."""
+    rows, source = np.arange(30 * slot, 30 * slot + 30), rng.choice(80, 30, replace=False)
+    query_features["descriptors"][rows] = unit_rows(
+        database_features["descriptors"][source] + 0.02 * rng.standard_normal((30, 32))
+    )
+    homogeneous = np.concatenate([database_features["locations"][source], np.ones((30, 1))], axis=1)
+    points = homogeneous @ np.linalg.inv(HOMOGRAPHY).T
+    query_features["locations"][rows] = points[:, :2] / points[:, 2:]
 
 
 def _cfg(root, *extra):
