@@ -120,9 +120,12 @@ def test_the_binary_path_scores_the_sign_codes(tmp_path):
     with torch.no_grad():
         signed = model(query, database)  # eval mode: the model takes the sign itself
         model.train()
-        surrogate = model(query, database)  # training: erf, not sign
+        straight_through = model(query, database)  # training: the signs, erf's gradient
+        model.binary.straight_through = False
+        surrogate = model(query, database)  # training on erf itself: not what the codes give
     ours = np.array([logits[(int(q), int(row))] for q, row in pairs])
     np.testing.assert_allclose(ours, signed.numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours, straight_through.numpy(), atol=1e-5)
     assert not np.allclose(ours, surrogate.numpy(), atol=1e-4)
     assert set(np.unique(codes.take(pairs[:, 1])["descriptors"])) <= {-1.0, 0.0, 1.0}
 
