@@ -133,15 +133,9 @@ def test_gldv2_asmk_in_query_batches(tmp_path, monkeypatch):
     make_gldv2(tmp_path)
     # two queries per batch: the 3 queries take 2
     monkeypatch.setattr(asmk_methods, "SCORES_AT_ONCE", 2 * 12)
-    options = _options(
-        tmp_path,
-        "EVAL.METHODS",
-        "['global', 'asmk', 'asmk_rerank']",
-        "ASMK.CODEBOOK_SIZE",
-        "64",
-        "SV.SHORTLIST",
-        "3",
-    )
+    methods = "['global', 'asmk', 'asmk_rerank']"
+    options = _options(tmp_path, "EVAL.METHODS", methods, "ASMK.CODEBOOK_SIZE", "64",
+                       "SV.SHORTLIST", "3")  # fmt: skip
     results = evaluate(load_cfg("", options))
     assert results["global"]["gldv2"]["mAP@100"] == pytest.approx(
         100 * np.mean(list(GLOBAL_AP.values()))
@@ -150,33 +144,27 @@ def test_gldv2_asmk_in_query_batches(tmp_path, monkeypatch):
     # the same numbers from an independent index (read from the evaluation's cache) and the metric's
     # functions
     cfg = load_cfg("", options)
-    queries, index = (
-        open_store(tmp_path / "features" / "gldv2_test"),
-        open_store(tmp_path / "features" / "gldv2_index"),
-    )
+    features = tmp_path / "features"
+    queries, index = open_store(features / "gldv2_test"), open_store(features / "gldv2_index")
     asmk = index_from_cfg(cfg, index)
     assert not asmk.codebook_trained
-    rows = [queries.index_of(name) for name in ("q0", "q1", "q4")]
+    names = ["q0", "q1", "q4"]
+    rows = [queries.index_of(name) for name in names]
     scores = asmk.score_matrix(*local_descriptors_of(queries, rows)[:2], num_queries=3)
     solution = read_retrieval_solution(tmp_path / "retrieval_solution_v2.1.csv")
+
+    def map_at_100(ranking):
+        predictions = predictions_from_ranks(ranking, names, index.names)
+        return 100 * mean_average_precision_at_k(predictions, solution)
+
     ranking = np.argsort(-scores, axis=1, kind="stable")
-    expected = mean_average_precision_at_k(
-        predictions_from_ranks(ranking, ["q0", "q1", "q4"], index.names), solution
-    )
-    assert results["asmk"]["gldv2"]["mAP@100"] == pytest.approx(100 * expected)
-    global_ranking = np.argsort(
-        -(
-            np.asarray(queries.global_descriptors())[rows]
-            @ np.asarray(index.global_descriptors()).T
-        ),
-        axis=1,
-        kind="stable",
-    )
+    assert results["asmk"]["gldv2"]["mAP@100"] == pytest.approx(map_at_100(ranking))
+    global_scores = np.asarray(queries.global_descriptors())[rows] @ np.asarray(
+        index.global_descriptors()
+    ).T
+    global_ranking = np.argsort(-global_scores, axis=1, kind="stable")
     reranked = [
         np.concatenate([top[np.argsort(-row[top], kind="stable")], rest])
         for top, rest, row in zip(global_ranking[:, :3], global_ranking[:, 3:], scores)
     ]
-    expected = mean_average_precision_at_k(
-        predictions_from_ranks(reranked, ["q0", "q1", "q4"], index.names), solution
-    )
-    assert results["asmk_rerank"]["gldv2"]["mAP@100"] == pytest.approx(100 * expected)
+    assert results["asmk_rerank"]["gldv2"]["mAP@100"] == pytest.approx(map_at_100(reranked))
