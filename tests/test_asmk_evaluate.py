@@ -92,13 +92,10 @@ def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
     assert all((method, protocol) in rows for method in results for protocol in PROTOCOLS)
 
     cfg = load_cfg(TINY_PRESET, options)
-    assert list((out / "asmk").glob("codebook-*/centroids.npy")) and list(
-        (out / "asmk").glob("ivf-*/meta.json")
-    )
-    query_store, database_store = (
-        open_store(out / "features" / "synth_query"),
-        open_store(out / "features" / "synth_database"),
-    )
+    assert list((out / "asmk").glob("codebook-*/centroids.npy"))
+    assert list((out / "asmk").glob("ivf-*/meta.json"))
+    query_store = open_store(out / "features" / "synth_query")
+    database_store = open_store(out / "features" / "synth_database")
     with open(Path(cfg.EVAL.DATA_ROOT) / "gnd_synth.pkl", "rb") as handle:
         ground_truth = pickle.load(handle)
     query_rows = [query_store.index_of(name) for name in ground_truth["qimlist"]]
@@ -106,18 +103,13 @@ def test_synthetic_preset_reports_asmk_through_evaluate_py(synthetic, capsys):
     scores = _asmk_scores(cfg, query_store, database_store, query_rows)
     # asmk: the whole database by ASMK score (ties by index); asmk_rerank: the SV.SHORTLIST first
     # non-junk images of the global ranking re-sorted by ASMK score
-    _assert_close(
-        results["asmk"],
-        _ranks_to_results(np.argsort(-scores, axis=1, kind="stable"), ground_truth["gnd"]),
-    )
+    gnd = ground_truth["gnd"]
+    asmk_ranks = np.argsort(-scores, axis=1, kind="stable")
+    _assert_close(results["asmk"], _ranks_to_results(asmk_ranks, gnd))
     queries = np.asarray(query_store.global_descriptors())[query_rows]
-    global_ranks = np.argsort(
-        -(queries @ np.asarray(database_store.global_descriptors()).T), axis=1, kind="stable"
-    )
-    _assert_close(
-        results["asmk_rerank"],
-        _reranked_results(global_ranks, scores, ground_truth["gnd"], SHORTLIST),
-    )
+    global_scores = queries @ np.asarray(database_store.global_descriptors()).T
+    global_ranks = np.argsort(-global_scores, axis=1, kind="stable")
+    _assert_close(results["asmk_rerank"], _reranked_results(global_ranks, scores, gnd, SHORTLIST))
 
     # a second evaluation reuses the codebook and the inverted file (its log goes to stdout, see
     # setup_logging)
