@@ -53,16 +53,9 @@ def build_delg_data(cfg, rank, world, pin_memory):
         raise ValueError(
             f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is not divisible by the {world} processes"
         )
-    loader = make_train_loader(
-        train_set,
-        cfg.TRAIN.BATCH_SIZE // world,
-        cfg.DATA_LOADER.NUM_WORKERS,
-        collate_skip_failures,
-        cfg.RNG_SEED,
-        rank,
-        world,
-        pin_memory,
-    )
+    loader = make_train_loader(train_set, cfg.TRAIN.BATCH_SIZE // world,
+                               cfg.DATA_LOADER.NUM_WORKERS, collate_skip_failures, cfg.RNG_SEED,
+                               rank, world, pin_memory)  # fmt: skip
     val_set, _ = build_val_dataset(cfg)
     val_loader = (
         build_val_loader(cfg, val_set, rank, world, pin_memory) if val_set is not None else None

@@ -92,17 +92,10 @@ def _degensac_inliers(source, target, options):
     import pydegensac
 
     try:
-        _, mask = pydegensac.findHomography(
-            source,
-            target,
-            options.inlier_threshold,
-            options.confidence,
-            options.max_iters,
-            seed=options.seed,
-        )
-    except (
-        ValueError
-    ):  # pydegensac refuses inputs it cannot fit (e.g. fewer than 4 distinct points)
+        _, mask = pydegensac.findHomography(source, target, options.inlier_threshold,
+                                            options.confidence, options.max_iters,
+                                            seed=options.seed)  # fmt: skip
+    except ValueError:  # pydegensac refuses what it cannot fit (e.g. fewer than 4 distinct points)
         return None
     mask = np.asarray(mask, dtype=bool).reshape(-1) if mask is not None else None
     return mask if mask is not None and len(mask) == len(source) else None
@@ -168,15 +161,7 @@ def compute_num_inliers(
     ratio test, DEGENSAC 20 px, 1.0, 1000 iterations.
     """
     options = VerificationOptions(**options)
-    ((query_rows, index_rows),) = putative_matches(
-        query_descriptors,
-        [index_descriptors],
-        options.max_distance,
-        options.ratio_test,
-        options.mutual,
-        device,
-        options.match_precision,
-    )
+    ((query_rows, index_rows),) = _matches(query_descriptors, [index_descriptors], options, device)
     return count_inliers(
         np.asarray(query_locations)[query_rows], np.asarray(index_locations)[index_rows], options
     )
@@ -194,19 +179,19 @@ def _init_worker():
     torch.set_num_threads(1)
 
 
+def _matches(query_descriptors, index_descriptor_list, options, device):
+    """putative_matches under the options' matching rule and precision."""
+    return putative_matches(query_descriptors, index_descriptor_list, options.max_distance,
+                            options.ratio_test, options.mutual, device,
+                            options.match_precision)  # fmt: skip
+
+
 def _correspondences(query_features, index_features, options, device):
     """(query points, index points) of the putative matches of one query with each of its index
     images."""
     query_locations, query_descriptors = query_features
-    matches = putative_matches(
-        query_descriptors,
-        [descriptors for _, descriptors in index_features],
-        options.max_distance,
-        options.ratio_test,
-        options.mutual,
-        device,
-        options.match_precision,
-    )
+    index_descriptors = [descriptors for _, descriptors in index_features]
+    matches = _matches(query_descriptors, index_descriptors, options, device)
     return [
         (
             np.asarray(query_locations, np.float64)[query_rows],
