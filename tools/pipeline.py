@@ -25,9 +25,7 @@ methods, tools/vis) with the one config; nothing is tuned for the demo here.
 import dataclasses
 import logging
 import os
-import resource
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -45,6 +43,7 @@ from tools.demo_runs import (
     record_stopped_run,
     stop_on_signals,
 )
+from tools.demo_timing import StepTimer
 from tools.revisitop.protocols import PROTOCOLS
 from tools.vis.demo_pictures import draw_pictures
 
@@ -75,45 +74,6 @@ class DemoOptions:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def cpu_seconds():
-    """CPU time of this process and of its children that ended (loader workers, generator pool),
-    user + system."""
-    own, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-class StepTimer:
-    """Wall and CPU seconds of each step, logged as the step ends."""
-
-    def __init__(self, log):
-        self.log = log
-        self.steps = {}
-        self.current = "the start"  # the step running now
-        self.start_wall = time.perf_counter()
-        self.start_cpu = cpu_seconds()
-
-    def run(self, name, function, *args, **kwargs):
-        wall, cpu = time.perf_counter(), cpu_seconds()
-        self.current = name
-        result = function(*args, **kwargs)
-        self.steps[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
-        self.log(
-            f"[demo] {name}: {self.steps[name]['wall_s']:.1f} s wall, "
-            f"{self.steps[name]['cpu_s']:.1f} s CPU"
-        )
-        return result
-
-    def totals(self):
-        return {
-            "wall_s": time.perf_counter() - self.start_wall,
-            "cpu_s": cpu_seconds() - self.start_cpu,
-            "steps": self.steps,
-        }
-
-
 def default_data_dir(seed, size="default"):
     """REPO/data/synthetic for the default world; other sizes and seeds get their own folder beside
     it."""
