@@ -1,7 +1,8 @@
 """The DELG training loop, read top to bottom.
 
-train_model(): set up the process and build the run (core/run.py), resume (or load initial
-weights), then for each epoch for each batch take one step (core/step.py); after each step
+train_model(): set up the process and build the run (core/run.py: a frozen ``Run``), resume (or
+load initial weights) into a ``LoopState`` (position, fault counters: all the loop changes), then
+for each epoch for each batch take one step (core/step.py); after each step
 ``due_at`` says what the position calls for: a checkpoint (every TRAIN.CHECKPOINT_ITERS iterations,
 every TRAIN.CHECKPOINT_PERIOD epochs, at the end) and validation (every TRAIN.EVAL_PERIOD epochs and
 at the end): both classifiers' top-1 errors, and the evaluators the caller handed in as factories
@@ -268,9 +269,10 @@ def train_epoch(run, state, clock):
 
 
 def due_now(run, position):
-    train = cfg.TRAIN
-    return due_at(position, run.plan.total_iters, train.CHECKPOINT_ITERS,
-                  train.CHECKPOINT_PERIOD, train.EVAL_PERIOD)  # fmt: skip
+    """due_at with the run's length and TRAIN's checkpoint and validation periods."""
+    periods = cfg.TRAIN
+    return due_at(position, run.plan.total_iters, periods.CHECKPOINT_ITERS,
+                  periods.CHECKPOINT_PERIOD, periods.EVAL_PERIOD)  # fmt: skip
 
 
 def checkpoint_and_validate(run, state, due, clock, epoch):
