@@ -26,13 +26,8 @@ def validate(run, epoch, global_iter):
         return None
     model.eval()
     counter = ErrorCounter(["global", "attention"], device=placement.device)
-    batches = track(
-        val_loader,
-        len(val_loader),
-        f"validation after epoch {epoch + 1}",
-        "batch",
-        enabled=dist.is_main_process(),
-    )
+    what = f"validation after epoch {epoch + 1}"
+    batches = track(val_loader, len(val_loader), what, "batch", enabled=dist.is_main_process())
     for images, labels, _ in batches:
         if labels.numel() == 0:
             continue

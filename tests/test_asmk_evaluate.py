@@ -163,13 +163,10 @@ def make_shared_descriptor_world(root, num_database=40, num_queries=4, seed=0):
         ("query", qimlist, query_local),
         ("database", imlist, database_local),
     ):
-        write_store(
-            root / "features" / f"shared_{role}",
-            names,
-            unit_rows(rng.standard_normal((len(names), 16))),
-            [_local(descriptors, rng) for descriptors in local],
-            provenance=provenance,
-        )
+        global_descriptors = unit_rows(rng.standard_normal((len(names), 16)))
+        local_features = [_local(descriptors, rng) for descriptors in local]
+        write_store(root / "features" / f"shared_{role}", names, global_descriptors,
+                    local_features, provenance=provenance)  # fmt: skip
     return gnd
 
 

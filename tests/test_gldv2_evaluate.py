@@ -73,13 +73,8 @@ def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
         )
         query["locations"][:30] = points[:, :2] / points[:, 2:]
     features = root / "features"
-    write_store(
-        features / store_names[0],
-        query_names,
-        unit_rows(query_global),
-        query_local,
-        provenance=PROVENANCE,
-    )
+    write_store(features / store_names[0], query_names, unit_rows(query_global), query_local,
+                provenance=PROVENANCE)  # fmt: skip
     write_store(
         features / store_names[1], index_names, index_global, index_local, provenance=PROVENANCE
     )
@@ -87,18 +82,12 @@ def make_gldv2(root, store_names=("gldv2_test", "gldv2_index")):
 
 
 def _options(root, *extra):
-    return cpu_eval_options(
-        root,
-        "gldv2",
-        "['global', 'sv']",
-        "EVAL.SOLUTION_FILE",
-        str(root / "retrieval_solution_v2.1.csv"),
-        *extra,
-        # only the planted copies (distance ~0.1) match; random 32-d pairs under 0.3 practically
-        # never occur
-        "SV.MATCH_THRESHOLD",
-        "0.3",
-    )
+    solution = str(root / "retrieval_solution_v2.1.csv")
+    # only the planted copies (distance ~0.1) match; random 32-d pairs under 0.3 practically never
+    # occur
+    threshold = ["SV.MATCH_THRESHOLD", "0.3"]
+    return cpu_eval_options(root, "gldv2", "['global', 'sv']", "EVAL.SOLUTION_FILE", solution,
+                            *extra, *threshold)  # fmt: skip
 
 
 def test_gldv2_map_at_100_matches_hand_computed_values(tmp_path, capsys):

@@ -106,14 +106,10 @@ def _magsac_inliers(source, target, options):
 
     cv2.setRNGSeed(options.seed)
     try:
-        model, mask = cv2.findHomography(
-            source.astype(np.float32),
-            target.astype(np.float32),
-            cv2.USAC_MAGSAC,
-            options.inlier_threshold,
-            maxIters=options.max_iters,
-            confidence=options.confidence,
-        )
+        source, target = source.astype(np.float32), target.astype(np.float32)
+        model, mask = cv2.findHomography(source, target, cv2.USAC_MAGSAC, options.inlier_threshold,
+                                         maxIters=options.max_iters,
+                                         confidence=options.confidence)  # fmt: skip
     except cv2.error:
         return None
     return None if model is None or mask is None else np.asarray(mask, dtype=bool).reshape(-1)
