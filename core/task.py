@@ -15,7 +15,7 @@ import torch
 
 @dataclass
 class TrainingData:
-    """What build_data returns: the training loader (core.data.make_train_loader: batches of
+    """What build_data returns: the training loader (datasets.loader.make_train_loader: batches of
     (inputs, targets, number of failed items)), the classifier validation loader or None, the ids a
     checkpoint must be resumed with, and the failure budget of the training items."""
 

@@ -27,6 +27,7 @@ from datasets.gldv2 import (
 )
 from datasets.image_io import ImageReadError, read_image
 from datasets.list_dataset import read_image_list
+from datasets.sampling import ResumableDistributedSampler, SeededSamples, mix_seeds
 from datasets.transforms import TrainTransform, ValTransform, build_normalizer
 
 logger = logging.getLogger(__name__)
@@ -270,4 +271,26 @@ def build_val_loader(cfg, dataset, rank, world_size, pin_memory=False):
         pin_memory=pin_memory,
         collate_fn=collate_skip_failures,
         worker_init_fn=init_worker,
+    )
+
+
+def make_train_loader(
+    dataset, batch_size, num_workers, collate_fn, seed, rank=0, world_size=1, pin_memory=False
+):
+    """DataLoader over the dataset with the resumable sampler; call loader.sampler.set_epoch before
+    each epoch."""
+    sampler = ResumableDistributedSampler(len(dataset), batch_size, world_size, rank, seed)
+    generator = torch.Generator()  # so building workers draws no number from the global RNG
+    generator.manual_seed(mix_seeds(seed, rank, 0x10AD))
+    return DataLoader(
+        SeededSamples(dataset, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        drop_last=True,
+        worker_init_fn=init_worker,
+        generator=generator,
+        persistent_workers=num_workers > 0,
     )

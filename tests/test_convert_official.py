@@ -11,9 +11,9 @@ from tests import tf_archives
 
 tf = tf_archives.tensorflow_or_skip()
 
-from core.official_convert import convert_archive  # noqa: E402
-from core.tf_savedmodel import ConversionError  # noqa: E402
-from core.weights_tf import KERAS_BN_EPS  # noqa: E402
+from tools.interop.official_tf.convert import convert_archive  # noqa: E402
+from tools.interop.official_tf.savedmodel import ConversionError  # noqa: E402
+from tools.interop.official_tf.weights_tf import KERAS_BN_EPS  # noqa: E402
 
 OUR_EPS = 1e-5
 CLASSES = 5
@@ -281,7 +281,7 @@ def test_a_truncated_variables_file(capsys, tmp_path):
 def test_the_conversion_needs_tensorflow_only_when_it_runs(monkeypatch):
     import builtins
 
-    from core import tf_savedmodel
+    from tools.interop.official_tf import savedmodel as tf_savedmodel
 
     real_import = builtins.__import__
 

@@ -16,8 +16,8 @@ FULL_HEADS = {"reduction": 2048, "attention": 512, "descriptor": 128}
 
 @pytest.mark.parametrize("depth", [50, 101])
 def test_presets_equal_the_converter_output(tmp_path, depth):
-    from core.official_convert import LAYOUTS, convert_archive
-    from core.official_yaml import official_yaml
+    from tools.interop.official_tf.convert import LAYOUTS, convert_archive
+    from tools.interop.official_tf.official_yaml import official_yaml
 
     variables = tf_archives.slim_variables(depth=depth, width=64, heads=FULL_HEADS)
     prefix = tf_archives.save_checkpoint(str(tmp_path / "model.ckpt"), variables)

@@ -11,8 +11,8 @@ import torch
 from core import trainer
 from core.checkpoint import list_checkpoints, read_training_checkpoint
 from core.config import load_cfg
-from core.data import seeded_rngs
 from datasets.features import open_store
+from datasets.sampling import seeded_rngs
 from modeling.reranker_weights import load_reranker
 from tests.pair_world import make_pair_store
 from tests.tiny import signal_at_step

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import GND_NAME, generate, make_spec
-from datasets.synthetic_render import label_view
+from datasets.synthetic.render import label_view
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = make_spec("tiny")

@@ -28,9 +28,9 @@ def relative_error(reference, ours):
 
 
 def converted_model(folder):
-    from core.official_convert import convert_archive
-    from core.official_yaml import config_of
     from modeling import build_inference_model
+    from tools.interop.official_tf.convert import convert_archive
+    from tools.interop.official_tf.official_yaml import config_of
 
     converted = convert_archive(str(folder))
     model = build_inference_model(config_of(converted.settings)).eval()

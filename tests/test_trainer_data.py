@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from core.data import ResumableDistributedSampler, SeededSamples, make_train_loader
+from datasets.loader import make_train_loader
+from datasets.sampling import ResumableDistributedSampler, SeededSamples
 
 
 def test_processes_get_disjoint_whole_batches_of_one_permutation():

@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from core.config import load_cfg, reset_cfg
-from core.data import make_train_loader
 from datasets.loader import (
     FailureBudget,
     ImageClassificationDataset,
@@ -15,6 +14,7 @@ from datasets.loader import (
     build_val_dataset,
     build_val_loader,
     collate_skip_failures,
+    make_train_loader,
 )
 from datasets.transforms import Normalizer, TrainTransform, ValTransform, resize_longest_side
 

@@ -309,7 +309,7 @@ def tensorflow_or_skip():
     (the other order crashes the test process)."""
     import pytest
 
-    from core.tf_savedmodel import preload_torchvision
+    from tools.interop.official_tf.savedmodel import preload_torchvision
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     preload_torchvision()

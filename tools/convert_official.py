@@ -20,8 +20,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # reposito
 
 from core.cli import run_reporting_errors  # noqa: E402
 from core.io import atomic_paths, check_writable, refuse_existing_file  # noqa: E402
-from core.official_convert import LAYOUTS, RELEASES, convert_archive  # noqa: E402
-from core.official_yaml import official_yaml  # noqa: E402
+from tools.interop.official_tf.convert import LAYOUTS, RELEASES, convert_archive  # noqa: E402
+from tools.interop.official_tf.official_yaml import official_yaml  # noqa: E402
 
 
 def parse(argv):

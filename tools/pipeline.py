@@ -4,7 +4,7 @@ and pictures.
     summary = run_demo(DemoOptions(out_dir="output/demo", seed=0))
     print(report(summary))
 
-1. data: the embedded synthetic world (datasets/synthetic.py), generated once per seed and size,
+1. data: the embedded synthetic world (datasets/synthetic/), generated once per seed and size,
    then reused;
 2. train: the recipe of the config (configs/synthetic/demo.yaml) for a fixed number of iterations,
    so that the numbers do not depend on the machine's speed; with TRAIN.RETRIEVAL_EVAL the trainer

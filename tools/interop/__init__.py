@@ -1,1 +1,2 @@
-"""Interoperability: the official DELF/DELG feature files, ONNX export of the extraction network."""
+"""Interoperability: the official DELF/DELG feature files, the official TensorFlow weights
+(official_tf/), ONNX export of the extraction network."""

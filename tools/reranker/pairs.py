@@ -1,7 +1,7 @@
 """Training pairs of the re-ranker: per anchor one positive and one hard negative from its mined
 top-K, each database side cut to a random count of locals (one model serves several database
 budgets), the query side to N_QUERY. Random choices come from the RNGs the training loader seeds
-per (seed, epoch, position) (core/data.py), so batches repeat after a resume."""
+per (seed, epoch, position) (datasets/sampling.py), so batches repeat after a resume."""
 
 import numpy as np
 import torch

@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import distributed as dist
-from core.data import make_train_loader
 from core.logging import get_logger
 from core.task import TrainingData, TrainingTask
 from datasets.features import open_store
-from datasets.loader import build_failure_budget
+from datasets.loader import build_failure_budget, make_train_loader
 from modeling.reranker import build_reranker
 from tools.reranker.mining import (
     held_out_landmarks,

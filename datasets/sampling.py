@@ -1,4 +1,5 @@
-"""The training loader, whose batches depend only on (seed, epoch, position), never on global state.
+"""The training order and seeding, so that batches depend only on (seed, epoch, position), never on
+global state (datasets/loader.py make_train_loader builds the loader from them).
 
 Exact resume needs three things from the data side, all here:
 - the order: each epoch is a permutation drawn from (seed, epoch), cut into equal shares per
@@ -6,9 +7,8 @@ Exact resume needs three things from the data side, all here:
 - resuming mid-epoch skips the consumed batches by starting the sampler at an offset, without
   decoding them;
 - the augmentation: every sample's random crop is drawn from RNGs seeded with (seed, epoch, position
-  in the
-  epoch), so it is the same whichever worker decodes it, however many workers there are, and after a
-  resume.
+  in the epoch), so it is the same whichever worker decodes it, however many workers there are, and
+  after a resume.
 """
 
 import contextlib
@@ -16,9 +16,7 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-
-from datasets.loader import init_worker
+from torch.utils.data import Dataset, Sampler
 
 
 class ResumableDistributedSampler(Sampler):
@@ -57,7 +55,7 @@ class ResumableDistributedSampler(Sampler):
         if not self.shuffle:
             return torch.arange(self.num_samples)
         generator = torch.Generator()
-        generator.manual_seed(_mix(self.seed, epoch, 0x5EED))
+        generator.manual_seed(mix_seeds(self.seed, epoch, 0x5EED))
         return torch.randperm(self.num_samples, generator=generator)
 
     def __len__(self):
@@ -83,7 +81,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key):
         index, epoch, position = key
-        with seeded_rngs(_mix(self.seed, epoch, position)):
+        with seeded_rngs(mix_seeds(self.seed, epoch, position)):
             return self.dataset[index]
 
 
@@ -102,7 +100,7 @@ def seeded_rngs(seed):
         random.setstate(saved[2])
 
 
-def _mix(*numbers):
+def mix_seeds(*numbers):
     """A 63-bit seed from a few integers (SplitMix64-style), so nearby inputs give unrelated
     streams."""
     value = 0
@@ -113,24 +111,3 @@ def _mix(*numbers):
         value ^= value >> 31
     return value >> 1
 
-
-def make_train_loader(
-    dataset, batch_size, num_workers, collate_fn, seed, rank=0, world_size=1, pin_memory=False
-):
-    """DataLoader over the dataset with the resumable sampler; call loader.sampler.set_epoch before
-    each epoch."""
-    sampler = ResumableDistributedSampler(len(dataset), batch_size, world_size, rank, seed)
-    generator = torch.Generator()  # so building workers draws no number from the global RNG
-    generator.manual_seed(_mix(seed, rank, 0x10AD))
-    return DataLoader(
-        SeededSamples(dataset, seed),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=pin_memory,
-        drop_last=True,
-        worker_init_fn=init_worker,
-        generator=generator,
-        persistent_workers=num_workers > 0,
-    )

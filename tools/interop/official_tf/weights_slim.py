@@ -17,8 +17,15 @@ import re
 
 import numpy as np
 
-from core.tf_savedmodel import ConversionError
-from core.weights_tf import _SLOT, SLIM_BN_EPS, _attention, _classifiers, _conv_with_bias, _dense
+from tools.interop.official_tf.savedmodel import ConversionError
+from tools.interop.official_tf.weights_tf import (
+    _SLOT,
+    SLIM_BN_EPS,
+    _attention,
+    _classifiers,
+    _conv_with_bias,
+    _dense,
+)
 
 _SLIM_ROOT = re.compile(r"^(.*?)resnet_v1_(\d+)/")
 _UNIT = re.compile(r"block(\d)/unit_(\d+)/bottleneck_v1/(conv\d|shortcut)/")

@@ -10,7 +10,7 @@ INPUT_MEAN = 128.0 / 255.0  # (x - 128) / 128 on 0..255 pixels == (x / 255 - m) 
 
 
 def official_values(settings):
-    from core.official_convert import GLOBAL_SCALES, LOCAL_SCALES
+    from tools.interop.official_tf.convert import GLOBAL_SCALES, LOCAL_SCALES
 
     values = {
         "MODEL": {

@@ -1,5 +1,5 @@
-"""Procedural landmark scenes for datasets/synthetic.py: facade textures (the photo around them:
-datasets/synthetic_context.py).
+"""Procedural landmark scenes for world.py: facade textures (the photo around them:
+context.py).
 
 A landmark is a chain of planar panels, like a facade folded at vertical edges. Its *family* fixes
 the global look (palette, wall pattern, silhouette, window grid, panel sizes and folds); the

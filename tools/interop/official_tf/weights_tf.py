@@ -20,7 +20,7 @@ import re
 import numpy as np
 import torch
 
-from core.tf_savedmodel import ConversionError
+from tools.interop.official_tf.savedmodel import ConversionError
 
 KERAS_BN_EPS = 1e-3
 SLIM_BN_EPS = 1e-5

@@ -14,8 +14,8 @@ import dataclasses
 import cv2
 import numpy as np
 
-from datasets.synthetic_context import draw_background, draw_occluders
-from datasets.synthetic_scenes import draw_panel
+from datasets.synthetic.context import draw_background, draw_occluders
+from datasets.synthetic.scenes import draw_panel
 
 SAMPLES_PER_FLOOR = 6  # surface sample points per floor height, both directions
 

@@ -1,7 +1,7 @@
 """The embedded synthetic landmark world, written in the real formats.
 
-Each landmark is a chain of textured planar panels (datasets/synthetic_scenes.py draws them); each
-photo is a pinhole-camera view of it (datasets/synthetic_render.py: one homography per panel) over
+Each landmark is a chain of textured planar panels (scenes.py draws them); each
+photo is a pinhole-camera view of it (render.py: one homography per panel) over
 background clutter, with occluders, lighting changes, blur, noise and JPEG compression. The training
 set is a GLDv2-layout folder, the test set a revisitop-layout folder whose easy / hard / junk labels
 are measured, not assumed: the landmark's surface carries a grid of sample points, and a database
@@ -25,8 +25,8 @@ import numpy as np
 
 from core.distributed import available_cores
 from core.io import atomic_path, read_json, staging_folder, write_json, write_text
-from datasets.synthetic_render import PROFILES, build_landmark, encode_jpeg, label_view, render_view
-from datasets.synthetic_scenes import sample_family
+from datasets.synthetic.render import PROFILES, build_landmark, encode_jpeg, label_view, render_view
+from datasets.synthetic.scenes import sample_family
 
 FORMAT_VERSION = 1
 GND_NAME = "gnd_synth.pkl"

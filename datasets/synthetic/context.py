@@ -1,4 +1,4 @@
-"""The photo around a synthetic landmark (datasets/synthetic_render.py): sky, ground and generic
+"""The photo around a synthetic landmark (render.py): sky, ground and generic
 clutter behind it, occluders in front of it. None of it carries a landmark's structure, so it is
 what a retrieval model must learn to ignore. OpenCV primitives and numpy array arithmetic; loops run
 over drawn elements, never over pixels.
@@ -7,7 +7,7 @@ over drawn elements, never over pixels.
 import cv2
 import numpy as np
 
-from datasets.synthetic_scenes import AA, hsv_colour
+from datasets.synthetic.scenes import AA, hsv_colour
 
 
 def draw_background(rng, width, height, horizon):

@@ -1,7 +1,7 @@
 """Convert an official DELG TensorFlow export into our checkpoint and the config that reproduces it.
 
 convert_archive reads the variables (and the graph, when there is one), maps every variable
-(core.weights_tf, core.weights_slim), derives the architecture from the shapes, checks every tensor
+(weights_tf.py, weights_slim.py), derives the architecture from the shapes, checks every tensor
 against the model that config builds, and returns the state dict, the config values and the
 report lines (which variable went where, which were not used). Nothing is written here.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.tf_savedmodel import (
+from tools.interop.official_tf.savedmodel import (
     ConversionError,
     attention_input,
     checkpoint_prefix,
@@ -19,8 +19,8 @@ from core.tf_savedmodel import (
     read_variables,
     resize_variant,
 )
-from core.weights_slim import convert_slim, slim_root
-from core.weights_tf import Conversion, convert_keras, keras_index
+from tools.interop.official_tf.weights_slim import convert_slim, slim_root
+from tools.interop.official_tf.weights_tf import Conversion, convert_keras, keras_index
 
 TARGET_BN_EPS = 1e-5  # BN.EPS of the written config; Keras' 1e-3 folds into the variances
 
@@ -160,8 +160,8 @@ def _graph_facts(conversion, graph_path, lines):
 def check_against_model(conversion, settings):
     """Every converted tensor has a place of its shape in the model the config builds, and every
     model tensor but the counters and the classifiers of an inference archive is converted."""
-    from core.official_yaml import config_of
     from modeling import build_inference_model
+    from tools.interop.official_tf.official_yaml import config_of
 
     cfg = config_of(settings)
     model = build_inference_model(cfg)
