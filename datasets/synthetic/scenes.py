@@ -216,80 +216,89 @@ def _text(rng, n_min=2, n_max=6):
     return "".join(rng.choice(list(LETTERS), int(rng.integers(n_min, n_max + 1))))
 
 
+def _unique_sign(image, cx, cy, r, colour, other, family, rng):
+    text = _text(rng)
+    font = int(rng.choice(FONTS))
+    scale = cv2.getFontScaleFromHeight(font, max(6, r // 2), 1)
+    (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
+    corners = (cx - tw // 2 - 4, cy - th - 4), (cx + tw // 2 + 4, cy + 6)
+    cv2.rectangle(image, *corners, colour, -1)
+    cv2.rectangle(image, *corners, _contrast(colour), 1, AA)
+    cv2.putText(
+        image, text, (cx - tw // 2, cy), font, scale, _contrast(colour), max(1, r // 10), AA
+    )
+
+
+def _unique_crest(image, cx, cy, r, colour, other, family, rng):
+    shield = np.array([[-r, -r], [r, -r], [r, 0], [0, r], [-r, 0]]) * 0.9 + [cx, cy]
+    cv2.fillPoly(image, [shield.astype(np.int32)], colour, AA)
+    thickness = max(1, r // 5)
+    cv2.line(image, (cx - r // 2, cy - r // 2), (cx + r // 2, cy + r // 3), other, thickness, AA)
+    cv2.line(image, (cx + r // 2, cy - r // 2), (cx - r // 2, cy + r // 3), other, thickness, AA)
+
+
+def _unique_rosette(image, cx, cy, r, colour, other, family, rng):
+    cv2.circle(image, (cx, cy), r, colour, -1, AA)
+    cv2.circle(image, (cx, cy), int(r * 0.6), other, max(1, r // 6), AA)
+    spokes = np.linspace(0, np.pi, int(rng.integers(3, 7)), endpoint=False)
+    for angle in spokes + rng.uniform(0, np.pi):
+        dx, dy = int(r * np.cos(angle)), int(r * np.sin(angle))
+        cv2.line(image, (cx - dx, cy - dy), (cx + dx, cy + dy), _contrast(colour), 1, AA)
+
+
+def _unique_clock(image, cx, cy, r, colour, other, family, rng):
+    ink = (30.0, 30.0, 30.0)
+    cv2.circle(image, (cx, cy), r, (240.0, 238.0, 225.0), -1, AA)
+    cv2.circle(image, (cx, cy), r, ink, max(1, r // 8), AA)
+    for angle in rng.uniform(0, 2 * np.pi, 2):
+        tip = (cx + int(0.8 * r * np.cos(angle)), cy + int(0.8 * r * np.sin(angle)))
+        cv2.line(image, (cx, cy), tip, ink, max(1, r // 10), AA)
+
+
+def _unique_mural(image, cx, cy, r, colour, other, family, rng):
+    cv2.rectangle(image, (cx - r, cy - r), (cx + r, cy + r), _jitter(family.trim, rng, 20), -1)
+    for _ in range(int(rng.integers(3, 7))):
+        points = (rng.uniform(-r, r, (int(rng.integers(3, 6)), 2)) + [cx, cy]).astype(np.int32)
+        cv2.fillPoly(image, [points], family.accents[int(rng.integers(4))], AA)
+
+
+def _unique_star(image, cx, cy, r, colour, other, family, rng):
+    spikes = int(rng.integers(5, 9))
+    angles = np.linspace(0, 2 * np.pi, 2 * spikes, endpoint=False) + rng.uniform(0, np.pi)
+    radii = np.where(np.arange(2 * spikes) % 2 == 0, r, r * 0.45)
+    points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1)
+    cv2.fillPoly(image, [points.astype(np.int32)], colour, AA)
+
+
+def _unique_banner(image, cx, cy, r, colour, other, family, rng):
+    half = max(2, r // 3)
+    cv2.rectangle(image, (cx - half, cy - r), (cx + half, cy + r), colour, -1)
+    cv2.rectangle(image, (cx - half, cy - r // 3), (cx + half, cy + r // 3), other, -1)
+    cv2.circle(image, (cx, cy), max(1, half // 2), _contrast(other), -1, AA)
+
+
+def _unique_graffiti(image, cx, cy, r, colour, other, family, rng):
+    points = np.cumsum(rng.normal(0, r / 2, (int(rng.integers(4, 8)), 2)), 0) + [cx, cy]
+    cv2.polylines(image, [points.astype(np.int32)], False, colour, max(2, r // 5), AA)
+
+
+_UNIQUE_DRAWERS = {
+    "sign": _unique_sign,
+    "crest": _unique_crest,
+    "rosette": _unique_rosette,
+    "clock": _unique_clock,
+    "mural": _unique_mural,
+    "star": _unique_star,
+    "banner": _unique_banner,
+    "graffiti": _unique_graffiti,
+}
+
+
 def _draw_unique(image, kind, cx, cy, size, family, rng):
     """One distinctive element of about ``size`` pixels centred at (cx, cy)."""
     colour = family.accents[int(rng.integers(4))]
     other = family.accents[int(rng.integers(4))]
-    r = max(3, size // 2)
-    if kind == "sign":
-        text = _text(rng)
-        font = int(rng.choice(FONTS))
-        scale = cv2.getFontScaleFromHeight(font, max(6, r // 2), 1)
-        (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
-        cv2.rectangle(
-            image, (cx - tw // 2 - 4, cy - th - 4), (cx + tw // 2 + 4, cy + 6), colour, -1
-        )
-        cv2.rectangle(
-            image,
-            (cx - tw // 2 - 4, cy - th - 4),
-            (cx + tw // 2 + 4, cy + 6),
-            _contrast(colour),
-            1,
-            AA,
-        )
-        cv2.putText(
-            image, text, (cx - tw // 2, cy), font, scale, _contrast(colour), max(1, r // 10), AA
-        )
-    elif kind == "crest":
-        shield = np.array([[-r, -r], [r, -r], [r, 0], [0, r], [-r, 0]]) * 0.9 + [cx, cy]
-        cv2.fillPoly(image, [shield.astype(np.int32)], colour, AA)
-        cv2.line(
-            image, (cx - r // 2, cy - r // 2), (cx + r // 2, cy + r // 3), other, max(1, r // 5), AA
-        )
-        cv2.line(
-            image, (cx + r // 2, cy - r // 2), (cx - r // 2, cy + r // 3), other, max(1, r // 5), AA
-        )
-    elif kind == "rosette":
-        cv2.circle(image, (cx, cy), r, colour, -1, AA)
-        cv2.circle(image, (cx, cy), int(r * 0.6), other, max(1, r // 6), AA)
-        for angle in np.linspace(0, np.pi, int(rng.integers(3, 7)), endpoint=False) + rng.uniform(
-            0, np.pi
-        ):
-            dx, dy = int(r * np.cos(angle)), int(r * np.sin(angle))
-            cv2.line(image, (cx - dx, cy - dy), (cx + dx, cy + dy), _contrast(colour), 1, AA)
-    elif kind == "clock":
-        cv2.circle(image, (cx, cy), r, (240.0, 238.0, 225.0), -1, AA)
-        cv2.circle(image, (cx, cy), r, (30.0, 30.0, 30.0), max(1, r // 8), AA)
-        for angle in rng.uniform(0, 2 * np.pi, 2):
-            cv2.line(
-                image,
-                (cx, cy),
-                (cx + int(0.8 * r * np.cos(angle)), cy + int(0.8 * r * np.sin(angle))),
-                (30.0, 30.0, 30.0),
-                max(1, r // 10),
-                AA,
-            )
-    elif kind == "mural":
-        cv2.rectangle(image, (cx - r, cy - r), (cx + r, cy + r), _jitter(family.trim, rng, 20), -1)
-        for _ in range(int(rng.integers(3, 7))):
-            points = (rng.uniform(-r, r, (int(rng.integers(3, 6)), 2)) + [cx, cy]).astype(np.int32)
-            cv2.fillPoly(image, [points], family.accents[int(rng.integers(4))], AA)
-    elif kind == "star":
-        spikes = int(rng.integers(5, 9))
-        angles = np.linspace(0, 2 * np.pi, 2 * spikes, endpoint=False) + rng.uniform(0, np.pi)
-        radii = np.where(np.arange(2 * spikes) % 2 == 0, r, r * 0.45)
-        points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(
-            np.int32
-        )
-        cv2.fillPoly(image, [points], colour, AA)
-    elif kind == "banner":
-        half = max(2, r // 3)
-        cv2.rectangle(image, (cx - half, cy - r), (cx + half, cy + r), colour, -1)
-        cv2.rectangle(image, (cx - half, cy - r // 3), (cx + half, cy + r // 3), other, -1)
-        cv2.circle(image, (cx, cy), max(1, half // 2), _contrast(other), -1, AA)
-    elif kind == "graffiti":
-        points = np.cumsum(rng.normal(0, r / 2, (int(rng.integers(4, 8)), 2)), 0) + [cx, cy]
-        cv2.polylines(image, [points.astype(np.int32)], False, colour, max(2, r // 5), AA)
+    _UNIQUE_DRAWERS[kind](image, cx, cy, max(3, size // 2), colour, other, family, rng)
 
 
 def _roof_mask(family, width, roof_height, rng):
@@ -330,12 +339,26 @@ def draw_panel(family, index, rng, floor_height):
     if family.roofline in ("gable", "dome"):
         for y in range(roof_height // 4, roof_height, max(3, roof_height // 5)):  # tile courses
             cv2.line(rgb, (0, y), (width, y), (40.0, 40.0, 40.0), 1, AA)
+    _draw_floors(rgb, family, rng, floors, floor_height, roof_height)
+    for _ in range(max(3, round(width * wall_height / (2.5 * floor_height * floor_height)))):
+        kind = str(rng.choice(UNIQUE_KINDS, p=UNIQUE_WEIGHTS))
+        size = int(rng.uniform(0.35, 0.8) * floor_height)
+        cx = int(rng.uniform(size / 2, width - size / 2))
+        cy = int(rng.uniform(roof_height + size / 2, height - size / 2))
+        _draw_unique(rgb, kind, cx, cy, size, family, rng)
+    alpha = np.full((height, width), 255, np.uint8)
+    alpha[:roof_height] = _roof_mask(family, width, roof_height, rng)
+    return np.dstack([rgb, alpha])
+
+
+def _draw_floors(rgb, family, rng, floors, floor_height, roof_height):
+    """The floors' cornices, windows and the ground floor's door, on a grid of columns."""
+    width = rgb.shape[1]
     designs = _window_designs(family, rng)
     pattern = str(rng.choice(["floor", "column", "random"]))
     motif = str(rng.choice(["dentils", "zigzag", "dots", "plain"]))
-    pitch = (
-        family.window_spacing * floor_height * rng.uniform(0.88, 1.12)
-    )  # look-alikes' windows do not align
+    # look-alikes' windows do not align
+    pitch = family.window_spacing * floor_height * rng.uniform(0.88, 1.12)
     columns = max(1, int(width // pitch))
     margin = (width - columns * pitch) / 2
     win_w = max(4, round(family.window_width * pitch))
@@ -345,31 +368,15 @@ def draw_panel(family, index, rng, floor_height):
         top = roof_height + floor * floor_height
         if floor > 0:
             _draw_cornice(rgb, top, width, floor_height, motif, family)
-        ground = floor == floors - 1
         for column in range(columns):
-            x = round(margin + (column + 0.5) * pitch - win_w / 2)
+            centre = margin + (column + 0.5) * pitch
             y = top + round(0.25 * floor_height)
-            if ground and column == door_column:
-                _draw_door(
-                    rgb,
-                    round(margin + (column + 0.5) * pitch),
-                    y,
-                    min(round(1.4 * win_w), round(pitch) - 4),
-                    top + floor_height,
-                    family,
-                )
+            if floor == floors - 1 and column == door_column:
+                door_width = min(round(1.4 * win_w), round(pitch) - 4)
+                _draw_door(rgb, round(centre), y, door_width, top + floor_height, family)
                 continue
-            key = {"floor": floor, "column": column, "random": int(rng.integers(len(designs)))}[
-                pattern
-            ]
+            # the random draw is made whatever the pattern, so every pattern sees one stream
+            random_key = int(rng.integers(len(designs)))
+            key = {"floor": floor, "column": column, "random": random_key}[pattern]
+            x = round(centre - win_w / 2)
             _draw_window(rgb, x, y, win_w, win_h, designs[key % len(designs)], family, rng)
-    wall_area = width * wall_height
-    for _ in range(max(3, round(wall_area / (2.5 * floor_height * floor_height)))):
-        kind = str(rng.choice(UNIQUE_KINDS, p=UNIQUE_WEIGHTS))
-        size = int(rng.uniform(0.35, 0.8) * floor_height)
-        cx = int(rng.uniform(size / 2, width - size / 2))
-        cy = int(rng.uniform(roof_height + size / 2, height - size / 2))
-        _draw_unique(rgb, kind, cx, cy, size, family, rng)
-    alpha = np.full((height, width), 255, np.uint8)
-    alpha[:roof_height] = _roof_mask(family, width, roof_height, rng)
-    return np.dstack([rgb, alpha])

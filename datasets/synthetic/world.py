@@ -175,6 +175,31 @@ def _test_job(seed, spec, index, n_queries, n_views, distractor_views):
     family = sample_family(_rng(seed, TEST_FAMILY, index))
     floor = _floor_height(spec)
     landmark = build_landmark(family, _rng(seed, TEST_LANDMARK, index), floor)
+    queries, views, labels = _labelled_views(landmark, seed, spec, index, n_queries, n_views)
+    distractors = []
+    for k, count in enumerate(distractor_views):
+        if not count:
+            continue
+        look_alike = build_landmark(family, _rng(seed, DISTRACTOR, index, k), floor)
+        for v in range(count):
+            profile = PROFILES[DISTRACTOR_CYCLE[v % len(DISTRACTOR_CYCLE)]]
+            rng = _rng(seed, DISTRACTOR, index, k, v)
+            image, _ = render_view(look_alike, profile, rng, spec.image_size)
+            distractors.append(encode_jpeg(image, spec.jpeg_quality))
+    return {
+        "queries": [
+            (encode_jpeg(image, spec.jpeg_quality), observation["bbx"])
+            for image, observation in queries
+        ],
+        "views": [encode_jpeg(image, spec.jpeg_quality) for image, _ in views],
+        "labels": labels,
+        "distractors": distractors,
+    }
+
+
+def _labelled_views(landmark, seed, spec, index, n_queries, n_views):
+    """The first attempt whose queries all have a usable box and each an easy and a hard view:
+    (queries, views, labels[query][view]), each view an (image, observation) pair."""
     for attempt in range(MAX_ATTEMPTS):
         queries = [
             render_view(
@@ -197,34 +222,10 @@ def _test_job(seed, spec, index, n_queries, n_views, distractor_views):
         labels = [[label_view(landmark, query[1], view[1]) for view in views] for query in queries]
         boxes_ok = all(_box_ok(observation["bbx"]) for _, observation in queries)
         if boxes_ok and all("easy" in row and "hard" in row for row in labels):
-            break
-    else:
-        raise RuntimeError(
-            f"test landmark {index}: no query set with easy and hard views after {MAX_ATTEMPTS} "
-            "tries"
-        )
-    distractors = []
-    for k, count in enumerate(distractor_views):
-        if not count:
-            continue
-        look_alike = build_landmark(family, _rng(seed, DISTRACTOR, index, k), floor)
-        for v in range(count):
-            image, _ = render_view(
-                look_alike,
-                PROFILES[DISTRACTOR_CYCLE[v % len(DISTRACTOR_CYCLE)]],
-                _rng(seed, DISTRACTOR, index, k, v),
-                spec.image_size,
-            )
-            distractors.append(encode_jpeg(image, spec.jpeg_quality))
-    return {
-        "queries": [
-            (encode_jpeg(image, spec.jpeg_quality), observation["bbx"])
-            for image, observation in queries
-        ],
-        "views": [encode_jpeg(image, spec.jpeg_quality) for image, _ in views],
-        "labels": labels,
-        "distractors": distractors,
-    }
+            return queries, views, labels
+    raise RuntimeError(
+        f"test landmark {index}: no query set with easy and hard views after {MAX_ATTEMPTS} tries"
+    )
 
 
 def _call(job):
@@ -351,43 +352,42 @@ def generate(out_dir, seed=0, size="default", workers=None, overwrite=False, **o
     if existing is not None and not overwrite:
         return {**existing, "out_dir": str(out_dir), "reused": True}
     plan = plan_test_set(spec)
-    per_landmark = spec.distractors_per_landmark
     train_jobs = [(_train_job, (seed, spec, c)) for c in range(spec.classes)]
-    test_jobs = [
-        (
-            _test_job,
-            (
-                seed,
-                spec,
-                i,
-                plan["queries"][i],
-                plan["views"][i],
-                plan["distractor_views"][i * per_landmark : (i + 1) * per_landmark],
-            ),
-        )
-        for i in range(len(plan["queries"]))
-    ]
     with _staging(out_dir, overwrite) as root, _mapper(workers or default_workers()) as run:
         _write_train(root / "train", seed, spec, run(train_jobs))
-        labels = _write_test(root / "test", seed, spec, run(test_jobs))
-        summary = {
-            "format_version": FORMAT_VERSION,
-            "seed": seed,
-            "size": size,
-            "spec": dataclasses.asdict(spec),
-            "train": {
-                "csv": "train/train_clean.csv",
-                "classes": spec.classes,
-                "images": spec.classes * spec.train_per_class,
-            },
-            "test": {
-                "gnd": f"test/{GND_NAME}",
-                "queries": spec.queries,
-                "database": spec.database,
-                "test_landmarks": len(plan["queries"]),
-                "distractor_landmarks": len(plan["distractor_views"]),
-                "labels": labels,
-            },
-        }
+        labels = _write_test(root / "test", seed, spec, run(_test_jobs(seed, spec, plan)))
+        summary = _summary(seed, size, spec, plan, labels)
         write_json(str(root / "info.json"), summary)
     return {**summary, "out_dir": str(out_dir)}
+
+
+def _test_jobs(seed, spec, plan):
+    per_landmark = spec.distractors_per_landmark
+    jobs = []
+    for i, (n_queries, n_views) in enumerate(zip(plan["queries"], plan["views"])):
+        distractor_views = plan["distractor_views"][i * per_landmark : (i + 1) * per_landmark]
+        jobs.append((_test_job, (seed, spec, i, n_queries, n_views, distractor_views)))
+    return jobs
+
+
+def _summary(seed, size, spec, plan, labels):
+    """What info.json records: the settings and what was written."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "size": size,
+        "spec": dataclasses.asdict(spec),
+        "train": {
+            "csv": "train/train_clean.csv",
+            "classes": spec.classes,
+            "images": spec.classes * spec.train_per_class,
+        },
+        "test": {
+            "gnd": f"test/{GND_NAME}",
+            "queries": spec.queries,
+            "database": spec.database,
+            "test_landmarks": len(plan["queries"]),
+            "distractor_landmarks": len(plan["distractor_views"]),
+            "labels": labels,
+        },
+    }
