@@ -10,30 +10,8 @@ INPUT_MEAN = 128.0 / 255.0  # (x - 128) / 128 on 0..255 pixels == (x / 255 - m) 
 
 
 def official_values(settings):
-    from tools.interop.official_tf.convert import GLOBAL_SCALES, LOCAL_SCALES
-
     values = {
-        "MODEL": {
-            "TYPE": "resnet",
-            "DEPTH": settings["depth"],
-            "NUM_CLASSES": settings["num_classes"],
-            "LOCAL_STRIDE": 32,
-            "HEADS": {
-                "IN_FEAT": 0,
-                "REDUCTION_DIM": settings["reduction_dim"],
-                "GEM_P": settings["gem_p"],
-                "GEM_LEARNABLE": False,
-                "MARGIN_TYPE": "arcface",
-                "MARGIN": 0.1,
-                "SCALE": 45.25,
-            },
-            "LOCAL": {
-                "TYPE": "autoencoder",
-                "ATTENTION_INPUT": settings["attention_input"],
-                "ATTENTION_DIM": settings["attention_dim"],
-                "DESCRIPTOR_DIM": settings["descriptor_dim"],
-            },
-        },
+        "MODEL": _model_values(settings),
         "RESNET": {
             "TRANS_FUN": "bottleneck_transform",
             "NUM_GROUPS": 1,
@@ -43,16 +21,7 @@ def official_values(settings):
         },
         "BN": {"EPS": 1e-5},
         "INPUT": {"CHANNEL_ORDER": "RGB", "MEAN": [INPUT_MEAN] * 3, "STD": [INPUT_MEAN] * 3},
-        "EXTRACT": {
-            "RESIZE": settings["resize"],
-            "SIZE_ROUNDING": "half_even",
-            "LOCAL_SCALES": list(LOCAL_SCALES),
-            "GLOBAL_SCALES": list(GLOBAL_SCALES),
-            "ATTENTION_THRESHOLD": settings["threshold"],
-            "MAX_FEATURES": 1000,
-            "MAX_IMAGE_SIZE": 1024,
-            "NMS_IOU": 1.0,
-        },
+        "EXTRACT": _extract_values(settings),
     }
     from core.config import _DEFAULTS
 
@@ -61,6 +30,46 @@ def official_values(settings):
     if "LOCATIONS" in _DEFAULTS.EXTRACT:  # official: stride * cell index / scale
         values["EXTRACT"]["LOCATIONS"] = "official"
     return values
+
+
+def _model_values(settings):
+    return {
+        "TYPE": "resnet",
+        "DEPTH": settings["depth"],
+        "NUM_CLASSES": settings["num_classes"],
+        "LOCAL_STRIDE": 32,
+        "HEADS": {
+            "IN_FEAT": 0,
+            "REDUCTION_DIM": settings["reduction_dim"],
+            "GEM_P": settings["gem_p"],
+            "GEM_LEARNABLE": False,
+            "MARGIN_TYPE": "arcface",
+            "MARGIN": 0.1,
+            "SCALE": 45.25,
+        },
+        "LOCAL": {
+            "TYPE": "autoencoder",
+            "ATTENTION_INPUT": settings["attention_input"],
+            "ATTENTION_DIM": settings["attention_dim"],
+            "DESCRIPTOR_DIM": settings["descriptor_dim"],
+        },
+    }
+
+
+def _extract_values(settings):
+    """The official extraction: its scales, resize, rounding, threshold and limits."""
+    from tools.interop.official_tf.convert import GLOBAL_SCALES, LOCAL_SCALES
+
+    return {
+        "RESIZE": settings["resize"],
+        "SIZE_ROUNDING": "half_even",
+        "LOCAL_SCALES": list(LOCAL_SCALES),
+        "GLOBAL_SCALES": list(GLOBAL_SCALES),
+        "ATTENTION_THRESHOLD": settings["threshold"],
+        "MAX_FEATURES": 1000,
+        "MAX_IMAGE_SIZE": 1024,
+        "NMS_IOU": 1.0,
+    }
 
 
 def config_of(settings):

@@ -167,6 +167,13 @@ def slim_heads(conversion, root, attention_fc):
     _dense(
         conversion, "whiten", {"kernel": whitening, "bias": _bias(candidates, whitening, reduction)}
     )
+    _slim_autoencoder(conversion, candidates, c3)
+    _slim_gem_power(conversion, candidates)
+    _classifiers(conversion, cosine[0] if len(cosine) == 1 else None, attention_fc)
+
+
+def _slim_autoencoder(conversion, candidates, c3):
+    """The encoder (the one [1, 1, C3, D] kernel, D < C3) and the decoder ([1, 1, D, C3])."""
     encoder = _one(
         candidates,
         f"encoder kernel ([1, 1, {c3}, D], D < {c3})",
@@ -189,6 +196,10 @@ def slim_heads(conversion, root, attention_fc):
         {"kernel": decoder, "bias": _bias(candidates, decoder, c3)},
     )
     conversion.facts["decoder_kernel"] = decoder
+
+
+def _slim_gem_power(conversion, candidates):
+    """The GeM power: at most one scalar named like "gem" or "power" (none: p 3, the DELG value)."""
     powers = [
         name
         for name, shape in candidates.items()
@@ -200,4 +211,3 @@ def slim_heads(conversion, root, attention_fc):
         raise ConversionError(f"the GeM power must be at most one variable; candidates: {powers}")
     if powers:
         conversion.put("pool.p", conversion.take(powers[0]).reshape(1), powers)
-    _classifiers(conversion, cosine[0] if len(cosine) == 1 else None, attention_fc)

@@ -187,58 +187,49 @@ def convert_keras(conversion, target_eps):
         if key[0] == "block":
             blocks.setdefault(key[1], set()).add(key[2])
     conversion.facts["blocks"] = tuple(len(blocks.get(stage, ())) for stage in (1, 2, 3, 4))
-
-    def names(prefix, layer):
-        attrs = _attrs(layer)
-        return {
-            attr: index.get(
-                (*prefix, layer, attr), f"<{'/'.join(map(str, prefix))}/{layer}/{attr}>"
-            )
-            for attr in attrs
-        }
-
-    conversion.conv_bn(
-        ("backbone.conv1", "backbone.bn1"),
-        names(("stem",), "conv1"),
-        names(("stem",), "bn_conv1"),
-        KERAS_BN_EPS,
-        target_eps,
-        "bias",
-    )
-    for stage, units in sorted(blocks.items()):
-        for unit in sorted(units):
-            prefix, ours = ("block", stage, unit), f"backbone.layer{stage}.{unit}"
-            for tf_suffix, our_suffix in _KERAS_OURS.items():
-                conversion.conv_bn(
-                    (f"{ours}.conv{our_suffix}", f"{ours}.bn{our_suffix}"),
-                    names(prefix, f"conv{tf_suffix}"),
-                    names(prefix, f"bn{tf_suffix}"),
-                    KERAS_BN_EPS,
-                    target_eps,
-                    "bias",
-                )
-            if (*prefix, "conv_shortcut", "kernel") in index:
-                conversion.conv_bn(
-                    (f"{ours}.downsample.0", f"{ours}.downsample.1"),
-                    names(prefix, "conv_shortcut"),
-                    names(prefix, "bn_shortcut"),
-                    KERAS_BN_EPS,
-                    target_eps,
-                    "bias",
-                )
-    _dense(conversion, "whiten", names(("embedding",), "embedding_layer"))
-    attention = {layer: names(("attention",), layer) for layer in ("conv1", "bn_conv1", "conv2")}
+    _keras_backbone(conversion, index, blocks, target_eps)
+    _dense(conversion, "whiten", _keras_names(index, ("embedding",), "embedding_layer"))
+    attention = {
+        layer: _keras_names(index, ("attention",), layer)
+        for layer in ("conv1", "bn_conv1", "conv2")
+    }
     _attention(conversion, attention, KERAS_BN_EPS, target_eps)
     for ours, layer in (("encoder", "conv1"), ("decoder", "conv2")):
-        _conv_with_bias(
-            conversion, f"local_head.autoencoder.{ours}", names(("autoencoder",), layer)
-        )
+        names = _keras_names(index, ("autoencoder",), layer)
+        _conv_with_bias(conversion, f"local_head.autoencoder.{ours}", names)
     conversion.facts["decoder_kernel"] = index.get(("autoencoder", "conv2", "kernel"))
     _classifiers(
         conversion,
         index.get(("cosine_weights",)),
         {attr: index.get(("attn_classification", attr)) for attr in _CONV},
     )
+
+
+def _keras_names(index, prefix, layer):
+    """{attribute: archive variable} of one layer; a missing one as ``<prefix/layer/attr>``."""
+    return {
+        attr: index.get((*prefix, layer, attr), f"<{'/'.join(map(str, prefix))}/{layer}/{attr}>")
+        for attr in _attrs(layer)
+    }
+
+
+def _keras_backbone(conversion, index, blocks, target_eps):
+    """The stem and every bottleneck unit ({stage: unit numbers}), biases folded into BatchNorm."""
+
+    def conv_bn(targets, prefix, conv, bn):
+        conv_names, bn_names = _keras_names(index, prefix, conv), _keras_names(index, prefix, bn)
+        conversion.conv_bn(targets, conv_names, bn_names, KERAS_BN_EPS, target_eps, "bias")
+
+    conv_bn(("backbone.conv1", "backbone.bn1"), ("stem",), "conv1", "bn_conv1")
+    for stage, units in sorted(blocks.items()):
+        for unit in sorted(units):
+            prefix, ours = ("block", stage, unit), f"backbone.layer{stage}.{unit}"
+            for tf_suffix, our_suffix in _KERAS_OURS.items():
+                targets = (f"{ours}.conv{our_suffix}", f"{ours}.bn{our_suffix}")
+                conv_bn(targets, prefix, f"conv{tf_suffix}", f"bn{tf_suffix}")
+            if (*prefix, "conv_shortcut", "kernel") in index:
+                targets = (f"{ours}.downsample.0", f"{ours}.downsample.1")
+                conv_bn(targets, prefix, "conv_shortcut", "bn_shortcut")
 
 
 def _dense(conversion, target, names):
