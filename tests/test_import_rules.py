@@ -2,7 +2,9 @@
 data sets import nothing from tools/; exact search (tools/knn) sits below re-ranking (tools/rerank),
 which sits below the benchmark-neutral evaluation (tools/retrieval); that imports no benchmark or
 pictures; no benchmark names another, and no code outside a benchmark's package names its context
-class or its name constant."""
+class or its name constant. Homes: TensorFlow and the official conversion live in
+tools/interop/official_tf alone, the synthetic generator is the package datasets/synthetic, and
+the training core, model and data sets build their loaders in datasets/loader.py alone."""
 
 import ast
 from pathlib import Path
@@ -115,3 +117,94 @@ def test_no_code_outside_a_benchmark_names_it():
                 if not path.is_relative_to(REPO / folder) and used & names:
                     found.append(f"{path.relative_to(REPO)} names {sorted(used & names)}")
     assert found == []
+
+
+CONVERSION = "tools/interop/official_tf"
+MOVED_AWAY = (  # old homes, now empty: a file written there again would be a second home
+    "core/tf_savedmodel.py",
+    "core/weights_tf.py",
+    "core/weights_slim.py",
+    "core/official_convert.py",
+    "core/official_yaml.py",
+    "core/data.py",
+    "datasets/synthetic.py",
+    "datasets/synthetic_scenes.py",
+    "datasets/synthetic_context.py",
+    "datasets/synthetic_render.py",
+)
+
+
+def source_files(root=REPO):
+    """The framework's Python files: the packages and the scripts at the top (not the tests)."""
+    files = sorted(root.glob("*.py"))
+    for package in ("core", "modeling", "datasets", "tools"):
+        files += sorted((root / package).rglob("*.py"))
+    return files
+
+
+def conversion_violations(root=REPO):
+    """Imports of TensorFlow outside the conversion package, and of the conversion package outside
+    itself and its script (tools/convert_official.py)."""
+    found = []
+    for path in source_files(root):
+        if path.is_relative_to(root / CONVERSION):
+            continue
+        forbidden = ["tensorflow"]
+        if path != root / "tools" / "convert_official.py":
+            forbidden.append(CONVERSION.replace("/", "."))
+        for name in imported_modules(path, root):
+            if any(name == prefix or name.startswith(prefix + ".") for prefix in forbidden):
+                found.append(f"{path.relative_to(root)} imports {name}")
+    return found
+
+
+def test_tensorflow_and_the_conversion_stay_in_their_package():
+    """The trainer loads a converted .pth like any checkpoint; nothing but the converter reaches
+    the TensorFlow reading and mapping code."""
+    assert conversion_violations() == []
+
+
+def test_the_conversion_rule_sees_a_stray_import(tmp_path):
+    for folder in ("core", "tools/interop/official_tf"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "core" / "weights.py").write_text(
+        "def f():\n    import tensorflow as tf\n"
+        "from tools.interop.official_tf.convert import convert_archive\n"
+    )
+    (tmp_path / "tools" / "convert_official.py").write_text(
+        "from tools.interop.official_tf.convert import convert_archive\n"
+    )
+    (tmp_path / CONVERSION / "savedmodel.py").write_text("import tensorflow\n")
+    assert sorted(conversion_violations(tmp_path)) == [
+        "core/weights.py imports tensorflow",
+        "core/weights.py imports tools.interop.official_tf.convert",
+        "core/weights.py imports tools.interop.official_tf.convert.convert_archive",
+    ]
+
+
+def test_each_moved_module_has_one_home():
+    assert [path for path in MOVED_AWAY if (REPO / path).exists()] == []
+    assert (REPO / "datasets" / "synthetic" / "__init__.py").is_file()
+    assert (REPO / CONVERSION / "__init__.py").is_file()
+
+
+def loader_builders(root=REPO):
+    """{file: names of the functions in it that construct a DataLoader} in core, modeling and
+    datasets."""
+    found = {}
+    for package in ("core", "modeling", "datasets"):
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for function in ast.walk(tree):
+                if not isinstance(function, ast.FunctionDef):
+                    continue
+                for call in ast.walk(function):
+                    callee = getattr(call, "func", None)
+                    name = getattr(callee, "id", None) or getattr(callee, "attr", None)
+                    if isinstance(call, ast.Call) and name == "DataLoader":
+                        found.setdefault(str(path.relative_to(root)), set()).add(function.name)
+    return found
+
+
+def test_the_training_and_validation_loaders_share_one_file():
+    assert loader_builders() == {"datasets/loader.py": {"make_train_loader", "build_val_loader"}}
