@@ -110,4 +110,3 @@ def mix_seeds(*numbers):
         value = (value ^ (value >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
         value ^= value >> 31
     return value >> 1
-
