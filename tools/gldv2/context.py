@@ -26,7 +26,7 @@ from tools.gldv2.metric import (
     predictions_from_ranks,
     read_retrieval_solution,
 )
-from tools.knn.finite import NonFiniteDescriptors
+from tools.knn.finite import naming_stores
 from tools.knn.global_search import search
 from tools.retrieval.benchmark import BenchmarkContext, query_descriptors, register_benchmark
 
@@ -168,17 +168,11 @@ def build_gldv2_context(cfg):
     query_ids, query_rows = solution_queries(solution, query_store, cfg.EVAL.SOLUTION_FILE)
     queries = query_descriptors(query_store, query_rows)
     depth = max(K, cfg.SV.SHORTLIST, cfg.EVAL.SEARCH_TOPK)
-    try:
+    database, e = database_store.global_descriptors(), cfg.EVAL
+    with naming_stores(query_store, query_rows, database_store):
         top_scores, top_indices = search(
-            queries,
-            database_store.global_descriptors(),
-            depth,
-            cfg.EVAL.CHUNK_SIZE,
-            cfg.EVAL.DEVICE,
-            cfg.EVAL.USE_FAISS,
+            queries, database, depth, e.CHUNK_SIZE, e.DEVICE, e.USE_FAISS
         )
-    except NonFiniteDescriptors as error:  # name the store and the image
-        raise error.in_stores(query_store, query_rows, database_store) from None
     return Gldv2Context(
         cfg, solution, query_store, database_store, query_ids, query_rows, top_scores, top_indices
     )

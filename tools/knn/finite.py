@@ -5,11 +5,11 @@ A NaN or infinite component anywhere in a descriptor makes every score of that d
 non-finite, so the search checks the cheap sum of each score chunk and looks for the culprit rows
 only when the sum is not finite; the caller, who knows the store, turns the rows into image names:
 
-    try:
+    with naming_stores(query_store, query_rows, database_store):
         ...search...
-    except NonFiniteDescriptors as error:
-        raise error.in_stores(query_store, query_rows, database_store) from None
 """
+
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -45,6 +45,16 @@ class NonFiniteDescriptors(ValueError):
         if self.side == "query":
             return self.in_store(query_store, query_rows)
         return self.in_store(database_store)
+
+
+@contextmanager
+def naming_stores(query_store, query_rows, database_store):
+    """Inside, a NonFiniteDescriptors becomes the FeatureStoreError naming the store and the image
+    (query_rows: the store rows of the searched queries)."""
+    try:
+        yield
+    except NonFiniteDescriptors as error:
+        raise error.in_stores(query_store, query_rows, database_store) from None
 
 
 def _more(rows):

@@ -18,7 +18,7 @@ from datasets.revisitop import gnd_path, load_ground_truth
 from tools.extraction.on_demand import LocalFeatureAccess
 from tools.extraction.provenance import check_store_pair
 from tools.extraction.stores import features_dir, part_store_names
-from tools.knn.finite import NonFiniteDescriptors, check_finite, non_finite_rows
+from tools.knn.finite import NonFiniteDescriptors, check_finite, naming_stores, non_finite_rows
 from tools.knn.global_search import TopK, locate, order_keys, score_chunks
 from tools.retrieval.benchmark import BenchmarkContext, query_descriptors, register_benchmark
 from tools.revisitop.metrics import (
@@ -233,17 +233,11 @@ def build_revisitop_context(cfg):
         cfg.SV.SHORTLIST
         + max(len(entry["junk"]) + len(entry["easy"]) + len(entry["hard"]) for entry in gnd),
     )
-    try:
+    database, e = database_store.global_descriptors(), cfg.EVAL
+    with naming_stores(query_store, query_rows, database_store):
         relevant, top_scores, top_indices = global_pass(
-            queries,
-            database_store.global_descriptors(),
-            gnd,
-            depth,
-            cfg.EVAL.CHUNK_SIZE,
-            cfg.EVAL.DEVICE,
+            queries, database, gnd, depth, e.CHUNK_SIZE, e.DEVICE
         )
-    except NonFiniteDescriptors as error:  # name the store and the image
-        raise error.in_stores(query_store, query_rows, database_store) from None
     return RevisitopContext(
         cfg, gnd, query_store, database_store, query_rows, relevant, top_scores, top_indices
     )
