@@ -8,7 +8,9 @@ local timm or torchvision checkpoint of it (``torch.load(weights_only=True)``).
   to the local stage (timm's ``FeatureListNet`` order), the global part the rest. The receptive
   field is measured from gradients (modeling.geometry.measured_geometry); where it exceeds 1024 px
   or is global (squeeze-excitation) a cell's box is its own stride x stride block, as for a ViT.
-  The map size for an input size is probed once per side.
+  The map size for an input size is probed once per side. Models that keep their stages channels
+  last (timm's ``output_fmt`` NHWC: Swin, MambaOut) are built with ``dynamic_img_size`` where they
+  take it, cropped to a multiple of their patch, and give their maps as NCHW.
 - ViTs (``patch_embed`` + ``blocks``, DINOv2 included), built with ``dynamic_img_size``: the local
   map is the patch grid after block ``TIMM.LOCAL_BLOCK`` (final norm applied, prefix tokens
   dropped), the global map the patch grid after the last block; stride and receptive field are the
@@ -109,6 +111,9 @@ class TimmCNN(Backbone):
             "local": MapSpec(info[local_index]["num_chs"], info[local_index]["reduction"]),
             "global": MapSpec(info[-1]["num_chs"], info[-1]["reduction"]),
         }
+        # Swin-like models keep channels last between stages; the maps leave as NCHW
+        self.channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        self.patch = _square_patch(model) if hasattr(model, "patch_embed") else 1
         self._geometry, self._sides = None, {}
 
     @classmethod
@@ -131,6 +136,8 @@ class TimmCNN(Backbone):
             raise ConfigError(
                 "MODEL.FREEZE_BN and MODEL.FREEZE_STEM apply to MODEL.TYPE resnet only"
             )
+        if getattr(model, "dynamic_img_size", True) is False:  # e.g. Swin: any input size
+            model = create_timm_model(timm_cfg.NAME, {"dynamic_img_size": True, **kwargs})
         if timm_cfg.WEIGHTS:
             _load_weights(model, timm_cfg.NAME, timm_cfg.WEIGHTS)
         return cls(model, _stage_of_stride(model, timm_cfg.NAME, timm_cfg.LOCAL_STRIDE))
@@ -141,13 +148,20 @@ class TimmCNN(Backbone):
         return x
 
     def forward_shared(self, images):
-        return self._run(self.shared_names, images)
+        return self._run(self.shared_names, _crop_to_multiple(images, self.patch))
 
     def local_map(self, shared):
-        return shared
+        return self._nchw(shared)
 
     def global_map(self, shared):
-        return self._run(self.global_names, shared)
+        return self._nchw(self._run(self.global_names, shared))
+
+    def _nchw(self, x):
+        return x.permute(0, 3, 1, 2) if self.channels_last else x
+
+    def forward_local(self, images):
+        """The local map of images (for probes of its size and receptive field)."""
+        return self.local_map(self.forward_shared(images))
 
     def output_shape(self):
         return dict(self.shapes)
@@ -155,7 +169,7 @@ class TimmCNN(Backbone):
     def local_geometry(self):
         if self._geometry is None:
             stride, probe = self.shapes["local"].stride, geometry_probe(self)
-            measured = measured_geometry(probe.forward_shared, stride)
+            measured = measured_geometry(probe.forward_local, stride)
             self._geometry = measured or LocalGeometry(stride, stride, 0)
         return self._geometry
 
@@ -169,7 +183,7 @@ class TimmCNN(Backbone):
             width = 4 * self.shapes["local"].stride
             try:
                 with _eval_mode(self), torch.no_grad():
-                    self._sides[side] = self.forward_shared(torch.zeros(1, 3, side, width)).shape[2]
+                    self._sides[side] = self.forward_local(torch.zeros(1, 3, side, width)).shape[2]
             except RuntimeError:  # too small for some layer
                 self._sides[side] = 0
         return self._sides[side]
@@ -198,7 +212,7 @@ class TimmViT(Backbone):
     def forward_shared(self, images):
         model = self.model
         height, width = images.shape[-2] // self.patch, images.shape[-1] // self.patch
-        images = images[..., : height * self.patch, : width * self.patch]  # as a conv would floor
+        images = _crop_to_multiple(images, self.patch)
         tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
         for block in model.blocks[: self.local_block + 1]:
             tokens = block(tokens)
@@ -251,6 +265,13 @@ def _stage_of_stride(model, name, stride):
             f"{reductions[:-1]}, got {stride}"
         )
     return max(index for index, value in enumerate(reductions[:-1]) if value == stride)
+
+
+def _crop_to_multiple(images, patch):
+    """The images' top left part whose sides are multiples of the patch size (as a strided
+    convolution would floor; timm's patch embeddings refuse other sizes)."""
+    height, width = images.shape[-2] // patch * patch, images.shape[-1] // patch * patch
+    return images[..., :height, :width]
 
 
 def _square_patch(model):

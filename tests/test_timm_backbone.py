@@ -104,14 +104,50 @@ def test_a_timm_vit_gives_its_patch_grids():
     assert tuple(local.shape[2:]) == backbone.local_map_size((100, 37)) == (7, 2)
 
 
+SWIN_KWARGS = {"depths": (1, 1, 1, 1), "embed_dim": 16, "num_heads": (1, 1, 1, 1)}
+SWIN = [
+    "MODEL.TYPE",
+    "timm",
+    "TIMM.NAME",
+    "swin_tiny_patch4_window7_224",
+    "TIMM.KWARGS",
+    str([f"{key}={value}" for key, value in SWIN_KWARGS.items()]),
+]
+
+
+def test_a_channels_last_timm_model_gives_nchw_maps_of_any_size(tmp_path):
+    """Swin keeps its stages channels last (timm's output_fmt NHWC) and takes only its training
+    size unless built with dynamic_img_size: the maps are timm's own intermediates, as NCHW."""
+    reference = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, dynamic_img_size=True, **SWIN_KWARGS
+    ).eval()
+    path = tmp_path / "swin.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = _backbone(*SWIN, "TIMM.WEIGHTS", str(path))
+    assert backbone.output_shape() == {"local": (64, 16), "global": (128, 32)}
+    for size in ((100, 68), (131, 90)):
+        images = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            local, global_map = backbone(images)
+            expected = reference.forward_intermediates(
+                images[..., : size[0] // 4 * 4, : size[1] // 4 * 4],
+                indices=[2, 3],
+                intermediates_only=True,
+            )
+        assert torch.allclose(local, expected[0], atol=1e-5)
+        assert torch.allclose(global_map, expected[1], atol=1e-5)
+        assert tuple(local.shape[2:]) == backbone.local_map_size(size)
+
+
 @pytest.mark.parametrize(
     "backbone",
     [
         CNN,
         VIT,
         [*VIT, "TIMM.KWARGS", "['depth=1', 'embed_dim=48', 'num_heads=2', 'global_pool=avg']"],
+        SWIN,
     ],
-    ids=["cnn", "vit", "vit_fc_norm"],
+    ids=["cnn", "vit", "vit_fc_norm", "swin"],
 )
 def test_every_parameter_of_a_timm_delg_model_gets_a_gradient(backbone):
     """What DDP needs: no parameter left out of the loss (the ViT's classifier and its norm are
@@ -180,7 +216,7 @@ def _pipeline_options(world, out, backbone):
     ]
 
 
-@pytest.fixture(scope="module", params=["cnn", "vit"])
+@pytest.fixture(scope="module", params=["cnn", "vit", "swin"])
 def trained(request, world, tmp_path_factory):
     """(backbone options, pipeline options, out folder) after 3 training steps, an extraction and
     an evaluation through the scripts."""
@@ -188,7 +224,7 @@ def trained(request, world, tmp_path_factory):
     from tools import extractor
     from tools.revisitop import evaluate
 
-    backbone = {"cnn": CNN, "vit": VIT}[request.param]
+    backbone = {"cnn": CNN, "vit": VIT, "swin": SWIN}[request.param]
     out = tmp_path_factory.mktemp(f"timm_{request.param}")
     training = tiny_training_options(world / "train", out / "run", *backbone)
     argv = sys.argv
@@ -215,7 +251,7 @@ def test_a_timm_model_trains_extracts_and_evaluates(trained):
     store = open_store(str(out / "eval" / "features" / "synth_database"))
     assert store.provenance["local_geometry"] == list(geometry)
     assert store.provenance["config"]["MODEL"]["TYPE"] == "timm"
-    assert store.provenance["config"]["TIMM"]["NAME"] in ("resnet10t", "vit_small_patch14_dinov2")
+    assert store.provenance["config"]["TIMM"]["NAME"] == backbone[backbone.index("TIMM.NAME") + 1]
 
 
 def test_search_and_the_attention_picture_work_on_a_timm_model(trained, world, tmp_path):
@@ -236,9 +272,10 @@ def test_onnx_export_works_or_refuses_in_one_line(trained, tmp_path, capsys):
 
     backbone, options, _ = trained
     out = tmp_path / "model.onnx"
-    code = export_onnx.main(["--cfg", TINY_PRESET, "--out", str(out), "--sizes", "70x84", *options])
+    sizes = ["--sizes", "70x84,101x62"]
+    code = export_onnx.main(["--cfg", TINY_PRESET, "--out", str(out), *sizes, *options])
     error = capsys.readouterr().err.strip()
-    if backbone is CNN:
+    if backbone is not VIT:  # CNN and Swin, the latter at two sizes with their own masks
         assert code == 0 and out.exists(), error
     else:  # the ViT resamples its position embedding per size (bicubic, antialiased)
         assert code == 2 and not out.exists() and len(error.splitlines()) == 1, error
