@@ -128,10 +128,18 @@ def measured_geometry(local_map, stride, side=128, max_side=1024, trials=2):
     cell's gradient reaches, over a few random positive inputs, give its receptive field; the first
     of them, ``stride * index - padding``, gives the padding. The side doubles until the field fits
     inside the input with a margin; None when it never does (a field over max_side, or a global
-    operation such as squeeze-excitation or attention that lets every pixel reach every cell)."""
+    operation such as squeeze-excitation or attention that lets every pixel reach every cell, or a
+    model that does not run on a strip as wide as the side)."""
+    width = max(32, 2 * stride)
     while side <= max_side:
-        with torch.inference_mode(False), torch.enable_grad():  # also when built without gradients
-            rows, cell = _reached_rows(local_map, side, max(32, 2 * stride), trials)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():  # also built without gradients
+                rows, cell = _reached_rows(local_map, side, width, trials)
+        except (RuntimeError, AssertionError):  # a layer that needs a wider strip
+            if width >= side:
+                return None
+            width *= 2
+            continue
         if rows.numel() and rows.min() > 0 and rows.max() < side - 1:
             first, last = int(rows.min()), int(rows.max())
             return LocalGeometry(last - first + 1, stride, stride * cell - first)

@@ -124,6 +124,20 @@ def test_measured_geometry_equals_the_resnet_layers(options):
     assert measured_geometry(local, stride) == expected == backbone.local_geometry()
 
 
+def test_measured_geometry_widens_its_strip_for_a_layer_that_needs_it():
+    """A 5 x 40 kernel without padding does not run on the first 32-pixel strip (Inception's and
+    PVT's stems fail so on narrow inputs); the strip widens until it runs."""
+    layer = nn.Conv2d(3, 2, (5, 40), stride=(2, 1))
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+
+    def local(images):
+        return layer(images)
+
+    assert measured_geometry(local, 2) == LocalGeometry(5, 2, 0)
+    assert measured_geometry(local, 2, side=32, max_side=32) is None
+
+
 def test_resnet_output_shape_and_map_size_match_its_maps():
     backbone = build_model(tiny_cfg("MODEL.LOCAL_STRIDE", "32")).backbone.eval()
     shapes = backbone.output_shape()

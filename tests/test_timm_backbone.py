@@ -139,6 +139,64 @@ def test_a_channels_last_timm_model_gives_nchw_maps_of_any_size(tmp_path):
         assert tuple(local.shape[2:]) == backbone.local_map_size(size)
 
 
+def _timm_options(name, kwargs):
+    entries = [f"{key}={value}" for key, value in kwargs.items()]
+    return ["MODEL.TYPE", "timm", "TIMM.NAME", name, "TIMM.KWARGS", str(entries)]
+
+
+# Twins: FeatureListNet cannot split it (its stages are not modules in sequence)
+TWINS_KWARGS = {"depths": (1, 1, 1, 1), "embed_dims": (8, 16, 32, 64), "num_heads": (1, 1, 2, 2)}
+TWINS = _timm_options("twins_svt_small", TWINS_KWARGS)
+# DLA adds paths of two resolutions: it runs on sides that halve evenly down to stride 32 only
+DLA_KWARGS = {"channels": (4, 8, 8, 16, 16, 32)}
+DLA = _timm_options("dla34", DLA_KWARGS)
+# XCiT: a plain transformer (every map of stride 16) that is not a timm VisionTransformer
+XCIT_KWARGS = {"depth": 2, "embed_dim": 32, "num_heads": 2}
+
+
+def _same_weights(name, kwargs, tmp_path):
+    """A timm model and DELG's backbone of it with the same (random) weights."""
+    reference = timm.create_model(name, pretrained=False, **kwargs).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    options = _timm_options(name, kwargs)
+    return reference, _backbone(*options, "TIMM.WEIGHTS", str(path))
+
+
+def test_a_model_that_cannot_be_split_gives_its_intermediates_in_one_pass(tmp_path):
+    from modeling.timm_backbone import TimmIntermediates
+
+    reference, backbone = _same_weights("twins_svt_small", TWINS_KWARGS, tmp_path)
+    assert isinstance(backbone, TimmIntermediates) and backbone.multiple == 1
+    assert backbone.output_shape() == {"local": (32, 16), "global": (64, 32)}
+    for size in ((100, 68), (131, 90)):
+        images = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            local, global_map = backbone(images)
+            expected = reference.forward_intermediates(images, [2, 3], intermediates_only=True)
+        assert torch.allclose(local, expected[0], atol=1e-5)
+        assert torch.allclose(global_map, expected[1], atol=1e-5)
+        assert tuple(local.shape[2:]) == backbone.local_map_size(size)
+
+
+def test_a_model_that_needs_even_sides_gets_its_input_cropped(tmp_path):
+    from modeling.timm_models import size_failure
+
+    reference, backbone = _same_weights("dla34", DLA_KWARGS, tmp_path)
+    assert backbone.multiple == 32
+    backbone.multiple = 1  # the probe itself: 16 is not enough, 32 is
+    assert size_failure(backbone, 16) is not None and size_failure(backbone, 32) is None
+    backbone.multiple = 32
+    for size in ((100, 68), (131, 97)):
+        images = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            local, _ = backbone(images)
+            cropped = images[..., : size[0] // 32 * 32, : size[1] // 32 * 32]
+            (expected,) = reference.forward_intermediates(cropped, [4], intermediates_only=True)
+        assert torch.allclose(local, expected, atol=1e-5)
+        assert tuple(local.shape[2:]) == backbone.local_map_size(size)
+
+
 @pytest.mark.parametrize(
     "backbone",
     [
@@ -146,8 +204,10 @@ def test_a_channels_last_timm_model_gives_nchw_maps_of_any_size(tmp_path):
         VIT,
         [*VIT, "TIMM.KWARGS", "['depth=1', 'embed_dim=48', 'num_heads=2', 'global_pool=avg']"],
         SWIN,
+        TWINS,
+        DLA,
     ],
-    ids=["cnn", "vit", "vit_fc_norm", "swin"],
+    ids=["cnn", "vit", "vit_fc_norm", "swin", "twins", "dla"],
 )
 def test_every_parameter_of_a_timm_delg_model_gets_a_gradient(backbone):
     """What DDP needs: no parameter left out of the loss (the ViT's classifier and its norm are
@@ -170,6 +230,19 @@ def test_every_parameter_of_a_timm_delg_model_gets_a_gradient(backbone):
         ((*CNN, "TIMM.LOCAL_STRIDE", "32"), r"one of \[2, 4, 8, 16\], got 32"),
         ((*CNN, "TIMM.NAME", "no_such_model"), "TIMM.NAME: unknown timm model 'no_such_model'"),
         ((*CNN, "TIMM.KWARGS", "['depth']"), "TIMM.KWARGS entry 'depth' must be key=value"),
+        (
+            _timm_options("beit_base_patch16_224", {"depth": 1, "embed_dim": 32, "num_heads": 1}),
+            r"TIMM.NAME 'beit_base_patch16_224' does not run at every input size, even cropped to "
+            r"multiples of 16 \(96x224: AssertionError: Input height \(96\) doesn't match",
+        ),
+        (
+            [*_timm_options("xcit_nano_12_p16_224", XCIT_KWARGS), "TIMM.LOCAL_STRIDE", "8"],
+            "every map of 'xcit_nano_12_p16_224' has stride 16: set TIMM.LOCAL_STRIDE 16",
+        ),
+        (
+            [*_timm_options("xcit_nano_12_p16_224", XCIT_KWARGS), "TIMM.LOCAL_BLOCK", "2"],
+            r"TIMM.LOCAL_BLOCK must be in \[-2, 1\], got 2",
+        ),
     ],
 )
 def test_timm_settings_that_do_not_fit_name_the_key(options, message):
