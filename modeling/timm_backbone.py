@@ -23,7 +23,9 @@ exceeds 1024 px or is global (squeeze-excitation, attention) a cell's box is its
 stride block, as for a ViT. Each model is probed once on two awkward image sizes: the input is
 cropped to the smallest multiple (1, then each stage's stride) at which it runs, as a strided
 convolution would floor; a model that runs only at fixed sizes is refused in one line, since DELG
-extracts at many image sizes. The map size for an input size is probed once per side.
+extracts at many image sizes. Parameters the global map does not reach are frozen: DELG trains
+the backbone through the global map alone, and DDP stops on parameters without a gradient. The
+map size for an input size is probed once per side.
 """
 
 import torch
@@ -38,6 +40,7 @@ from modeling.timm_models import (
     crop_to_multiple,
     drop_head,
     eval_mode,
+    freeze_unreached,
     is_vit,
     local_index,
     on_meta_device,
@@ -195,6 +198,7 @@ def _fitting_adapter(model, index, name):
             failure = size_failure(adapter, multiple)
             if failure is None:
                 adapter.multiple = multiple
+                freeze_unreached(adapter)
                 return adapter
     raise ConfigError(
         f"TIMM.NAME {name!r} does not run at every input size, even cropped to multiples of "

@@ -151,6 +151,28 @@ def size_failure(backbone, multiple):
     return None
 
 
+def freeze_unreached(backbone):
+    """Freezes (requires_grad False) the parameters that the global map does not reach (HRNet's
+    fuse layers towards branches it does not read): DELG trains the backbone with the global loss
+    alone (the local branch is gradient-stopped), so they would never get a gradient, which stops
+    DDP. Returns their names."""
+    images = torch.randn(1, 3, *PROBE_SIZES[0], generator=torch.Generator().manual_seed(0))
+    with eval_mode(backbone), torch.enable_grad():
+        _, global_map = backbone(images)
+        reached = {id(p) for p in backbone.parameters() if p.requires_grad}
+        gradients = torch.autograd.grad(
+            global_map.sum(),
+            [p for p in backbone.parameters() if p.requires_grad],
+            allow_unused=True,
+        )
+    trainable = [(n, p) for n, p in backbone.named_parameters() if id(p) in reached]
+    frozen = [name for (name, p), g in zip(trainable, gradients, strict=True) if g is None]
+    for name, parameter in trainable:
+        if name in frozen:
+            parameter.requires_grad_(False)
+    return frozen
+
+
 def on_meta_device(model):
     return any(parameter.device.type == "meta" for parameter in model.parameters())
 

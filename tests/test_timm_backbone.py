@@ -197,6 +197,29 @@ def test_a_model_that_needs_even_sides_gets_its_input_cropped(tmp_path):
         assert tuple(local.shape[2:]) == backbone.local_map_size(size)
 
 
+def test_parameters_the_global_map_does_not_reach_are_frozen():
+    """DELG trains the backbone through the global map alone: a layer that feeds only the local
+    map (HRNet's fuse layers towards a branch the global map does not read) would never get a
+    gradient, which DDP refuses."""
+    from modeling.timm_models import freeze_unreached
+
+    class TwoMaps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.local_only = torch.nn.Conv2d(4, 4, 1)
+            self.global_only = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, images):
+            shared = self.shared(images)
+            return self.local_only(shared), self.global_only(shared)
+
+    toy = TwoMaps()
+    assert freeze_unreached(toy) == ["local_only.weight", "local_only.bias"]
+    trainable = [name for name, p in toy.named_parameters() if p.requires_grad]
+    assert trainable == ["shared.weight", "shared.bias", "global_only.weight", "global_only.bias"]
+
+
 @pytest.mark.parametrize(
     "backbone",
     [
