@@ -76,13 +76,12 @@ def load_weights(model, name, path):
         )
 
 
-VIT_PARTS = ("blocks", "_pos_embed", "patch_drop", "norm_pre", "norm", "num_prefix_tokens")
-
-
 def is_vit(model):
-    """A timm VisionTransformer (or a model built like one: DINOv2, DeiT, EVA's plain form)."""
-    patch_embed = getattr(model, "patch_embed", None)
-    return hasattr(patch_embed, "patch_size") and all(hasattr(model, n) for n in VIT_PARTS)
+    """A timm VisionTransformer (DINOv2, DeiT and the others of vision_transformer.py); EVA, BEiT
+    and XCiT, built otherwise, go through forward_intermediates."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
 
 
 def drop_head(model):
@@ -145,7 +144,14 @@ def size_failure(backbone, multiple):
         try:
             with eval_mode(backbone), torch.no_grad():
                 backbone(images)
-        except (RuntimeError, AssertionError, ValueError, IndexError, NotImplementedError) as error:
+        except (
+            RuntimeError,
+            AssertionError,
+            ValueError,
+            IndexError,
+            TypeError,
+            NotImplementedError,
+        ) as error:
             first_line = (str(error).splitlines() or [""])[0][:120]
             return f"{images.shape[-2]}x{images.shape[-1]}: {type(error).__name__}: {first_line}"
     return None

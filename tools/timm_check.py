@@ -69,7 +69,7 @@ def check(cfg, name):
         if missing:
             return False, f"fails: parameters without a gradient: {', '.join(missing[:3])}"
         _check_extraction(model)
-    except (RuntimeError, AssertionError, ValueError, IndexError) as error:
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as error:
         first_line = (str(error).splitlines() or [""])[0][:160]
         return False, f"fails: {type(error).__name__}: {first_line}"
     return True, _describe(model)
