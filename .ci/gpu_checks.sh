@@ -78,6 +78,10 @@ check synthetic_world $PY tools/make_synthetic.py --size tiny --out "$WORK/world
 check train_tiny $PY train_delg.py --cfg configs/synthetic/demo_ci.yaml DEVICE "$DEVICE" "${GPU_TRAIN[@]}" \
     TRAIN.DATA_ROOT "$WORK/world/train" EVAL.DATA_ROOT "$WORK/world/test" OUT_DIR "$WORK/train" OPTIM.MAX_ITER 24 \
     DATA_LOADER.NUM_WORKERS 2
+# a timm backbone (ConvNeXt-Atto, random weights) through the same training step
+check train_tiny_timm $PY train_delg.py --cfg configs/synthetic/demo_ci.yaml DEVICE "$DEVICE" "${GPU_TRAIN[@]}" \
+    TRAIN.DATA_ROOT "$WORK/world/train" EVAL.DATA_ROOT "$WORK/world/test" OUT_DIR "$WORK/train_timm" \
+    OPTIM.MAX_ITER 24 DATA_LOADER.NUM_WORKERS 2 MODEL.TYPE timm TIMM.NAME convnext_atto
 check extract_tiny $PY tools/extractor.py --cfg configs/synthetic/demo_ci.yaml DEVICE "$DEVICE" \
     TEST.WEIGHTS "$WORK/train/checkpoints/checkpoint_000000024.pth" EXTRACT.DATA_ROOT "$WORK/world/test" \
     OUT_DIR "$WORK/train"

@@ -180,18 +180,16 @@ class TimmIntermediates(_ProbedMaps):
 
 def _fitting_adapter(model, index, name):
     """The first adapter of the model that runs at any size, cropped to the smallest multiple."""
-    adapters = []
-    try:
-        adapters.append(TimmCNN(model, index))
-    except (AssertionError, KeyError, RuntimeError):  # modules that do not run in sequence
-        pass
+    builders = [TimmCNN]  # TimmIntermediates last: it prunes the model
     if hasattr(model, "forward_intermediates"):
-        adapters.append(None)  # built last: it prunes the model
-    if not adapters:
-        raise ConfigError(f"TIMM.NAME {name!r}: timm gives no feature maps of this model to use")
+        builders.append(TimmIntermediates)
     multiples = sorted({1, *(entry["reduction"] for entry in model.feature_info)})
-    for adapter in adapters:
-        adapter = adapter or TimmIntermediates(model, index)
+    failure = None
+    for builder in builders:
+        try:
+            adapter = builder(model, index)
+        except (AssertionError, KeyError, RuntimeError):  # modules that do not run in sequence
+            continue
         if on_meta_device(model):  # model_info's shapes-only build: nothing to run
             return adapter
         for multiple in multiples:
@@ -200,9 +198,12 @@ def _fitting_adapter(model, index, name):
                 adapter.multiple = multiple
                 freeze_unreached(adapter)
                 return adapter
+        failure = f"even cropped to multiples of {multiples[-1]}, {failure}"
+    if failure is None:
+        raise ConfigError(f"TIMM.NAME {name!r}: timm gives no feature maps of this model to use")
     raise ConfigError(
-        f"TIMM.NAME {name!r} does not run at every input size, even cropped to multiples of "
-        f"{multiples[-1]} ({failure}); DELG extracts at many image sizes"
+        f"TIMM.NAME {name!r} does not run at every input size ({failure}); DELG extracts at "
+        f"many image sizes"
     )
 
 

@@ -255,8 +255,8 @@ def test_every_parameter_of_a_timm_delg_model_gets_a_gradient(backbone):
         ((*CNN, "TIMM.KWARGS", "['depth']"), "TIMM.KWARGS entry 'depth' must be key=value"),
         (
             _timm_options("beit_base_patch16_224", {"depth": 1, "embed_dim": 32, "num_heads": 1}),
-            r"TIMM.NAME 'beit_base_patch16_224' does not run at every input size, even cropped to "
-            r"multiples of 16 \(96x224: AssertionError: Input height \(96\) doesn't match",
+            r"TIMM.NAME 'beit_base_patch16_224' does not run at every input size \(even cropped to "
+            r"multiples of 16, 96x224: AssertionError: Input height \(96\) doesn't match",
         ),
         (
             [*_timm_options("xcit_nano_12_p16_224", XCIT_KWARGS), "TIMM.LOCAL_STRIDE", "8"],
