@@ -6,8 +6,11 @@ trainer feeds the counts to a ``FailureBudget``, which stops the run once failur
 TRAIN.MAX_BAD_IMAGE_FRACTION.
 """
 
+import atexit
 import functools
+import gc
 import logging
+import multiprocessing
 import os
 import random
 import signal
@@ -252,6 +255,23 @@ def init_worker(_worker_id):
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+@atexit.register  # runs before torch's and multiprocessing's exit functions, registered earlier
+def _stop_workers_at_exit():
+    """Workers ignore SIGTERM (init_worker), and multiprocessing's exit function ends daemonic
+    children with SIGTERM, then waits for them: when an error keeps a loader's iterator alive (a
+    traceback cycle, a persistent iterator), the process would wait forever. Every live iterator
+    shuts its workers down as it would when deleted; a daemonic child left after that is killed."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    gc.collect()  # frees what only a cycle kept alive (its iterators shut down as they go)
+    for item in gc.get_objects():
+        if type(item) is _MultiProcessingDataLoaderIter:  # type(): no property of any object runs
+            item._shutdown_workers()
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
 
 def _per_process_batch(total, world_size, key):

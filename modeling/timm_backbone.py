@@ -82,12 +82,14 @@ class _ProbedMaps(Backbone):
 
     def _map_side(self, side):
         """The local map's side for an input side, probed once (a height depends only on the input
-        height)."""
+        height); 0 where either map cannot be computed (a stage too small for its layers: a
+        ConvNeXt's 2 x 2 downsampling of a single row), which leaves the scale out."""
         if side not in self._sides:
-            width = 4 * max(self.shapes["local"].stride, self.multiple)
+            width = 4 * max(self.shapes["global"].stride, self.multiple)
             try:
                 with eval_mode(self), torch.no_grad():
-                    self._sides[side] = self.forward_local(torch.zeros(1, 3, side, width)).shape[2]
+                    local, global_map = self(torch.zeros(1, 3, side, width))
+                self._sides[side] = local.shape[2] if global_map.shape[2] else 0
             except (RuntimeError, AssertionError):  # too small for some layer
                 self._sides[side] = 0
         return self._sides[side]

@@ -197,6 +197,17 @@ def test_a_model_that_needs_even_sides_gets_its_input_cropped(tmp_path):
         assert tuple(local.shape[2:]) == backbone.local_map_size(size)
 
 
+def test_a_side_too_small_for_the_global_stage_gives_no_map():
+    """ConvNeXt downsamples with a 2 x 2 convolution: a single row at stride 16 has no stride-32
+    row, so that scale is left out (local_map_size 0) rather than failing in extraction."""
+    backbone = _backbone(*_timm_options("convnext_atto", {"dims": (8, 16, 32, 64)}))
+    assert backbone.local_map_size((20, 200)) == (0, 12)
+    assert backbone.local_map_size((40, 200)) == (2, 12)
+    with torch.no_grad():
+        local, global_map = backbone(torch.zeros(1, 3, 40, 200))
+    assert tuple(local.shape[2:]) == (2, 12) and tuple(global_map.shape[2:]) == (1, 6)
+
+
 def test_parameters_the_global_map_does_not_reach_are_frozen():
     """DELG trains the backbone through the global map alone: a layer that feeds only the local
     map (HRNet's fuse layers towards a branch the global map does not read) would never get a
