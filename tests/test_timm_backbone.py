@@ -298,6 +298,23 @@ def test_timm_weights_load_from_a_local_file_only(tmp_path):
         _backbone(*CNN, "TIMM.WEIGHTS", str(tmp_path / "missing.pth"))
 
 
+def test_a_torchvision_checkpoint_loads_into_its_timm_model(tmp_path):
+    """torchvision's ResNets and timm's share their parameter names: a torchvision checkpoint (as
+    its download cache holds it) gives the same block3 map as torchvision itself."""
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None).eval()
+    path = tmp_path / "resnet18-torchvision.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = _backbone(*_timm_options("resnet18", {}), "TIMM.WEIGHTS", str(path))
+    images = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        local, _ = backbone(images)
+        x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
+        expected = reference.layer3(reference.layer2(reference.layer1(x)))
+    assert torch.allclose(local, expected, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 
