@@ -60,7 +60,9 @@ def load_weights(model, name, path):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
+    head = _is_head(model)  # DELG never reads the classifier: a checkpoint may have any or none
     state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = {key: value for key, value in state.items() if not head(key)}
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shapes that differ
@@ -69,11 +71,20 @@ def load_weights(model, name, path):
         raise ConfigError(
             f"TIMM.WEIGHTS {path} does not fit timm model {name!r}: {mismatch.strip()}"
         ) from None
-    if result.missing_keys or result.unexpected_keys:
+    missing = [key for key in result.missing_keys if not head(key)]
+    if missing or result.unexpected_keys:
         raise ConfigError(
             f"TIMM.WEIGHTS {path} does not fit timm model {name!r}: missing "
-            f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+            f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
+
+
+def _is_head(model):
+    """Whether a parameter name belongs to the model's classifier (timm's pretrained_cfg names it:
+    "fc", "head.fc", ("head", "head_dist"), ...)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    prefixes = tuple(f"{name}." for name in ((names,) if isinstance(names, str) else names))
+    return lambda key: key.startswith(prefixes) if prefixes else False
 
 
 def is_vit(model):

@@ -290,6 +290,13 @@ def test_timm_weights_load_from_a_local_file_only(tmp_path):
     torch.save({"state_dict": reference.state_dict()}, path)
     backbone = _backbone(*CNN, "TIMM.WEIGHTS", str(path))
     assert torch.equal(backbone.body["layer3"][0].conv1.weight, reference.layer3[0].conv1.weight)
+    # a checkpoint without the classifier (self-supervised weights) or with another one loads
+    headless = {key: value for key, value in reference.state_dict().items() if "fc." not in key}
+    torch.save(headless, tmp_path / "headless.pth")
+    backbone = _backbone(*CNN, "TIMM.WEIGHTS", str(tmp_path / "headless.pth"))
+    assert torch.equal(backbone.body["layer3"][0].conv1.weight, reference.layer3[0].conv1.weight)
+    torch.save({**headless, "fc.weight": torch.zeros(21843, 128)}, tmp_path / "in21k.pth")
+    _backbone(*CNN, "TIMM.WEIGHTS", str(tmp_path / "in21k.pth"))
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
     with pytest.raises(ConfigError, match=f"TIMM.WEIGHTS {other} does not fit"):
