@@ -7,6 +7,7 @@ timm is imported when a model is built, so the rest of the project does not need
 import ast
 import contextlib
 import os
+import sys
 
 import torch
 import torch.nn as nn
@@ -61,7 +62,7 @@ def load_weights(model, name, path):
             state = state[key]
             break
     head = _is_head(model)  # DELG never reads the classifier: a checkpoint may have any or none
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = _timm_layout(model, {key.removeprefix("module."): v for key, v in state.items()})
     state = {key: value for key, value in state.items() if not head(key)}
     try:
         result = model.load_state_dict(state, strict=False)
@@ -77,6 +78,19 @@ def load_weights(model, name, path):
             f"TIMM.WEIGHTS {path} does not fit timm model {name!r}: missing "
             f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
+
+
+def _timm_layout(model, state):
+    """The checkpoint in timm's layout, converted by the model family's own checkpoint filter where
+    timm has one (as for its downloads): an original DINOv2, CLIP or DeiT checkpoint, a position
+    table of another grid (resampled). A state the filter cannot read is returned as it was."""
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if convert is None:
+        return state
+    try:
+        return convert(state, model)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError):
+        return state
 
 
 def _is_head(model):

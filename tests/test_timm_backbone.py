@@ -305,6 +305,22 @@ def test_timm_weights_load_from_a_local_file_only(tmp_path):
         _backbone(*CNN, "TIMM.WEIGHTS", str(tmp_path / "missing.pth"))
 
 
+def test_an_original_dinov2_checkpoint_loads_through_timms_filter(tmp_path):
+    """The original DINOv2 release stores a position table of 37 x 37 patches (518 px) and a mask
+    token; timm's checkpoint filter (as for its downloads) resamples the table to the model's grid
+    and drops the token."""
+    reference = timm.create_model(
+        "vit_small_patch14_dinov2", pretrained=False, depth=2, embed_dim=48, num_heads=2
+    )
+    original = dict(reference.state_dict())
+    original["mask_token"] = torch.zeros(1, 48)
+    assert original["pos_embed"].shape == (1, 1 + 37 * 37, 48)
+    torch.save(original, tmp_path / "dinov2_vits14_pretrain.pth")
+    backbone = _backbone(*VIT, "TIMM.WEIGHTS", str(tmp_path / "dinov2_vits14_pretrain.pth"))
+    assert backbone.model.pos_embed.shape == (1, 1 + 4 * 4, 48)  # img_size 56: 4 x 4 patches
+    assert torch.equal(backbone.model.blocks[1].mlp.fc2.weight, reference.blocks[1].mlp.fc2.weight)
+
+
 def test_a_torchvision_checkpoint_loads_into_its_timm_model(tmp_path):
     """torchvision's ResNets and timm's share their parameter names: a torchvision checkpoint (as
     its download cache holds it) gives the same block3 map as torchvision itself."""
