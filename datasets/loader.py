@@ -265,8 +265,7 @@ def _stop_workers_at_exit():
     shuts its workers down as it would when deleted; a daemonic child left after that is killed."""
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-    gc.collect()  # frees what only a cycle kept alive (its iterators shut down as they go)
-    for item in gc.get_objects():
+    for item in gc.get_objects():  # those kept alive by a cycle only are listed too
         if type(item) is _MultiProcessingDataLoaderIter:  # type(): no property of any object runs
             item._shutdown_workers()
     for child in multiprocessing.active_children():

@@ -161,6 +161,22 @@ def crop_to_multiple(images, multiple):
     return images[..., :height, :width]
 
 
+# what a timm model raises on an input it cannot take (shapes, its own asserts, position tables)
+INPUT_ERRORS = (
+    RuntimeError,
+    AssertionError,
+    ValueError,
+    IndexError,
+    TypeError,
+    NotImplementedError,
+)
+
+
+def first_line(error, limit=120):
+    """``<type>: <first line of the message>`` of an error, cut to ``limit`` characters."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:limit]}"
+
+
 def size_failure(backbone, multiple):
     """None when the backbone's forward runs on every probe size cropped to ``multiple``, else
     the first size that fails and timm's error, in one line."""
@@ -169,16 +185,8 @@ def size_failure(backbone, multiple):
         try:
             with eval_mode(backbone), torch.no_grad():
                 backbone(images)
-        except (
-            RuntimeError,
-            AssertionError,
-            ValueError,
-            IndexError,
-            TypeError,
-            NotImplementedError,
-        ) as error:
-            first_line = (str(error).splitlines() or [""])[0][:120]
-            return f"{images.shape[-2]}x{images.shape[-1]}: {type(error).__name__}: {first_line}"
+        except INPUT_ERRORS as error:
+            return f"{images.shape[-2]}x{images.shape[-1]}: {first_line(error)}"
     return None
 
 
@@ -188,19 +196,17 @@ def freeze_unreached(backbone):
     alone (the local branch is gradient-stopped), so they would never get a gradient, which stops
     DDP. Returns their names."""
     images = torch.randn(1, 3, *PROBE_SIZES[0], generator=torch.Generator().manual_seed(0))
+    trainable = [(name, p) for name, p in backbone.named_parameters() if p.requires_grad]
     with eval_mode(backbone), torch.enable_grad():
         _, global_map = backbone(images)
-        reached = {id(p) for p in backbone.parameters() if p.requires_grad}
         gradients = torch.autograd.grad(
-            global_map.sum(),
-            [p for p in backbone.parameters() if p.requires_grad],
-            allow_unused=True,
+            global_map.sum(), [p for _, p in trainable], allow_unused=True
         )
-    trainable = [(n, p) for n, p in backbone.named_parameters() if id(p) in reached]
-    frozen = [name for (name, p), g in zip(trainable, gradients, strict=True) if g is None]
-    for name, parameter in trainable:
-        if name in frozen:
+    frozen = []
+    for (name, parameter), gradient in zip(trainable, gradients, strict=True):
+        if gradient is None:
             parameter.requires_grad_(False)
+            frozen.append(name)
     return frozen
 
 

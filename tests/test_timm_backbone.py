@@ -104,26 +104,29 @@ def test_a_timm_vit_gives_its_patch_grids():
     assert tuple(local.shape[2:]) == backbone.local_map_size((100, 37)) == (7, 2)
 
 
+def _timm_options(name, kwargs):
+    entries = [f"{key}={value}" for key, value in kwargs.items()]
+    return ["MODEL.TYPE", "timm", "TIMM.NAME", name, "TIMM.KWARGS", str(entries)]
+
+
+def _same_weights(name, kwargs, tmp_path):
+    """A timm model and DELG's backbone of it with the same (random) weights."""
+    reference = timm.create_model(name, pretrained=False, **kwargs).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    options = _timm_options(name, kwargs)
+    return reference, _backbone(*options, "TIMM.WEIGHTS", str(path))
+
+
 SWIN_KWARGS = {"depths": (1, 1, 1, 1), "embed_dim": 16, "num_heads": (1, 1, 1, 1)}
-SWIN = [
-    "MODEL.TYPE",
-    "timm",
-    "TIMM.NAME",
-    "swin_tiny_patch4_window7_224",
-    "TIMM.KWARGS",
-    str([f"{key}={value}" for key, value in SWIN_KWARGS.items()]),
-]
+SWIN = _timm_options("swin_tiny_patch4_window7_224", SWIN_KWARGS)
 
 
 def test_a_channels_last_timm_model_gives_nchw_maps_of_any_size(tmp_path):
     """Swin keeps its stages channels last (timm's output_fmt NHWC) and takes only its training
     size unless built with dynamic_img_size: the maps are timm's own intermediates, as NCHW."""
-    reference = timm.create_model(
-        "swin_tiny_patch4_window7_224", pretrained=False, dynamic_img_size=True, **SWIN_KWARGS
-    ).eval()
-    path = tmp_path / "swin.pth"
-    torch.save(reference.state_dict(), path)
-    backbone = _backbone(*SWIN, "TIMM.WEIGHTS", str(path))
+    kwargs = {**SWIN_KWARGS, "dynamic_img_size": True}  # the reference too
+    reference, backbone = _same_weights("swin_tiny_patch4_window7_224", kwargs, tmp_path)
     assert backbone.output_shape() == {"local": (64, 16), "global": (128, 32)}
     for size in ((100, 68), (131, 90)):
         images = torch.randn(1, 3, *size)
@@ -139,11 +142,6 @@ def test_a_channels_last_timm_model_gives_nchw_maps_of_any_size(tmp_path):
         assert tuple(local.shape[2:]) == backbone.local_map_size(size)
 
 
-def _timm_options(name, kwargs):
-    entries = [f"{key}={value}" for key, value in kwargs.items()]
-    return ["MODEL.TYPE", "timm", "TIMM.NAME", name, "TIMM.KWARGS", str(entries)]
-
-
 # Twins: FeatureListNet cannot split it (its stages are not modules in sequence)
 TWINS_KWARGS = {"depths": (1, 1, 1, 1), "embed_dims": (8, 16, 32, 64), "num_heads": (1, 1, 2, 2)}
 TWINS = _timm_options("twins_svt_small", TWINS_KWARGS)
@@ -152,15 +150,6 @@ DLA_KWARGS = {"channels": (4, 8, 8, 16, 16, 32)}
 DLA = _timm_options("dla34", DLA_KWARGS)
 # XCiT: a plain transformer (every map of stride 16) that is not a timm VisionTransformer
 XCIT_KWARGS = {"depth": 2, "embed_dim": 32, "num_heads": 2}
-
-
-def _same_weights(name, kwargs, tmp_path):
-    """A timm model and DELG's backbone of it with the same (random) weights."""
-    reference = timm.create_model(name, pretrained=False, **kwargs).eval()
-    path = tmp_path / f"{name}.pth"
-    torch.save(reference.state_dict(), path)
-    options = _timm_options(name, kwargs)
-    return reference, _backbone(*options, "TIMM.WEIGHTS", str(path))
 
 
 def test_a_model_that_cannot_be_split_gives_its_intermediates_in_one_pass(tmp_path):

@@ -13,6 +13,7 @@ count, or the one-line reason a model is refused. KEY VALUE overrides apply to e
 code 0 when every model works, 1 otherwise; the last line is ``works: <n>/<models>``.
 """
 
+import argparse
 import fnmatch
 import pathlib
 import re
@@ -25,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 
 from core.config import ConfigError, load_cfg  # noqa: E402
 from modeling import build_loss, build_model  # noqa: E402
+from modeling.timm_models import INPUT_ERRORS, first_line  # noqa: E402
 
 SIZES = ((181, 243), (243, 181))
 KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
@@ -32,15 +34,12 @@ KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
 
 def split_arguments(argv):
     """(model names, --cfg file, KEY VALUE overrides): the overrides begin at the first KEY."""
-    argv, cfg_file = list(argv), ""
-    if "--cfg" in argv:
-        at = argv.index("--cfg")
-        if at + 1 >= len(argv):
-            raise ConfigError("--cfg needs a YAML file")
-        cfg_file = argv[at + 1]
-        del argv[at : at + 2]
-    first_key = next((i for i, item in enumerate(argv) if KEY.match(item)), len(argv))
-    return argv[:first_key], cfg_file, argv[first_key:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cfg", dest="cfg_file", default="", help="YAML config file")
+    parser.add_argument("items", nargs="*", help="timm model names, then KEY VALUE overrides")
+    args = parser.parse_intermixed_args(argv)
+    first_key = next((i for i, item in enumerate(args.items) if KEY.match(item)), len(args.items))
+    return args.items[:first_key], args.cfg_file, args.items[first_key:]
 
 
 def expand(names):
@@ -69,9 +68,8 @@ def check(cfg, name):
         if missing:
             return False, f"fails: parameters without a gradient: {', '.join(missing[:3])}"
         _check_extraction(model)
-    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as error:
-        first_line = (str(error).splitlines() or [""])[0][:160]
-        return False, f"fails: {type(error).__name__}: {first_line}"
+    except INPUT_ERRORS as error:
+        return False, f"fails: {first_line(error, limit=160)}"
     return True, _describe(model)
 
 
